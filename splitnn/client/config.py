@@ -1,0 +1,46 @@
+"""The data holder's settings, built by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of one `splitnn-client` training run.
+
+    Attributes:
+        server: "host:port" of the computation server.
+        dataset: a registered dataset name (see `splitnn.common.datasets.DATASETS`).
+        noise: Laplace scale b on the cut tensor while training (0: none).
+        nopeek: NoPeek weight W (0: plain cross-entropy).
+        eval_noise: Laplace scale when evaluating and deploying; None: same as `noise`.
+        epochs, batch_size, lr, seed: the study's training settings.
+        max_steps: stop each epoch after this many batches (smoke runs); None: whole epochs.
+        model_dir: client checkpoints go to ``model_dir/classifiers``.
+        data_dir: where torchvision datasets are stored / downloaded.
+        run: session name on the server; None derives it from the settings.
+        threads: torch threads; None: all cores.
+        deploy: after training, put the attack-evaluation slice through the model (the
+            victim's deployment-time inference that a colluding server can intercept).
+        progress: show progress bars.
+    """
+
+    server: str = "127.0.0.1:50051"
+    dataset: str = "mnist5k"
+    noise: float = 0.0
+    nopeek: float = 0.0
+    eval_noise: float | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    seed: int = 0
+    max_steps: int | None = None
+    model_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    run: str | None = None
+    threads: int | None = None
+    deploy: bool = False
+    connect_timeout: float = 30.0
+    progress: bool = True

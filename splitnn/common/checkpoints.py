@@ -1,0 +1,86 @@
+"""Checkpoint files: plain state_dicts written atomically, a JSON manifest beside each, study names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable, or does not match what was asked for."""
+
+
+def setting_tag(value: float) -> str:
+    """The study's number tag: the decimal point dropped (0.5 -> "05", 1.0 -> "10", 0.05 -> "005")."""
+    text = f"{value:.1f}" if round(value, 1) == value else repr(float(value))
+    return text.replace(".", "")
+
+
+def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int) -> str:
+    """E.g. ``mnist_05noise_00nopeek_epoch=3`` (the study's names, the dataset as the prefix)."""
+    return f"{dataset}_{setting_tag(noise)}noise_{setting_tag(nopeek)}nopeek_epoch={epoch}"
+
+
+def check_stem(stem: str) -> str:
+    """Returns `stem` if it is a safe file name (no separators, no leading dot), else raises."""
+    if not _STEM.match(stem) or ".." in stem:
+        raise CheckpointError(f"not a valid checkpoint name: {stem!r}")
+    return stem
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any], manifest: Mapping[str, Any]) -> Path:
+    """Writes `state` (tensors, numbers, strings) to `path` and `manifest` to `path`.json.
+
+    Both are written to a temporary file, fsynced and renamed, so a crash leaves either the old
+    file or the new one, never a torn one.
+    """
+    _write_atomic(path, lambda handle: torch.save(dict(state), handle))
+    text = json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n"
+    _write_atomic(manifest_path(path), lambda handle: handle.write(text.encode()))
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a checkpoint with ``weights_only=True`` and its manifest (empty if absent)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    manifest: dict[str, Any] = {}
+    if manifest_path(path).exists():
+        manifest = json.loads(manifest_path(path).read_text())
+    return state, manifest
+
+
+def remove_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    manifest_path(path).unlink(missing_ok=True)

@@ -1,0 +1,127 @@
+"""Protobuf <-> domain conversions: `x_to_proto` / `x_from_proto` pairs and their validation.
+
+Nothing a peer sends is trusted: every decoder checks the dtype against an allow-list, the shape
+against limits, and the byte length against the shape before building a tensor from it. Raw
+little-endian bytes only; never pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from splitnn.proto import splitnn_pb2 as pb
+
+# Wire name -> (numpy little-endian dtype, torch dtype). Nothing outside this list is decoded.
+_DTYPES: dict[str, tuple[np.dtype[np.generic], torch.dtype]] = {
+    "float16": (np.dtype("<f2"), torch.float16),
+    "float32": (np.dtype("<f4"), torch.float32),
+    "float64": (np.dtype("<f8"), torch.float64),
+    "uint8": (np.dtype("u1"), torch.uint8),
+    "int32": (np.dtype("<i4"), torch.int32),
+    "int64": (np.dtype("<i8"), torch.int64),
+}
+_TORCH_TO_WIRE = {torch_dtype: name for name, (_, torch_dtype) in _DTYPES.items()}
+ALLOWED_DTYPES = tuple(_DTYPES)
+MAX_NDIM = 8
+MAX_ELEMENTS = 1 << 28
+
+
+class CodecError(ValueError):
+    """A message does not describe a valid tensor or step; the text says what is wrong."""
+
+
+@dataclass(frozen=True, order=True)
+class StepId:
+    """One batch of one run; steps of a run are ordered by (epoch, batch)."""
+
+    run: str
+    epoch: int
+    batch: int
+
+    def key(self) -> tuple[int, int]:
+        return (self.epoch, self.batch)
+
+    def __str__(self) -> str:
+        return f"{self.run}/epoch={self.epoch}/batch={self.batch}"
+
+
+def tensor_to_proto(tensor: torch.Tensor) -> pb.Tensor:
+    """Encodes a tensor as dtype + shape + raw little-endian bytes (one copy)."""
+    name = _TORCH_TO_WIRE.get(tensor.dtype)
+    if name is None:
+        raise CodecError(f"dtype {tensor.dtype} is not sent on the wire; allowed: {ALLOWED_DTYPES}")
+    array = tensor.detach().cpu().contiguous().numpy()
+    return pb.Tensor(dtype=name, shape=list(array.shape), data=array.tobytes())
+
+
+def tensor_from_proto(
+    message: pb.Tensor,
+    *,
+    dtype: str | None = None,
+    shape: tuple[int | None, ...] | None = None,
+    finite: bool = False,
+) -> torch.Tensor:
+    """Decodes and validates a wire tensor.
+
+    Args:
+        message: the wire tensor.
+        dtype: if given, the only accepted wire dtype.
+        shape: if given, the expected shape; ``None`` entries accept any size.
+        finite: reject NaN and infinities (floating dtypes only).
+
+    Returns:
+        A writable CPU tensor of the wire's dtype and shape. The bytes are checked through a
+        zero-copy numpy view; the tensor itself is one copy, since torch must not alias the
+        message's immutable buffer.
+
+    Raises:
+        CodecError: on any mismatch, with a message naming the problem.
+    """
+    array = _array_from_proto(message, dtype=dtype, shape=shape)
+    if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise CodecError("tensor contains NaN or infinite values")
+    return torch.from_numpy(array.copy())
+
+
+def _array_from_proto(
+    message: pb.Tensor, *, dtype: str | None, shape: tuple[int | None, ...] | None
+) -> np.ndarray[tuple[int, ...], np.dtype[np.generic]]:
+    if message.dtype not in _DTYPES:
+        raise CodecError(f"dtype {message.dtype!r} is not allowed; allowed: {ALLOWED_DTYPES}")
+    if dtype is not None and message.dtype != dtype:
+        raise CodecError(f"dtype {message.dtype} where {dtype} was expected")
+    dims = tuple(message.shape)
+    if len(dims) > MAX_NDIM:
+        raise CodecError(f"{len(dims)} dimensions is more than {MAX_NDIM}")
+    if any(d < 0 for d in dims):
+        raise CodecError(f"negative dimension in shape {list(dims)}")
+    if shape is not None and (
+        len(shape) != len(dims) or any(e is not None and e != d for e, d in zip(shape, dims))
+    ):
+        expected = ["*" if e is None else e for e in shape]
+        raise CodecError(f"shape {list(dims)} where {expected} was expected")
+    count = math.prod(dims)
+    if count > MAX_ELEMENTS:
+        raise CodecError(f"{count} elements is more than the limit {MAX_ELEMENTS}")
+    np_dtype = _DTYPES[message.dtype][0]
+    if len(message.data) != count * np_dtype.itemsize:
+        raise CodecError(
+            f"{len(message.data)} bytes for shape {list(dims)} of {message.dtype}; "
+            f"expected {count * np_dtype.itemsize}"
+        )
+    return np.frombuffer(message.data, dtype=np_dtype).reshape(dims)
+
+
+def step_to_proto(step: StepId) -> pb.StepId:
+    return pb.StepId(run=step.run, epoch=step.epoch, batch=step.batch)
+
+
+def step_from_proto(message: pb.StepId, *, run: str | None = None) -> StepId:
+    """Decodes a step id; if `run` is given, the step must belong to it."""
+    if run is not None and message.run != run:
+        raise CodecError(f"step of run {message.run!r} on a session of run {run!r}")
+    return StepId(run=message.run, epoch=message.epoch, batch=message.batch)

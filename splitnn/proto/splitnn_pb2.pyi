@@ -1,0 +1,185 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StepId(_message.Message):
+    __slots__ = ("run", "epoch", "batch")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    epoch: int
+    batch: int
+    def __init__(self, run: _Optional[str] = ..., epoch: _Optional[int] = ..., batch: _Optional[int] = ...) -> None: ...
+
+class HeadSpec(_message.Message):
+    __slots__ = ("num_classes", "lr", "seed")
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    num_classes: int
+    lr: float
+    seed: int
+    def __init__(self, num_classes: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("run", "cut_shape", "dtype", "max_batch_size", "head", "resume")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    cut_shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    max_batch_size: int
+    head: HeadSpec
+    resume: bool
+    def __init__(self, run: _Optional[str] = ..., cut_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class OpenSessionReply(_message.Message):
+    __slots__ = ("session_id", "resumed", "last_applied", "has_last_applied", "max_message_bytes")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    HAS_LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    resumed: bool
+    last_applied: StepId
+    has_last_applied: bool
+    max_message_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_applied: _Optional[_Union[StepId, _Mapping]] = ..., has_last_applied: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("session_id", "step", "activations", "labels", "indices")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    step: StepId
+    activations: Tensor
+    labels: Tensor
+    indices: Tensor
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[_Union[StepId, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class TrainReply(_message.Message):
+    __slots__ = ("step", "gradient", "loss", "correct")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    step: StepId
+    gradient: Tensor
+    loss: float
+    correct: int
+    def __init__(self, step: _Optional[_Union[StepId, _Mapping]] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., correct: _Optional[int] = ...) -> None: ...
+
+class EvalRequest(_message.Message):
+    __slots__ = ("session_id", "step", "split", "activations", "labels", "indices")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    step: StepId
+    split: str
+    activations: Tensor
+    labels: Tensor
+    indices: Tensor
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[_Union[StepId, _Mapping]] = ..., split: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class EvalReply(_message.Message):
+    __slots__ = ("step", "logits", "loss", "correct")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    step: StepId
+    logits: Tensor
+    loss: float
+    correct: int
+    def __init__(self, step: _Optional[_Union[StepId, _Mapping]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., correct: _Optional[int] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("session_id", "name", "replace_previous")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    replace_previous: bool
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., replace_previous: _Optional[bool] = ...) -> None: ...
+
+class CheckpointReply(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("session_id", "name")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RestoreReply(_message.Message):
+    __slots__ = ("steps_applied",)
+    STEPS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    steps_applied: int
+    def __init__(self, steps_applied: _Optional[int] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TapRecord(_message.Message):
+    __slots__ = ("step", "phase", "split", "activations", "indices", "labels", "received_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    step: StepId
+    phase: str
+    split: str
+    activations: Tensor
+    indices: Tensor
+    labels: Tensor
+    received_at: float
+    def __init__(self, step: _Optional[_Union[StepId, _Mapping]] = ..., phase: _Optional[str] = ..., split: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., received_at: _Optional[float] = ...) -> None: ...
+
+class TapRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,85 @@
+"""`splitnn-server`: the computation server that hosts the head (model part 2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from splitnn.common import exits
+from splitnn.common.logs import configure_logging
+from splitnn.server.app import serve
+from splitnn.server.config import ServerConfig
+
+
+@click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SERVER", "show_default": True})
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, help="0 picks a free port.")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    help="Where head checkpoints (classifiers/) and resume states (server/) are written.",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(1, 65536),
+    default=1024,
+    help="Largest batch a data holder may send; sizes the gRPC message limit.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Torch threads for the head; 1 leaves the cores to the data holder.",
+)
+@click.option("--workers", type=click.IntRange(2, 256), default=8, help="gRPC handler threads.")
+@click.option("--seed", type=int, default=0, help="Head seed when the data holder sends none.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=10.0,
+    help="Seconds in-flight steps get on SIGTERM/SIGINT.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(
+    host: str,
+    port: int,
+    model_dir: Path,
+    max_batch_size: int,
+    threads: int,
+    workers: int,
+    seed: int,
+    grace: float,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Serve the head of the split model over gRPC.
+
+    Each data holder opens a session, streams its cut-layer tensors with labels, and receives
+    the gradient w.r.t. what it sent. Prints "listening on HOST:PORT" once bound; stops
+    gracefully on SIGTERM/SIGINT (finishes in-flight steps, saves every session, exits 0).
+    """
+    configure_logging(verbose=verbose, quiet=quiet)
+    cfg = ServerConfig(
+        host=host,
+        port=port,
+        model_dir=model_dir,
+        max_batch_size=max_batch_size,
+        threads=threads,
+        workers=workers,
+        seed=seed,
+        grace=grace,
+    )
+
+    def announce(bound_host: str, bound_port: int) -> None:
+        click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
+        sys.stdout.flush()
+
+    try:
+        serve(cfg, on_bound=announce)
+    except OSError as error:
+        click.echo(f"splitnn-server: {error}", err=True)
+        sys.exit(exits.FAILED)

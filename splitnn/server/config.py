@@ -1,0 +1,35 @@
+"""The server's settings, built by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one `splitnn-server` process.
+
+    Attributes:
+        host, port: where to listen; port 0 picks a free port (read it back from `build_server`).
+        model_dir: where heads and resume states are written.
+        max_batch_size: the largest batch a session may use; sizes the message limit.
+        threads: torch intra-op threads for the head (it is small: 1 leaves the cores to the data
+            holder, which does the heavy convolutions).
+        workers: gRPC handler threads (one per open stream).
+        seed: seeds a head whose data holder did not send a seed.
+        grace: seconds in-flight steps get to finish on shutdown.
+        tap_log: collusion mode: append every received batch to this wire log.
+        tap: collusion mode: serve received batches live on the Tap service.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    model_dir: Path = Path("models")
+    max_batch_size: int = 1024
+    threads: int = 1
+    workers: int = 8
+    seed: int = 0
+    grace: float = 10.0
+    tap_log: Path | None = None
+    tap: bool = False

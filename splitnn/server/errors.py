@@ -1,0 +1,39 @@
+"""Domain errors of the server, and the one place they become gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from splitnn.common.checkpoints import CheckpointError
+from splitnn.common.codec import CodecError
+
+
+class ServerError(Exception):
+    """Base of the errors a peer can cause; the message is safe to send back."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidRequest(ServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class UnknownSession(ServerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class WrongState(ServerError):
+    """Valid on its own but not now: a step out of order, a resume that does not match."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """Maps an exception to (status, public detail). Unknown errors leak no detail."""
+    if isinstance(error, ServerError):
+        return error.code, str(error)
+    if isinstance(error, CodecError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, CheckpointError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    return grpc.StatusCode.INTERNAL, "internal server error"

@@ -1,0 +1,70 @@
+"""Split training over a real gRPC server equals the same training in one process."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from splitnn.client.trainer import SplitTrainer
+from splitnn.client.transport import ServerLink
+from splitnn.common.codec import StepId
+from splitnn.common.models import build_body, build_head, make_optimizer
+from splitnn.common.noise import LaplaceNoise
+from splitnn.server.app import RunningServer
+from tests.conftest import settings
+
+STEPS = 5
+BATCH = 16
+SEED = 7
+LR = 1e-3
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (torch.rand(BATCH, 1, 28, 28, generator=generator),
+         torch.randint(0, 10, (BATCH,), generator=generator))
+        for _ in range(STEPS)
+    ]
+
+
+def _train_in_process(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
+    torch.nn.Module, torch.nn.Module
+]:
+    body, head = build_body(SEED), build_head(SEED + 1)
+    opt_body, opt_head = make_optimizer(body, LR), make_optimizer(head, LR)
+    for images, labels in batches:
+        opt_body.zero_grad()
+        opt_head.zero_grad()
+        F.cross_entropy(head(body(images)), labels).backward()
+        opt_body.step()
+        opt_head.step()
+    return body, head
+
+
+def test_split_steps_match_in_process_steps(address: str, running_server: RunningServer) -> None:
+    # Prepare
+    batches = _batches()
+    link = ServerLink(address, settings("exact", seed=SEED + 1, max_batch_size=BATCH))
+    trainer = SplitTrainer(
+        body=build_body(SEED), link=link, run="exact", noise=LaplaceNoise(0.0),
+        nopeek=0.0, lr=LR, batch_size=BATCH, seed=0,
+    )
+    # Execute
+    for number, (images, labels) in enumerate(batches):
+        trainer.step(StepId("exact", 1, number), images, labels, torch.arange(BATCH))
+    body, head = _train_in_process(batches)
+    server_head = running_server.sessions.get(link.session_id).head
+    # Assert
+    for (name, split), (_, local) in zip(
+        trainer.body.state_dict().items(), body.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(split, local, atol=1e-5, rtol=0, msg=f"body {name}")
+    for (name, split), (_, local) in zip(
+        server_head.state_dict().items(), head.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(split, local, atol=1e-5, rtol=0, msg=f"head {name}")
+    # The weights moved: a test that compares two untrained models would prove nothing.
+    untrained = build_body(SEED).state_dict()["features.6.weight"]
+    assert (body.state_dict()["features.6.weight"] - untrained).abs().max() > 1e-4
+    link.close()
