@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -77,8 +78,14 @@ def main() -> None:
             )
             with ServerLink(address, settings) as link:
                 trainer = SplitTrainer(
-                    body=build_body(0), link=link, run="bench", noise=LaplaceNoise(0.0),
-                    nopeek=0.0, lr=1e-4, batch_size=BATCH, seed=0,
+                    body=build_body(0),
+                    link=link,
+                    run="bench",
+                    noise=LaplaceNoise(0.0),
+                    nopeek=0.0,
+                    lr=1e-4,
+                    batch_size=BATCH,
+                    seed=0,
                 )
                 counter = iter(range(10**9))
 
@@ -90,7 +97,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
 
-    ratios = [s / loc for s, loc in zip(split_times, local_times)]
+    ratios = [s / loc for s, loc in zip(split_times, local_times, strict=True)]
     print(f"pairs: {len(ratios)}, batch {BATCH}, torch threads here: {torch.get_num_threads()}")
     print(f"split step median:      {1000 * statistics.median(split_times):.1f} ms")
     print(f"in-process step median: {1000 * statistics.median(local_times):.1f} ms")
@@ -98,10 +105,9 @@ def main() -> None:
 
 
 def measure(
-    split_step: object, local_step: object, args: argparse.Namespace
+    split_step: Callable[[], None], local_step: Callable[[], None], args: argparse.Namespace
 ) -> tuple[list[float], list[float]]:
     """Alternates the two steps; the order within a pair flips every pair."""
-    assert callable(split_step) and callable(local_step)
     for _ in range(args.warmup):
         split_step()
         local_step()

@@ -34,4 +34,6 @@ def address(running_server: RunningServer) -> str:
 
 
 def settings(run: str = "test-run", *, seed: int = 1, max_batch_size: int = 64) -> SessionSettings:
-    return SessionSettings(run=run, num_classes=10, lr=1e-3, seed=seed, max_batch_size=max_batch_size)
+    return SessionSettings(
+        run=run, num_classes=10, lr=1e-3, seed=seed, max_batch_size=max_batch_size
+    )

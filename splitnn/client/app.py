@@ -14,7 +14,12 @@ import torch
 from splitnn.client.config import ClientConfig
 from splitnn.client.trainer import EpochResult, SplitTrainer
 from splitnn.client.transport import ServerLink, SessionSettings
-from splitnn.common.checkpoints import classifier_stem, remove_checkpoint, save_checkpoint, setting_tag
+from splitnn.common.checkpoints import (
+    classifier_stem,
+    remove_checkpoint,
+    save_checkpoint,
+    setting_tag,
+)
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
@@ -68,7 +73,8 @@ class RunReport:
 
 def default_run_name(cfg: ClientConfig) -> str:
     """E.g. ``mnist5k_05noise_00nopeek_seed0``: unique per setting, stable across restarts."""
-    return f"{cfg.dataset}_{setting_tag(cfg.noise)}noise_{setting_tag(cfg.nopeek)}nopeek_seed{cfg.seed}"
+    noise, nopeek = setting_tag(cfg.noise), setting_tag(cfg.nopeek)
+    return f"{cfg.dataset}_{noise}noise_{nopeek}nopeek_seed{cfg.seed}"
 
 
 def run(cfg: ClientConfig) -> RunReport:
@@ -122,7 +128,11 @@ def _train_and_report(
         )
         logger.info(
             "epoch %d: train loss %.4f acc %.2f%%, val acc %.2f%% (%.1f s)",
-            epoch, result.loss, result.accuracy, val.accuracy, result.seconds,
+            epoch,
+            result.loss,
+            result.accuracy,
+            val.accuracy,
+            result.seconds,
         )
         if best is None or val.accuracy > best[0]:
             state = {k: v.detach().clone() for k, v in trainer.body.state_dict().items()}

@@ -21,37 +21,83 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_CLIENT", "show_default": True})
 @click.option("--server", default="127.0.0.1:50051", help="Address of splitnn-server, HOST:PORT.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist5k",
-              help="mnist5k is embedded (offline); the others download to --data-dir.")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default="mnist5k",
+    help="mnist5k is embedded (offline); the others download to --data-dir.",
+)
 @click.option("--noise", type=_NONNEG, default=0.0, help="Laplace scale b on the cut tensor.")
 @click.option("--nopeek", type=_NONNEG, default=0.0, help="NoPeek weight W (distance correlation).")
-@click.option("--eval-noise", type=_NONNEG, default=None,
-              help="Noise scale for test/deployment (post-training noise). Default: --noise.")
+@click.option(
+    "--eval-noise",
+    type=_NONNEG,
+    default=None,
+    help="Noise scale for test/deployment (post-training noise). Default: --noise.",
+)
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=10)
-@click.option("--batch-size", type=click.IntRange(2, 1024), default=128,
-              help="The study used 128, and 32 with NoPeek.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(2, 1024),
+    default=128,
+    help="The study used 128, and 32 with NoPeek.",
+)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1e-4)
 @click.option("--seed", type=int, default=0, help="Seeds weights, shuffling and noise.")
-@click.option("--max-steps", type=click.IntRange(1), default=None,
-              help="Batches per epoch at most (smoke runs).")
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("models"), help="Checkpoints go to MODEL_DIR/classifiers.")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    default=None,
+    help="Batches per epoch at most (smoke runs).",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    help="Checkpoints go to MODEL_DIR/classifiers.",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"))
-@click.option("--run", "run_name", default=None,
-              help="Session name on the server. Default: from dataset, noise, nopeek, seed.")
+@click.option(
+    "--run",
+    "run_name",
+    default=None,
+    help="Session name on the server. Default: from dataset, noise, nopeek, seed.",
+)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Default: all cores.")
-@click.option("--deploy", is_flag=True,
-              help="After training, run the attack-evaluation images through the model.")
-@click.option("--connect-timeout", type=click.FloatRange(0.1), default=30.0,
-              help="Seconds to wait for the server.")
+@click.option(
+    "--deploy",
+    is_flag=True,
+    help="After training, run the attack-evaluation images through the model.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    help="Seconds to wait for the server.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, only warnings.")
 @click.option("-v", "--verbose", count=True)
 def main(
-    server: str, dataset: str, noise: float, nopeek: float, eval_noise: float | None,
-    epochs: int, batch_size: int, lr: float, seed: int, max_steps: int | None,
-    model_dir: Path, data_dir: Path, run_name: str | None, threads: int | None,
-    deploy: bool, connect_timeout: float, as_json: bool, quiet: bool, verbose: int,
+    server: str,
+    dataset: str,
+    noise: float,
+    nopeek: float,
+    eval_noise: float | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_steps: int | None,
+    model_dir: Path,
+    data_dir: Path,
+    run_name: str | None,
+    threads: int | None,
+    deploy: bool,
+    connect_timeout: float,
+    as_json: bool,
+    quiet: bool,
+    verbose: int,
 ) -> None:
     """Train the data holder's part of the split model through a splitnn-server.
 
@@ -66,10 +112,23 @@ def main(
     if ":" not in server:
         raise click.BadParameter("expected HOST:PORT", param_hint="--server")
     cfg = ClientConfig(
-        server=server, dataset=dataset, noise=noise, nopeek=nopeek, eval_noise=eval_noise,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
-        model_dir=model_dir, data_dir=data_dir, run=run_name, threads=threads, deploy=deploy,
-        connect_timeout=connect_timeout, progress=not quiet and sys.stderr.isatty(),
+        server=server,
+        dataset=dataset,
+        noise=noise,
+        nopeek=nopeek,
+        eval_noise=eval_noise,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_steps=max_steps,
+        model_dir=model_dir,
+        data_dir=data_dir,
+        run=run_name,
+        threads=threads,
+        deploy=deploy,
+        connect_timeout=connect_timeout,
+        progress=not quiet and sys.stderr.isatty(),
     )
     try:
         report = run(cfg)

@@ -1,4 +1,4 @@
-"""The data holder's training loop: part 1 forward, noise, the server's gradient, part 1 backward."""
+"""The data holder's training loop: part 1 forward, noise, the server's gradient, backward."""
 
 from __future__ import annotations
 

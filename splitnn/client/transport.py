@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import grpc
 import torch
@@ -35,8 +36,8 @@ class ServerRefused(RuntimeError):
     """The server answered with an error status; the message carries its code and detail."""
 
     def __init__(self, error: grpc.RpcError) -> None:
-        code = error.code()  # type: ignore[attr-defined]
-        super().__init__(f"server refused: {code.name}: {error.details()}")  # type: ignore[attr-defined]
+        code = error.code()
+        super().__init__(f"server refused: {code.name}: {error.details()}")
         self.code = code
 
 
@@ -74,9 +75,9 @@ class EvalReply:
 class _Stream:
     """A bidirectional call driven one request, one reply at a time."""
 
-    def __init__(self, method: grpc.StreamStreamMultiCallable, timeout: float) -> None:
+    def __init__(self, method: Callable[..., Any], timeout: float) -> None:
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._replies: Iterator[object] = method(self._iterate(), timeout=timeout)
+        self._replies: Any = method(self._iterate(), timeout=timeout)
 
     def _iterate(self) -> Iterator[object]:
         while (request := self._requests.get()) is not _STREAM_END:
@@ -120,7 +121,9 @@ class ServerLink:
         self._step_timeout = step_timeout
         self._retries = retries
         limit = message_limit(max_batch_size=settings.max_batch_size, cut_shape=CUT_SHAPE)
-        self._channel = grpc.insecure_channel(address, options=grpc_options(max_message_bytes=limit))
+        self._channel = grpc.insecure_channel(
+            address, options=grpc_options(max_message_bytes=limit)
+        )
         self._stub = pb_grpc.SplitLearningStub(self._channel)
         self._streams: dict[str, _Stream] = {}
         self.session_id = ""
@@ -141,7 +144,7 @@ class ServerLink:
         try:
             reply = self._stub.OpenSession(request, timeout=connect_timeout, wait_for_ready=True)
         except grpc.RpcError as error:
-            if error.code() in _RETRYABLE:  # type: ignore[attr-defined]
+            if error.code() in _RETRYABLE:
                 raise ServerUnreachable(
                     f"no server answered at {self.address} within {connect_timeout:g} s"
                 ) from None
@@ -197,7 +200,9 @@ class ServerLink:
             request.indices.CopyFrom(tensor_to_proto(indices))
         reply = self._call_stream("eval", self._stub.Evaluate, request)
         assert isinstance(reply, pb.EvalReply)
-        logits = tensor_from_proto(reply.logits, dtype="float32", shape=(activations.shape[0], None))
+        logits = tensor_from_proto(
+            reply.logits, dtype="float32", shape=(activations.shape[0], None)
+        )
         return EvalReply(logits=logits, loss=reply.loss, correct=reply.correct)
 
     def checkpoint(self, name: str, *, replace_previous: bool) -> str:
@@ -221,7 +226,9 @@ class ServerLink:
         self._streams.clear()
         if self.session_id:
             try:
-                self._unary(self._stub.CloseSession, pb.CloseSessionRequest(session_id=self.session_id))
+                self._unary(
+                    self._stub.CloseSession, pb.CloseSessionRequest(session_id=self.session_id)
+                )
             except (ServerRefused, ServerUnreachable) as error:
                 logger.warning("closing the session failed: %s", error)
             self.session_id = ""
@@ -238,7 +245,7 @@ class ServerLink:
     ) -> None:
         self.close()
 
-    def _unary(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> object:
+    def _unary(self, method: Callable[..., Any], request: object) -> Any:
         for attempt in range(self._retries + 1):
             try:
                 return method(request, timeout=self._step_timeout)
@@ -246,9 +253,7 @@ class ServerLink:
                 self._handle_failure(error, attempt)
         raise AssertionError("unreachable")
 
-    def _call_stream(
-        self, kind: str, method: grpc.StreamStreamMultiCallable, request: object
-    ) -> object:
+    def _call_stream(self, kind: str, method: Callable[..., Any], request: object) -> object:
         for attempt in range(self._retries + 1):
             stream = self._streams.get(kind)
             if stream is None:
@@ -266,11 +271,13 @@ class ServerLink:
 
     def _handle_failure(self, error: grpc.RpcError, attempt: int) -> None:
         """Re-raises non-retryable errors; sleeps a capped backoff before a retry."""
-        code = error.code()  # type: ignore[attr-defined]
+        code = error.code()
         if code not in _RETRYABLE:
             raise ServerRefused(error) from None
         if attempt >= self._retries:
-            raise ServerUnreachable(f"server at {self.address} lost: {error.details()}") from None  # type: ignore[attr-defined]
+            raise ServerUnreachable(f"server at {self.address} lost: {error.details()}") from None
         delay = min(0.25 * 2**attempt, 5.0)
-        logger.warning("%s; retrying in %.2f s (%d/%d)", code.name, delay, attempt + 1, self._retries)
+        logger.warning(
+            "%s; retrying in %.2f s (%d/%d)", code.name, delay, attempt + 1, self._retries
+        )
         time.sleep(delay)

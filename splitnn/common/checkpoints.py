@@ -1,4 +1,4 @@
-"""Checkpoint files: plain state_dicts written atomically, a JSON manifest beside each, study names."""
+"""Checkpoint files: plain state_dicts written atomically, a JSON manifest beside each, names."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class CheckpointError(Exception):
 
 
 def setting_tag(value: float) -> str:
-    """The study's number tag: the decimal point dropped (0.5 -> "05", 1.0 -> "10", 0.05 -> "005")."""
+    """The study's number tag, decimal point dropped: 0.5 -> "05", 1.0 -> "10", 0.05 -> "005"."""
     text = f"{value:.1f}" if round(value, 1) == value else repr(float(value))
     return text.replace(".", "")
 

@@ -100,7 +100,8 @@ def _array_from_proto(
     if any(d < 0 for d in dims):
         raise CodecError(f"negative dimension in shape {list(dims)}")
     if shape is not None and (
-        len(shape) != len(dims) or any(e is not None and e != d for e, d in zip(shape, dims))
+        len(shape) != len(dims)
+        or any(e is not None and e != d for e, d in zip(shape, dims, strict=True))
     ):
         expected = ["*" if e is None else e for e in shape]
         raise CodecError(f"shape {list(dims)} where {expected} was expected")

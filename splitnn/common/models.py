@@ -1,4 +1,4 @@
-"""The study's classifier, split at the 500-d tanh layer (with the reference's double softmax fixed)."""
+"""The study's classifier, split at the 500-d tanh layer (the reference's double softmax fixed)."""
 
 from __future__ import annotations
 
@@ -69,5 +69,5 @@ def build_head(seed: int, num_classes: int = 10) -> Head:
 
 
 def make_optimizer(params: nn.Module, lr: float) -> torch.optim.Adam:
-    """The study's Adam; fused on CPU/CUDA where torch supports it (measured 5-19 ms faster per step)."""
+    """The study's Adam, fused (one kernel for all parameters: measured 5-19 ms faster a step)."""
     return torch.optim.Adam(params.parameters(), lr=lr, fused=True)

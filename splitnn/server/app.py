@@ -20,6 +20,7 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.config import ServerConfig
 from splitnn.server.servicer import SplitLearningServicer, TapSink
 from splitnn.server.sessions import SessionRegistry
+from splitnn.server.tap import TapHub, TapServicer
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,13 @@ class RunningServer:
     port: int
     sessions: SessionRegistry
     health: health.HealthServicer
+    hub: TapHub | None = None
 
     def shutdown(self, grace: float) -> None:
         """Stops accepting calls, lets in-flight steps finish, then saves every session."""
         self.health.enter_graceful_shutdown()
+        if self.hub is not None:
+            self.hub.close()  # ends live tap streams, which would otherwise outlive the grace
         self.server.stop(grace).wait()
         self.sessions.save_all()
 
@@ -52,6 +56,17 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
         maximum_concurrent_rpcs=cfg.workers * 4,
     )
     sessions = SessionRegistry(model_dir=cfg.model_dir, max_batch_size=cfg.max_batch_size)
+    hub = None
+    if cfg.tap_log is not None or cfg.tap:
+        logger.warning(
+            "COLLUSION MODE: every received batch is shared (log: %s, live tap: %s)",
+            cfg.tap_log or "none",
+            "on" if cfg.tap else "off",
+        )
+        hub = TapHub(log_path=cfg.tap_log)
+        tap = hub.publish if tap is None else tap
+        if cfg.tap:
+            pb_grpc.add_TapServicer_to_server(TapServicer(hub), server)
     pb_grpc.add_SplitLearningServicer_to_server(
         SplitLearningServicer(sessions, default_seed=cfg.seed, tap=tap), server
     )
@@ -63,7 +78,9 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, sessions=sessions, health=health_servicer)
+    return RunningServer(
+        server=server, port=port, sessions=sessions, health=health_servicer, hub=hub
+    )
 
 
 def serve(

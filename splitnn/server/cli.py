@@ -42,6 +42,15 @@ from splitnn.server.config import ServerConfig
     default=10.0,
     help="Seconds in-flight steps get on SIGTERM/SIGINT.",
 )
+@click.option(
+    "--tap-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="COLLUSION MODE: append every received batch to this wire log.",
+)
+@click.option(
+    "--tap", is_flag=True, help="COLLUSION MODE: serve received batches live (Tap service)."
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(

@@ -65,7 +65,7 @@ class HeadSession:
         self.steps_applied = 0
 
     def check_batch(self, activations: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Validates a decoded batch against the session. activations [B, *cut], labels int64 [B]."""
+        """Checks a decoded batch against the session: activations [B, *cut], labels int64 [B]."""
         batch = activations.shape[0]
         if not 1 <= batch <= self.spec.max_batch_size:
             raise InvalidRequest(f"batch size {batch} outside 1..{self.spec.max_batch_size}")
@@ -90,7 +90,7 @@ class HeadSession:
             if self.last_step is not None and step.key() <= self.last_step.key():
                 if step == self.last_step and self._last_result is not None:
                     return self._last_result, False
-                raise WrongState(f"step {step} is not after the last applied step {self.last_step}")
+                raise WrongState(f"step {step} is not after the last applied {self.last_step}")
             received = activations.to(torch.float32).requires_grad_(True)
             self.head.train()
             logits = self.head(received)
@@ -101,7 +101,9 @@ class HeadSession:
             assert received.grad is not None
             gradient = received.grad.to(activations.dtype)
             correct = int((logits.detach().argmax(dim=1) == labels).sum())
-            result = StepResult(step=step, gradient=gradient, loss=float(loss.detach()), correct=correct)
+            result = StepResult(
+                step=step, gradient=gradient, loss=float(loss.detach()), correct=correct
+            )
             self.last_step, self._last_result = step, result
             self.steps_applied += 1
             return result, True

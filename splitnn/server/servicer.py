@@ -120,9 +120,7 @@ class SplitLearningServicer(pb_grpc.SplitLearningServicer):
             _abort(context, error)
         return pb.CheckpointReply(path=str(path))
 
-    def Restore(
-        self, request: pb.RestoreRequest, context: grpc.ServicerContext
-    ) -> pb.RestoreReply:
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> pb.RestoreReply:
         try:
             session = self._sessions.get(request.session_id)
             steps = self._sessions.load_head(session, request.name)

@@ -22,15 +22,17 @@ LR = 1e-3
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     return [
-        (torch.rand(BATCH, 1, 28, 28, generator=generator),
-         torch.randint(0, 10, (BATCH,), generator=generator))
+        (
+            torch.rand(BATCH, 1, 28, 28, generator=generator),
+            torch.randint(0, 10, (BATCH,), generator=generator),
+        )
         for _ in range(STEPS)
     ]
 
 
-def _train_in_process(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
-    torch.nn.Module, torch.nn.Module
-]:
+def _train_in_process(
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     body, head = build_body(SEED), build_head(SEED + 1)
     opt_body, opt_head = make_optimizer(body, LR), make_optimizer(head, LR)
     for images, labels in batches:
@@ -47,8 +49,14 @@ def test_split_steps_match_in_process_steps(address: str, running_server: Runnin
     batches = _batches()
     link = ServerLink(address, settings("exact", seed=SEED + 1, max_batch_size=BATCH))
     trainer = SplitTrainer(
-        body=build_body(SEED), link=link, run="exact", noise=LaplaceNoise(0.0),
-        nopeek=0.0, lr=LR, batch_size=BATCH, seed=0,
+        body=build_body(SEED),
+        link=link,
+        run="exact",
+        noise=LaplaceNoise(0.0),
+        nopeek=0.0,
+        lr=LR,
+        batch_size=BATCH,
+        seed=0,
     )
     # Execute
     for number, (images, labels) in enumerate(batches):
