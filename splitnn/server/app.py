@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -20,7 +21,9 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.config import ServerConfig
 from splitnn.server.servicer import SplitLearningServicer, TapSink
 from splitnn.server.sessions import SessionRegistry
-from splitnn.server.tap import TapHub, TapServicer
+
+if TYPE_CHECKING:
+    from splitnn.server.tap import TapHub
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
             cfg.tap_log or "none",
             "on" if cfg.tap else "off",
         )
+        from splitnn.server.tap import TapHub, TapServicer  # collusion mode only
+
         hub = TapHub(log_path=cfg.tap_log)
         tap = hub.publish if tap is None else tap
         if cfg.tap:
