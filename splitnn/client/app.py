@@ -178,7 +178,9 @@ def _save_best(
     previous: tuple[Path, str] | None,
 ) -> tuple[Path, str]:
     """Writes part 1 here and asks the server to write part 2; drops the previous best."""
-    stem = classifier_stem(dataset=cfg.dataset, noise=cfg.noise, nopeek=cfg.nopeek, epoch=epoch)
+    stem = classifier_stem(
+        dataset=cfg.dataset, noise=cfg.noise, nopeek=cfg.nopeek, epoch=epoch, seed=cfg.seed
+    )
     path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
     manifest = {
         "part": "body",

@@ -25,9 +25,16 @@ def setting_tag(value: float) -> str:
     return text.replace(".", "")
 
 
-def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int) -> str:
-    """E.g. ``mnist_05noise_00nopeek_epoch=3`` (the study's names, the dataset as the prefix)."""
-    return f"{dataset}_{setting_tag(noise)}noise_{setting_tag(nopeek)}nopeek_epoch={epoch}"
+def classifier_stem(
+    *, dataset: str, noise: float, nopeek: float, epoch: int, seed: int = 0
+) -> str:
+    """E.g. ``mnist_05noise_00nopeek_epoch=3``: the study's names, the data set as the prefix.
+
+    Seeds other than 0 add ``_seed<k>`` before the epoch, so repeated runs do not collide.
+    """
+    seed_part = f"_seed{seed}" if seed else ""
+    tags = f"{setting_tag(noise)}noise_{setting_tag(nopeek)}nopeek"
+    return f"{dataset}_{tags}{seed_part}_epoch={epoch}"
 
 
 def check_stem(stem: str) -> str:
