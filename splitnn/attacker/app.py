@@ -1,0 +1,190 @@
+"""A whole attack: train a decoder through the black-box part 1, invert the victim, score."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from splitnn.attacker.decoders import build_decoder
+from splitnn.attacker.figures import save_grid
+from splitnn.attacker.intercept import Intercepted, from_live, from_log, ground_truth
+from splitnn.attacker.inversion import reconstruct, train_decoder
+from splitnn.attacker.metrics import score
+from splitnn.attacker.oracle import BodyOracle
+from splitnn.attacker.validator import accuracy, load_or_train_validator
+from splitnn.common.checkpoints import save_checkpoint, setting_tag
+from splitnn.common.datasets import load_splits
+
+logger = logging.getLogger(__name__)
+
+Protocol = Literal["noisy", "clean"]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Settings of one attack.
+
+    Attributes:
+        classifier: the deployed part-1 checkpoint the colluding data holder lends (black box).
+        from_log / live: where the victim's tensors come from (exactly one).
+        dataset: the victim's data set, for ground truth; None: from the classifier manifest.
+        aux: the attacker's auxiliary data set; None: the victim's.
+        aux_fraction: fraction of the auxiliary slice used (the study's data-volume experiment).
+        set_noise: noise scale of the oracle instead of the deployed one (post-training noise).
+        protocol: "noisy" trains and scores on what crosses the wire; "clean" is the reference's
+            shortcut: trained and scored on noise-free tensors the wire never carries.
+    """
+
+    classifier: Path
+    from_log: Path | None = None
+    live: str | None = None
+    dataset: str | None = None
+    aux: str | None = None
+    aux_fraction: float = 1.0
+    set_noise: float | None = None
+    decoder: str = "deep"
+    protocol: Protocol = "noisy"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    split: str = "attack"
+    run: str | None = None
+    model_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    figure: Path | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """Scores of the reconstructions against the true images (pixels in [0,1])."""
+
+    classifier: str
+    attacker: str
+    dataset: str
+    deployed_noise: float
+    set_noise: float
+    aux: str
+    aux_fraction: float
+    aux_images: int
+    decoder: str
+    protocol: str
+    images: int
+    mse: float
+    psnr: float
+    ssim: float
+    dcor: float
+    validator_accuracy: float
+    validator_accuracy_originals: float
+    figure: str
+    source: str
+    log_problem: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def attacker_stem(cfg: AttackConfig, *, aux: str) -> str:
+    """The study's attacker name, extended with what makes our variants distinct."""
+    prefix = "emnist" if aux.startswith("emnist") else aux.split("-")[0].removesuffix("5k")
+    stem = f"{prefix}_attacker_model{cfg.classifier.name.removesuffix('.ckpt')}"
+    if cfg.set_noise is not None:
+        stem += f"_set{setting_tag(cfg.set_noise)}noise"
+    if cfg.aux_fraction != 1.0:
+        stem += f"_aux{setting_tag(cfg.aux_fraction)}"
+    if cfg.decoder != "study":
+        stem += f"_{cfg.decoder}"
+    if cfg.protocol == "clean":
+        stem += "_clean"
+    return stem
+
+
+def run_attack(cfg: AttackConfig) -> AttackReport:
+    """Runs the attack end to end; see `AttackConfig`."""
+    oracle = BodyOracle(cfg.classifier, set_noise=cfg.set_noise, seed=cfg.seed + 17)
+    dataset = cfg.dataset or str(oracle.manifest.get("dataset", "mnist5k"))
+    victim = load_splits(dataset, root=cfg.data_dir)
+    aux_name = cfg.aux or dataset
+    aux_data = load_splits(aux_name, root=cfg.data_dir).aux
+    aux_images = aux_data.take(max(1, round(cfg.aux_fraction * len(aux_data)))).images
+    intercepted = _intercept(cfg, expected=len(victim.attack))
+    originals, labels = ground_truth(victim.attack, intercepted.indices)
+    noisy = cfg.protocol == "noisy"
+    # The clean protocol never looks at the wire: it scores on the pre-noise tensors of the
+    # victim's images, as the reference did.
+    cuts = intercepted.activations if noisy else oracle.query(originals, noisy=False)
+
+    decoder = build_decoder(cfg.decoder, seed=cfg.seed)
+    train_decoder(
+        decoder,
+        oracle=oracle,
+        images=aux_images,
+        noisy=noisy,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    stem = attacker_stem(cfg, aux=aux_name)
+    path = cfg.model_dir / "attackers" / f"{stem}.ckpt"
+    save_checkpoint(path, decoder.state_dict(), {"part": "attacker", **_manifest(cfg, oracle)})
+    recon = reconstruct(decoder, cuts)
+    scores = score(originals, recon)
+    validator = load_or_train_validator(
+        splits=victim, model_dir=cfg.model_dir, seed=cfg.seed, progress=cfg.progress
+    )
+    figure = cfg.figure or Path("results") / "figures" / f"{stem}.png"
+    save_grid(figure, originals=originals, rows=[(_row_label(cfg, oracle), recon)], title=stem)
+    return AttackReport(
+        classifier=str(cfg.classifier),
+        attacker=str(path),
+        dataset=dataset,
+        deployed_noise=oracle.deployed_noise,
+        set_noise=oracle.noise_scale,
+        aux=aux_name,
+        aux_fraction=cfg.aux_fraction,
+        aux_images=len(aux_images),
+        decoder=cfg.decoder,
+        protocol=cfg.protocol,
+        images=len(originals),
+        mse=scores["mse"],
+        psnr=scores["psnr"],
+        ssim=scores["ssim"],
+        dcor=scores["dcor"],
+        validator_accuracy=accuracy(validator, recon, labels),
+        validator_accuracy_originals=accuracy(validator, originals, labels),
+        figure=str(figure),
+        source=intercepted.source,
+        log_problem=intercepted.problem,
+    )
+
+
+def _intercept(cfg: AttackConfig, *, expected: int) -> Intercepted:
+    if cfg.from_log is not None:
+        return from_log(cfg.from_log, split=cfg.split, run=cfg.run)
+    assert cfg.live is not None
+    return from_live(cfg.live, split=cfg.split, run=cfg.run, expected=expected)
+
+
+def _row_label(cfg: AttackConfig, oracle: BodyOracle) -> str:
+    return f"b={oracle.noise_scale:g} {cfg.decoder}"
+
+
+def _manifest(cfg: AttackConfig, oracle: BodyOracle) -> dict[str, Any]:
+    return {
+        "classifier": str(cfg.classifier),
+        "deployed_noise": oracle.deployed_noise,
+        "set_noise": oracle.noise_scale,
+        "aux": cfg.aux,
+        "aux_fraction": cfg.aux_fraction,
+        "decoder": cfg.decoder,
+        "protocol": cfg.protocol,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }

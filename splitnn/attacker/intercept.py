@@ -1,0 +1,103 @@
+"""The victim's cut tensors as the colluding server received them: from a wire log or live."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from splitnn.common.datasets import Subset
+from splitnn.common.wirelog import read_wirelog, stack_records
+from splitnn.proto import splitnn_pb2 as pb
+from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class InterceptError(Exception):
+    """Nothing usable was intercepted, or it does not match the data set."""
+
+
+@dataclass(frozen=True)
+class Intercepted:
+    """activations: float32 [N,500] as received; indices: int64 [N], which images they were."""
+
+    activations: torch.Tensor
+    indices: torch.Tensor
+    run: str
+    source: str
+    problem: str | None = None
+
+
+def _select(
+    records: Iterable[pb.TapRecord], *, split: str, run: str | None, source: str
+) -> Intercepted:
+    chosen = [r for r in records if r.split == split and (run is None or r.step.run == run)]
+    if not chosen:
+        raise InterceptError(f"no intercepted batches of split {split!r} in {source}")
+    last_run = chosen[-1].step.run  # a log may hold several runs: the latest one by default
+    chosen = [r for r in chosen if r.step.run == last_run]
+    activations, indices = stack_records(chosen)
+    # If the split went over the wire more than once, keep each image's latest tensor.
+    latest: dict[int, int] = {int(i): row for row, i in enumerate(indices)}
+    rows = torch.tensor(sorted(latest.values()), dtype=torch.long)
+    return Intercepted(activations[rows], indices[rows], last_run, source)
+
+
+def from_log(path: Path, *, split: str = "attack", run: str | None = None) -> Intercepted:
+    """Reads the victim's tensors of `split` from a wire log (a damaged tail is reported)."""
+    log = read_wirelog(path)
+    if log.problem:
+        logger.warning("wire log %s: %s", path, log.problem)
+    found = _select(log.records, split=split, run=run, source=str(path))
+    return Intercepted(found.activations, found.indices, found.run, found.source, log.problem)
+
+
+def from_live(
+    address: str,
+    *,
+    split: str = "attack",
+    run: str | None = None,
+    expected: int,
+    timeout: float = 3600.0,
+) -> Intercepted:
+    """Subscribes to a collusion-mode server's tap until `expected` images of `split` arrived.
+
+    Ends early, with what it has, when the server closes the stream or after `timeout` seconds.
+    """
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.TapStub(channel)
+    records: list[pb.TapRecord] = []
+    seen: set[int] = set()
+    stream = stub.Subscribe(pb.TapRequest(run=run or ""), wait_for_ready=True, timeout=timeout)
+    try:
+        for record in stream:
+            if record.split == split:
+                records.append(record)
+                seen.update(int(i) for i in stack_records([record])[1])
+                if len(seen) >= expected:
+                    break
+    except grpc.RpcError as error:
+        if not records:
+            raise InterceptError(f"tap at {address}: {error.details()}") from None
+    finally:
+        stream.cancel()
+        channel.close()
+    return _select(records, split=split, run=run, source=f"live tap {address}")
+
+
+def ground_truth(subset: Subset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The true images and labels of the intercepted `indices` (int64 [N]), for scoring only."""
+    row_of = {int(i): row for row, i in enumerate(subset.indices)}
+    missing = [int(i) for i in indices if int(i) not in row_of]
+    if missing:
+        raise InterceptError(
+            f"{len(missing)} intercepted indices (e.g. {missing[:3]}) are not in the data set's "
+            "attack-evaluation slice: was the victim trained on another data set?"
+        )
+    rows = torch.tensor([row_of[int(i)] for i in indices], dtype=torch.long)
+    return subset.images[rows], subset.labels[rows]

@@ -1,0 +1,80 @@
+"""The independent validation classifier that judges whether reconstructions are recognisable.
+
+Same architecture as the victim's model, trained in one piece without any defence on the
+training slice; its accuracy on reconstructions of unseen images says how much of the class
+survives the inversion.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from splitnn.common.checkpoints import load_checkpoint, save_checkpoint
+from splitnn.common.datasets import DatasetSplits, epoch_permutation
+from splitnn.common.models import build_body, build_head
+
+logger = logging.getLogger(__name__)
+
+
+def build_validator(seed: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(build_body(seed), build_head(seed + 1, num_classes))
+
+
+def validator_path(model_dir: Path, dataset: str, seed: int) -> Path:
+    return model_dir / "validators" / f"{dataset}_validator_seed{seed}.ckpt"
+
+
+def load_or_train_validator(
+    *, splits: DatasetSplits, model_dir: Path, seed: int, epochs: int = 5, progress: bool = True
+) -> nn.Sequential:
+    """Loads the data set's validator, training and saving it first if there is none."""
+    path = validator_path(model_dir, splits.name, seed)
+    model = build_validator(seed, splits.num_classes)
+    if path.exists():
+        state, _ = load_checkpoint(path)
+        model.load_state_dict(state)
+        return model.eval()
+    logger.info(
+        "training the validation classifier on %s (%d images)", splits.name, len(splits.train)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in tqdm(range(1, epochs + 1), desc="validator", disable=not progress, leave=False):
+        model.train()
+        order = epoch_permutation(len(splits.train), seed=seed + 1000, epoch=epoch)
+        for start in range(0, len(order), 128):
+            idx = order[start : start + 128]
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(splits.train.images[idx]), splits.train.labels[idx]).backward()
+            optimizer.step()
+    model.eval()
+    test_accuracy = accuracy(model, splits.test.images, splits.test.labels)
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        {
+            "part": "validator",
+            "dataset": splits.name,
+            "seed": seed,
+            "epochs": epochs,
+            "test_accuracy": test_accuracy,
+        },
+    )
+    logger.info("validator test accuracy %.2f%% (saved %s)", test_accuracy, path)
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percent of `images` (float32 [N,1,28,28]) classified as `labels` (int64 [N])."""
+    model.eval()
+    correct = sum(
+        int((model(images[s : s + 500]).argmax(1) == labels[s : s + 500]).sum())
+        for s in range(0, len(images), 500)
+    )
+    return 100.0 * correct / max(len(images), 1)

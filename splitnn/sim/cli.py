@@ -1,0 +1,183 @@
+"""`splitnn-sim`: server, victim data holder and attacker as three processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from splitnn.common import exits
+from splitnn.common.logs import configure_logging
+from splitnn.sim.processes import ProcessError, ServerProcess, run_json
+
+DATASETS = ("mnist5k", "mnist", "fashion-mnist", "emnist-letters")
+
+
+@click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SIM", "show_default": True})
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist5k")
+@click.option("--noise", type=click.FloatRange(0), default=0.0, help="Victim's Laplace scale b.")
+@click.option("--nopeek", type=click.FloatRange(0), default=0.0, help="Victim's NoPeek weight W.")
+@click.option("--epochs", type=click.IntRange(1), default=10, help="Victim's training epochs.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(2),
+    default=None,
+    help="Victim's batch size. Default: 128, or 32 with NoPeek.",
+)
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Smoke runs.")
+@click.option("--seed", type=int, default=0)
+@click.option("--aux", type=click.Choice(DATASETS), default=None, help="Attacker's data set.")
+@click.option("--aux-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
+@click.option("--set-noise", type=click.FloatRange(0), default=None)
+@click.option("--decoder", default="deep", help="Attacker's decoder (splitnn-attack run --help).")
+@click.option("--attack-epochs", type=click.IntRange(1), default=30)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/sim"),
+    help="Holds the wire log of this simulation.",
+)
+@click.option(
+    "--model-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models")
+)
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("results/figures/sim_reconstructions.png"),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
+@click.option("-q", "--quiet", is_flag=True)
+def main(as_json: bool, quiet: bool, **options: Any) -> None:
+    """Run the three parties of the threat model as separate processes on loopback.
+
+    \b
+    1. splitnn-server in collusion mode, logging every received batch to WORKDIR/wire.log
+    2. splitnn-client, the victim, trains with --noise/--nopeek and then runs its
+       deployment-time images (the attack-evaluation slice) through the split model
+    3. splitnn-attack inverts the intercepted deployment tensors and scores them
+    Then prints victim accuracy and attack scores and writes the reconstruction figure.
+    """
+    configure_logging(quiet=quiet or as_json)
+    try:
+        summary = simulate(options, quiet=quiet or as_json)
+    except ProcessError as error:
+        click.echo(f"splitnn-sim: {error}", err=True)
+        sys.exit(exits.FAILED)
+    except KeyboardInterrupt:
+        click.echo("splitnn-sim: interrupted", err=True)
+        sys.exit(exits.INTERRUPTED)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_table(summary)
+
+
+def simulate(o: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    """Runs server, victim and attacker; returns the combined summary."""
+    workdir: Path = o["workdir"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "wire.log"
+    log.unlink(missing_ok=True)  # this simulation's log only
+    batch = o["batch_size"] or (32 if o["nopeek"] > 0 else 128)
+    began = time.perf_counter()
+    quiet_flag = ["-q"] if quiet else []
+    server = ServerProcess(["--model-dir", str(o["model_dir"]), "--tap-log", str(log), *quiet_flag])
+    try:
+        victim_args = [
+            "--server",
+            server.address,
+            "--dataset",
+            o["dataset"],
+            "--noise",
+            str(o["noise"]),
+            "--nopeek",
+            str(o["nopeek"]),
+            "--epochs",
+            str(o["epochs"]),
+            "--batch-size",
+            str(batch),
+            "--seed",
+            str(o["seed"]),
+            "--model-dir",
+            str(o["model_dir"]),
+            "--deploy",
+        ]
+        if o["max_steps"]:
+            victim_args += ["--max-steps", str(o["max_steps"])]
+        victim = run_json("splitnn-client", victim_args)
+    finally:
+        server.stop()
+    attack_args = [
+        *quiet_flag,
+        "run",
+        "--classifier",
+        victim["checkpoint"],
+        "--from-log",
+        str(log),
+        "--dataset",
+        o["dataset"],
+        "--decoder",
+        o["decoder"],
+        "--epochs",
+        str(o["attack_epochs"]),
+        "--aux-fraction",
+        str(o["aux_fraction"]),
+        "--seed",
+        str(o["seed"]),
+        "--model-dir",
+        str(o["model_dir"]),
+        "--figure",
+        str(o["figure"]),
+    ]
+    if o["aux"]:
+        attack_args += ["--aux", o["aux"]]
+    if o["set_noise"] is not None:
+        attack_args += ["--set-noise", str(o["set_noise"])]
+    attack = run_json("splitnn-attack", attack_args)
+    return {
+        "dataset": victim["dataset"],
+        "noise": victim["noise"],
+        "nopeek": victim["nopeek"],
+        "epochs": victim["epochs"],
+        "best_epoch": victim["best_epoch"],
+        "test_accuracy": victim["test_accuracy"],
+        "val_accuracy": victim["val_accuracy"],
+        "attack_mse": attack["mse"],
+        "attack_psnr": attack["psnr"],
+        "attack_ssim": attack["ssim"],
+        "attack_dcor": attack["dcor"],
+        "attack_validator_accuracy": attack["validator_accuracy"],
+        "validator_accuracy_originals": attack["validator_accuracy_originals"],
+        "attack_images": attack["images"],
+        "decoder": attack["decoder"],
+        "figure": attack["figure"],
+        "wire_log": str(log),
+        "classifier": victim["checkpoint"],
+        "attacker": attack["attacker"],
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _print_table(s: dict[str, Any]) -> None:
+    originals = f"(originals {s['validator_accuracy_originals']:.1f}%)"
+    rows = [
+        ("data set", s["dataset"]),
+        ("victim defence", f"noise b={s['noise']:g}, NoPeek W={s['nopeek']:g}"),
+        ("victim test accuracy", f"{s['test_accuracy']:.2f}% (best epoch {s['best_epoch']})"),
+        ("attack images", str(s["attack_images"])),
+        ("attack MSE", f"{s['attack_mse']:.4f}"),
+        ("attack PSNR", f"{s['attack_psnr']:.2f} dB"),
+        ("attack SSIM", f"{s['attack_ssim']:.3f}"),
+        ("attack dCor(x, x_hat)", f"{s['attack_dcor']:.3f}"),
+        ("validator on reconstructions", f"{s['attack_validator_accuracy']:.1f}% {originals}"),
+        ("figure", s["figure"]),
+        ("wire log", s["wire_log"]),
+        ("wall time", f"{s['seconds']:.0f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
