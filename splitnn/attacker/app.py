@@ -87,10 +87,10 @@ class AttackReport:
         return asdict(self)
 
 
-def attacker_stem(cfg: AttackConfig, *, aux: str) -> str:
+def attacker_stem(cfg: AttackConfig, *, classifier: Path, aux: str) -> str:
     """The study's attacker name, extended with what makes our variants distinct."""
     prefix = "emnist" if aux.startswith("emnist") else aux.split("-")[0].removesuffix("5k")
-    stem = f"{prefix}_attacker_model{cfg.classifier.name.removesuffix('.ckpt')}"
+    stem = f"{prefix}_attacker_model{classifier.name.removesuffix('.ckpt')}"
     if cfg.set_noise is not None:
         stem += f"_set{setting_tag(cfg.set_noise)}noise"
     if cfg.aux_fraction != 1.0:
@@ -129,7 +129,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    stem = attacker_stem(cfg, aux=aux_name)
+    stem = attacker_stem(cfg, classifier=oracle.path, aux=aux_name)
     path = cfg.model_dir / "attackers" / f"{stem}.ckpt"
     save_checkpoint(path, decoder.state_dict(), {"part": "attacker", **_manifest(cfg, oracle)})
     recon = reconstruct(decoder, cuts)
@@ -140,7 +140,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
     figure = cfg.figure or Path("results") / "figures" / f"{stem}.png"
     save_grid(figure, originals=originals, rows=[(_row_label(cfg, oracle), recon)], title=stem)
     return AttackReport(
-        classifier=str(cfg.classifier),
+        classifier=str(oracle.path),
         attacker=str(path),
         dataset=dataset,
         deployed_noise=oracle.deployed_noise,
@@ -176,7 +176,7 @@ def _row_label(cfg: AttackConfig, oracle: BodyOracle) -> str:
 
 def _manifest(cfg: AttackConfig, oracle: BodyOracle) -> dict[str, Any]:
     return {
-        "classifier": str(cfg.classifier),
+        "classifier": str(oracle.path),
         "deployed_noise": oracle.deployed_noise,
         "set_noise": oracle.noise_scale,
         "aux": cfg.aux,

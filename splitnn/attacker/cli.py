@@ -64,8 +64,10 @@ def inspect(log: Path) -> None:
 @click.option(
     "--classifier",
     required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The deployed part-1 checkpoint lent by the colluding data holder.",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The deployed part-1 checkpoint lent by the colluding data holder. A quoted pattern"
+    " with * picks the newest match, e.g."
+    " 'models/classifiers/mnist5k_00noise_00nopeek_epoch=*.ckpt'",
 )
 @click.option(
     "--from-log",

@@ -12,6 +12,17 @@ from splitnn.common.models import Body
 from splitnn.common.noise import LaplaceNoise
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """`path` itself, or the newest file matching it when it holds a ``*`` pattern."""
+    if path.exists() or "*" not in path.name:
+        return path
+    matches = sorted(path.parent.glob(path.name), key=lambda p: p.stat().st_mtime)
+    matches = [m for m in matches if m.suffix == ".ckpt"]
+    if not matches:
+        raise CheckpointError(f"no checkpoint matches {path}")
+    return matches[-1]
+
+
 class BodyOracle:
     """Answers queries with what the deployed part 1 would put on the wire.
 
@@ -25,9 +36,10 @@ class BodyOracle:
     """
 
     def __init__(self, checkpoint: Path, *, set_noise: float | None = None, seed: int = 0) -> None:
-        state, manifest = load_checkpoint(checkpoint)
+        self.path = resolve_checkpoint(checkpoint)
+        state, manifest = load_checkpoint(self.path)
         if manifest.get("part") != "body":
-            raise CheckpointError(f"{checkpoint} is not a data holder's part-1 checkpoint")
+            raise CheckpointError(f"{self.path} is not a data holder's part-1 checkpoint")
         self.manifest: dict[str, Any] = manifest
         self.body = Body()
         self.body.load_state_dict(state)
