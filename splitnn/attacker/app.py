@@ -55,6 +55,7 @@ class AttackConfig:
     model_dir: Path = Path("models")
     data_dir: Path = Path("data")
     figure: Path | None = None
+    validator_epochs: int = 5
     progress: bool = True
 
 
@@ -135,7 +136,11 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
     recon = reconstruct(decoder, cuts)
     scores = score(originals, recon)
     validator = load_or_train_validator(
-        splits=victim, model_dir=cfg.model_dir, seed=cfg.seed, progress=cfg.progress
+        splits=victim,
+        model_dir=cfg.model_dir,
+        seed=cfg.seed,
+        epochs=cfg.validator_epochs,
+        progress=cfg.progress,
     )
     figure = cfg.figure or Path("results") / "figures" / f"{stem}.png"
     save_grid(figure, originals=originals, rows=[(_row_label(cfg, oracle), recon)], title=stem)

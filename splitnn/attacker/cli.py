@@ -122,6 +122,12 @@ def inspect(log: Path) -> None:
     default=None,
     help="PNG of originals above reconstructions. Default: results/figures/<attacker>.png",
 )
+@click.option(
+    "--validator-epochs",
+    type=click.IntRange(1),
+    default=5,
+    help="Epochs of the validation classifier if it must be trained first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 @click.pass_context
 def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:

@@ -26,15 +26,15 @@ def build_validator(seed: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(build_body(seed), build_head(seed + 1, num_classes))
 
 
-def validator_path(model_dir: Path, dataset: str, seed: int) -> Path:
-    return model_dir / "validators" / f"{dataset}_validator_seed{seed}.ckpt"
+def validator_path(model_dir: Path, dataset: str, seed: int, epochs: int = 5) -> Path:
+    return model_dir / "validators" / f"{dataset}_validator_seed{seed}_epochs{epochs}.ckpt"
 
 
 def load_or_train_validator(
     *, splits: DatasetSplits, model_dir: Path, seed: int, epochs: int = 5, progress: bool = True
 ) -> nn.Sequential:
     """Loads the data set's validator, training and saving it first if there is none."""
-    path = validator_path(model_dir, splits.name, seed)
+    path = validator_path(model_dir, splits.name, seed, epochs)
     model = build_validator(seed, splits.num_classes)
     if path.exists():
         state, _ = load_checkpoint(path)

@@ -51,6 +51,11 @@ class TapHub:
         self._lock = threading.Lock()
         self.dropped = 0
 
+    @property
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subscribers)
+
     def publish(self, record: pb.TapRecord) -> None:
         if self._writer is not None:
             self._writer.write(record)

@@ -35,6 +35,7 @@ DATASETS = ("mnist5k", "mnist", "fashion-mnist", "emnist-letters")
 @click.option("--set-noise", type=click.FloatRange(0), default=None)
 @click.option("--decoder", default="deep", help="Attacker's decoder (splitnn-attack run --help).")
 @click.option("--attack-epochs", type=click.IntRange(1), default=30)
+@click.option("--validator-epochs", type=click.IntRange(1), default=5)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -132,6 +133,8 @@ def simulate(o: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
         str(o["model_dir"]),
         "--figure",
         str(o["figure"]),
+        "--validator-epochs",
+        str(o["validator_epochs"]),
     ]
     if o["aux"]:
         attack_args += ["--aux", o["aux"]]

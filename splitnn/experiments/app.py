@@ -1,0 +1,76 @@
+"""One `splitnn-experiments` invocation: its groups, in order, and what became of every run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from splitnn.experiments.attack_report import write_attack_tables
+from splitnn.experiments.attacks import run_attacks
+from splitnn.experiments.config import ExperimentConfig
+from splitnn.experiments.grid import GROUPS, train_specs
+from splitnn.experiments.performance import write_classifier_tables
+from splitnn.experiments.runner import Outcome, train_all
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Summary:
+    """Counts of runs per status, the failures, the text of the reports, the wall time."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"ran": 0, "skipped": 0, "failed": 0})
+    failures: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, outcomes: Sequence[Outcome[T]], label: Callable[[T], str]) -> None:
+        for outcome in outcomes:
+            self.counts[outcome.status] += 1
+            if outcome.status == "failed":
+                self.failures.append(f"{label(outcome.item)}: {outcome.error}")
+
+
+def _train_group(name: str, cfg: ExperimentConfig, summary: Summary) -> None:
+    specs = train_specs(
+        name, dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
+    )
+    outcomes = train_all(specs, cfg, desc=name)
+    summary.add(outcomes, lambda spec: spec.name)
+
+
+def _attack_group(cfg: ExperimentConfig, summary: Summary) -> None:
+    outcomes = run_attacks(cfg)
+    summary.add(outcomes, lambda spec: spec.key)
+
+
+def _report_group(cfg: ExperimentConfig, summary: Summary) -> None:
+    summary.lines += write_classifier_tables(cfg)
+    summary.lines += ["", *write_attack_tables(cfg)]
+
+
+def run(cfg: ExperimentConfig) -> Summary:
+    """Runs `cfg.groups` in order; a failed run is counted and the next one goes on."""
+    summary = Summary()
+    started = time.monotonic()
+    logger.info(
+        "groups %s on %s: %d epochs, %d seed(s), %d job(s)",
+        " ".join(cfg.groups), cfg.dataset, cfg.epochs, cfg.seeds, cfg.jobs,
+    )  # fmt: skip
+    for name in cfg.groups:
+        kind = GROUPS[name].kind
+        group_started = time.monotonic()
+        if kind == "train":
+            _train_group(name, cfg, summary)
+        elif kind == "attack":
+            _attack_group(cfg, summary)
+        else:
+            _report_group(cfg, summary)
+        logger.info("%s: %.0f s", name, time.monotonic() - group_started)
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,82 @@
+"""The settings of one `splitnn-experiments` invocation, built by the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Raw IDX files torchvision needs per data set: a data set counts as available when they are there.
+_LOCAL_FILES = {
+    "mnist": ("MNIST", ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
+    "emnist-letters": (
+        "EMNIST",
+        ("emnist-letters-train-images-idx3-ubyte", "emnist-letters-test-images-idx3-ubyte"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Settings of one invocation.
+
+    Attributes:
+        groups: the group names to run, in order, ``all`` already expanded.
+        dataset: the victim's data set (a `splitnn.common.datasets` name).
+        epochs: training epochs of every classifier.
+        seeds: seeds 0..seeds-1 of every setting; tables give mean and standard error.
+        jobs: training (or attack) runs at once, each a server + client pair of processes.
+        force: redo runs that are already done.
+        max_steps: batches per epoch at most (smoke runs); None: whole epochs.
+        lr: the data holder's learning rate.
+        attack_epochs: epochs of every attacker's decoder.
+        decoder: the attackers' decoder (`splitnn-attack run --decoder`).
+        clean_comparison: also run the reference's noise-free attacker on the noise models.
+        keep_wirelogs: keep the whole wire log of each run (training batches included) instead
+            of only the deployment batches that the attacks use.
+        model_dir: checkpoints (classifiers/, attackers/, validators/).
+        data_dir: torchvision data sets.
+        runs_dir: run records, wire logs and process logs of this tool.
+        results_dir: CSV tables, and figures under figures/.
+        progress: show progress bars.
+    """
+
+    groups: tuple[str, ...]
+    dataset: str = "mnist5k"
+    epochs: int = 10
+    seeds: int = 1
+    jobs: int = 1
+    force: bool = False
+    max_steps: int | None = None
+    lr: float = 1e-4
+    attack_epochs: int = 30
+    decoder: str = "deep"
+    clean_comparison: bool = True
+    keep_wirelogs: bool = False
+    model_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    runs_dir: Path = Path("runs/experiments")
+    results_dir: Path = Path("results")
+    progress: bool = True
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.results_dir / "figures"
+
+    def threads_per_job(self) -> int:
+        """Torch threads for each of `jobs` concurrent runs: the cores shared out, at least 1."""
+        return max(1, (os.cpu_count() or 1) // self.jobs)
+
+
+def locally_available(dataset: str, data_dir: Path) -> bool:
+    """True if `dataset` can be loaded without a download (mnist5k always can)."""
+    if dataset not in _LOCAL_FILES:
+        return dataset == "mnist5k"
+    folder, files = _LOCAL_FILES[dataset]
+    raw = data_dir / folder / "raw"
+    return all((raw / name).is_file() for name in files)
+
+
+def default_dataset(data_dir: Path) -> str:
+    """``mnist`` when its files are already in `data_dir`, else the embedded ``mnist5k``."""
+    return "mnist" if locally_available("mnist", data_dir) else "mnist5k"

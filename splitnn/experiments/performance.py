@@ -1,0 +1,228 @@
+"""The ``performance`` group's classifier side: model_performances.csv and posttrain_noise.csv.
+
+Every trained classifier of the grid is measured in this process (`splitnn.experiments.measure`),
+once per training run (cached beside its run record); the tables aggregate over seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from splitnn.common.datasets import DatasetSplits, load_splits
+from splitnn.experiments.config import ExperimentConfig
+from splitnn.experiments.grid import POSTTRAIN_NOISE, TrainSpec, grid_specs
+from splitnn.experiments.measure import (
+    EPSILON_NOTE,
+    epsilon,
+    load_classifier,
+    measure_classifier,
+)
+from splitnn.experiments.plots import line_plot
+from splitnn.experiments.records import load_train_record, read_json, write_json_atomic
+from splitnn.experiments.tables import aggregate, upsert_rows
+
+logger = logging.getLogger(__name__)
+
+MODEL_CSV = "model_performances.csv"
+POSTTRAIN_CSV = "posttrain_noise.csv"
+_AVERAGED = (
+    "best_epoch",
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "dcor",
+    "dcor_sent",
+    "client_test_accuracy",
+    "train_seconds",
+)
+MODEL_COLUMNS = (
+    *("model", "dataset", "noise", "nopeek", "seeds"),
+    *_AVERAGED[:6],
+    "epsilon",
+    *(f"{name}_se" for name in _AVERAGED[:6]),
+    *("epochs", "batch_size", "releases", "epsilon_total"),
+    *("client_test_accuracy", "client_test_accuracy_se", "dcor_samples", "train_samples"),
+    *("train_seconds", "train_seconds_se"),
+)
+POSTTRAIN_COLUMNS = (
+    *("model", "noise_after", "test_accuracy", "test_accuracy_se"),
+    *("dataset", "noise", "nopeek", "seeds"),
+)
+_CACHE_VERSION = 1
+
+Measured = tuple[TrainSpec, dict[str, Any], dict[str, Any]]  # spec, run record, measurement
+
+
+def _measure_one(
+    spec: TrainSpec, record: dict[str, Any], cfg: ExperimentConfig, *, splits: DatasetSplits
+) -> dict[str, Any]:
+    """The measurement of one run, from its cache unless the run changed (or --force)."""
+    cache = cfg.runs_dir / spec.dataset / f"{spec.name}.measure.json"
+    cached = read_json(cache)
+    if (
+        not cfg.force
+        and cached is not None
+        and cached.get("version") == _CACHE_VERSION
+        and cached.get("finished_at") == record["finished_at"]
+    ):
+        return cached
+    report = record["report"]
+    body, head = load_classifier(Path(report["checkpoint"]), Path(report["head_checkpoint"]))
+    result = measure_classifier(
+        body,
+        head,
+        splits=splits,
+        noise=spec.setting.noise,
+        seed=spec.seed,
+        posttrain_levels=POSTTRAIN_NOISE if spec.setting.noise == 0 else (),
+    )
+    measurement = asdict(result)
+    posttrain = {repr(b): acc for b, acc in measurement.pop("posttrain").items()}
+    data = {
+        "version": _CACHE_VERSION,
+        "finished_at": record["finished_at"],
+        "measurement": measurement,
+        "posttrain": posttrain,
+    }
+    write_json_atomic(cache, data)
+    return data
+
+
+def measure_all(cfg: ExperimentConfig) -> list[Measured]:
+    """Measures every trained classifier of the grid (all seeds); untrained ones are listed."""
+    specs = grid_specs(
+        dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
+    )
+    records = [(s, load_train_record(cfg.runs_dir, s, lr=cfg.lr)) for s in specs]
+    missing = [s.name for s, r in records if r is None]
+    if missing:
+        logger.warning(
+            "%d of %d classifiers are not trained with these settings (e.g. %s): left out",
+            *(len(missing), len(specs), ", ".join(missing[:3])),
+        )
+    done = [(s, r) for s, r in records if r is not None]
+    if not done:
+        return []
+    splits = load_splits(cfg.dataset, root=cfg.data_dir)
+    bar = tqdm(done, desc="measure", unit="model", disable=not cfg.progress)
+    return [(s, r, _measure_one(s, r, cfg, splits=splits)) for s, r in bar]
+
+
+def _by_model(measured: Sequence[Measured]) -> dict[str, list[Measured]]:
+    groups: dict[str, list[Measured]] = {}
+    for item in measured:
+        groups.setdefault(item[0].model, []).append(item)
+    return groups
+
+
+def model_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
+    """One row per model (setting), means and standard errors over its seeds."""
+    rows = []
+    for model, items in _by_model(measured).items():
+        spec = items[0][0]
+        runs = [
+            {
+                **data["measurement"],
+                "best_epoch": record["report"]["best_epoch"],
+                "client_test_accuracy": record["report"]["test_accuracy"],
+                "train_seconds": record["report"]["train_seconds"],
+            }
+            for _, record, data in items
+        ]
+        eps = epsilon(spec.setting.noise)
+        rows.append(
+            {
+                "model": model,
+                "dataset": spec.dataset,
+                "noise": spec.setting.noise,
+                "nopeek": spec.setting.nopeek,
+                "seeds": len(items),
+                **aggregate(runs, _AVERAGED),
+                "epsilon": eps,
+                "epochs": spec.epochs,
+                "batch_size": spec.setting.batch_size,
+                "releases": spec.epochs,
+                "epsilon_total": spec.epochs * eps,
+                "dcor_samples": runs[0]["dcor_samples"],
+                "train_samples": runs[0]["train_samples"],
+            }
+        )
+    return rows
+
+
+def posttrain_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
+    """Test accuracy of the plain and NoPeek (b = 0) models with noise added after training."""
+    rows = []
+    for model, items in _by_model(measured).items():
+        spec = items[0][0]
+        if spec.setting.noise != 0:
+            continue
+        for b in POSTTRAIN_NOISE:
+            runs = [{"test_accuracy": data["posttrain"][repr(b)]} for _, _, data in items]
+            rows.append(
+                {
+                    "model": model,
+                    "noise_after": b,
+                    **aggregate(runs, ["test_accuracy"]),
+                    "dataset": spec.dataset,
+                    "noise": spec.setting.noise,
+                    "nopeek": spec.setting.nopeek,
+                    "seeds": len(items),
+                }
+            )
+    return rows
+
+
+def _posttrain_plot(rows: Sequence[dict[str, Any]], path: Path, *, dataset: str) -> Path:
+    series: dict[str, tuple[list[float], list[float], list[float | None]]] = {}
+    for row in rows:
+        label = "plain" if row["nopeek"] == 0 else f"NoPeek W={row['nopeek']:g}"
+        xs, ys, errors = series.setdefault(label, ([], [], []))
+        xs.append(row["noise_after"])
+        ys.append(row["test_accuracy"])
+        errors.append(row["test_accuracy_se"])
+    return line_plot(
+        path,
+        series,
+        xlabel="Laplace noise b added after training",
+        ylabel="test accuracy (%)",
+        title=f"Post-training noise ({dataset})",
+    )
+
+
+def write_classifier_tables(cfg: ExperimentConfig) -> list[str]:
+    """Measures, writes both CSVs, the plot and the epsilon note; returns a text summary."""
+    measured = measure_all(cfg)
+    if not measured:
+        return ["no trained classifiers to measure: run a training group first"]
+    rows = model_rows(measured)
+    model_csv = cfg.results_dir / MODEL_CSV
+    upsert_rows(model_csv, rows, key=("model",), columns=MODEL_COLUMNS)
+    post = posttrain_rows(measured)
+    lines = [f"{model_csv}: {len(rows)} models written"]
+    if post:
+        post_csv = cfg.results_dir / POSTTRAIN_CSV
+        upsert_rows(post_csv, post, key=("model", "noise_after"), columns=POSTTRAIN_COLUMNS)
+        plot = _posttrain_plot(post, cfg.figures_dir / "posttrain_noise.png", dataset=cfg.dataset)
+        lines += [f"{post_csv}: {len(post)} rows written", f"{plot}: accuracy against noise"]
+    note = cfg.results_dir / "epsilon.txt"
+    note.write_text(EPSILON_NOTE)
+    lines += ["", _summary(rows), "", EPSILON_NOTE]
+    return lines
+
+
+def _summary(rows: Sequence[dict[str, Any]]) -> str:
+    out = [f"{'model':<34} {'seeds':>5} {'test %':>7} {'dCor':>6} {'dCor sent':>9} {'epsilon':>8}"]
+    for row in rows:
+        eps = "inf" if row["epsilon"] == float("inf") else f"{row['epsilon']:.0f}"
+        out.append(
+            f"{row['model']:<34} {row['seeds']:>5} {row['test_accuracy']:>7.2f} "
+            f"{row['dcor']:>6.3f} {row['dcor_sent']:>9.3f} {eps:>8}"
+        )
+    return "\n".join(out)

@@ -1,0 +1,123 @@
+"""Run records: what each finished run printed, kept as JSON, and whether a run is done.
+
+A training run's record is ``RUNS_DIR/<dataset>/<run>.json``; an attack's is
+``RUNS_DIR/<dataset>/attacks/<attack>.json``. Each holds the settings it was run with, the
+program's JSON report and when it finished. A run is done when its record exists, its settings
+equal the ones asked for, and the files it names (checkpoints, wire log) are still there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from splitnn.common.checkpoints import load_checkpoint, manifest_path
+from splitnn.experiments.grid import TrainSpec
+
+logger = logging.getLogger(__name__)
+
+# Manifest keys of the part-1 checkpoint that must agree with the run's settings.
+_MANIFEST_KEYS = ("dataset", "noise", "nopeek", "seed", "batch_size")
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Writes `data` as JSON to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(data), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        Path(tmp).chmod(0o644)  # mkstemp makes it private; these are shared results
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None if it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def now() -> str:
+    """A wall-clock timestamp with enough precision to tell two runs apart."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
+
+
+def train_record_path(runs_dir: Path, spec: TrainSpec) -> Path:
+    return runs_dir / spec.dataset / f"{spec.name}.json"
+
+
+def wirelog_path(runs_dir: Path, spec: TrainSpec) -> Path:
+    return runs_dir / spec.dataset / f"{spec.name}.wirelog"
+
+
+def process_log_path(runs_dir: Path, spec: TrainSpec) -> Path:
+    return runs_dir / spec.dataset / f"{spec.name}.log"
+
+
+def train_settings(spec: TrainSpec, *, lr: float) -> dict[str, Any]:
+    """What makes two training runs the same run (compared for skipping)."""
+    return {
+        "dataset": spec.dataset,
+        "noise": spec.setting.noise,
+        "nopeek": spec.setting.nopeek,
+        "batch_size": spec.setting.batch_size,
+        "seed": spec.seed,
+        "epochs": spec.epochs,
+        "max_steps": spec.max_steps,
+        "lr": lr,
+    }
+
+
+def load_train_record(runs_dir: Path, spec: TrainSpec, *, lr: float) -> dict[str, Any] | None:
+    """The record of `spec` if that run is done (see the module docstring), else None."""
+    path = train_record_path(runs_dir, spec)
+    record = read_json(path)
+    if record is None:
+        return None
+    if record.get("settings") != train_settings(spec, lr=lr):
+        logger.debug("%s: recorded with other settings", path)
+        return None
+    report = record.get("report", {})
+    files = [Path(report.get("checkpoint", "")), Path(report.get("head_checkpoint", ""))]
+    missing = [f for f in files if not f.is_file() or not manifest_path(f).is_file()]
+    if not Path(record.get("wirelog", "")).is_file():
+        missing.append(Path(record.get("wirelog", "")))
+    if missing:
+        logger.debug("%s: missing %s", path, ", ".join(map(str, missing)))
+        return None
+    _, manifest = load_checkpoint(files[0])
+    expected = record["settings"]
+    if any(manifest.get(key) != expected[key] for key in _MANIFEST_KEYS):
+        logger.debug("%s: the checkpoint's manifest disagrees with the record", path)
+        return None
+    return record
+
+
+def attack_record_path(runs_dir: Path, dataset: str, key: str) -> Path:
+    return runs_dir / dataset / "attacks" / f"{key}.json"
+
+
+def load_attack_record(
+    runs_dir: Path, dataset: str, key: str, *, settings: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The record of attack `key` if it was run with exactly `settings` and its files exist."""
+    record = read_json(attack_record_path(runs_dir, dataset, key))
+    if record is None or record.get("settings") != dict(settings):
+        return None
+    report = record.get("report", {})
+    if not Path(report.get("attacker", "")).is_file():
+        return None
+    return record

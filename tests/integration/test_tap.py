@@ -1,0 +1,88 @@
+"""Collusion mode: the live tap and the wire log carry exactly what the server received."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from splitnn.client.transport import ServerLink
+from splitnn.common.codec import StepId, tensor_from_proto
+from splitnn.common.wirelog import read_wirelog
+from splitnn.proto import splitnn_pb2 as pb
+from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+from splitnn.server.app import RunningServer, build_server
+from splitnn.server.config import ServerConfig
+from tests.conftest import settings
+
+
+@pytest.fixture
+def colluding(tmp_path: Path) -> Iterator[RunningServer]:
+    cfg = ServerConfig(
+        port=0, model_dir=tmp_path / "models", tap=True, tap_log=tmp_path / "wire.log"
+    )
+    running = build_server(cfg)
+    yield running
+    running.shutdown(grace=1.0)
+
+
+def _subscribe(address: str, into: list[pb.TapRecord], count: int) -> threading.Thread:
+    def collect() -> None:
+        with grpc.insecure_channel(address) as channel:
+            stream = pb_grpc.TapStub(channel).Subscribe(pb.TapRequest(), timeout=60)
+            for record in stream:
+                into.append(record)
+                if len(into) == count:
+                    stream.cancel()
+                    return
+
+    thread = threading.Thread(target=collect, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_tap_and_log_deliver_exactly_the_received_tensors(
+    colluding: RunningServer, tmp_path: Path
+) -> None:
+    # Prepare
+    address = f"127.0.0.1:{colluding.port}"
+    received: list[pb.TapRecord] = []
+    subscriber = _subscribe(address, received, count=4)
+    assert colluding.hub is not None
+    deadline = time.monotonic() + 10
+    while colluding.hub.subscribers == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    generator = torch.Generator().manual_seed(3)
+    sent = [torch.randn(8, 500, generator=generator).tanh() for _ in range(4)]
+    labels = torch.arange(8) % 10
+    # Execute
+    with ServerLink(address, settings("tapped", max_batch_size=8)) as link:
+        for batch in range(3):
+            link.train_step(
+                StepId("tapped", 1, batch), sent[batch], labels, torch.arange(8) + 8 * batch
+            )
+        link.evaluate(
+            StepId("tapped", 0, 0), sent[3], split="attack", indices=torch.arange(8) + 100
+        )
+        # A retried step is answered from the cache and must not be logged twice.
+        link.train_step(StepId("tapped", 1, 2), sent[2], labels, torch.arange(8) + 16)
+    subscriber.join(timeout=30)
+    colluding.shutdown(grace=1.0)
+    log = read_wirelog(tmp_path / "wire.log")
+    # Assert
+    for records in (received, log.records):
+        assert [(r.phase, r.split, r.step.batch) for r in records] == [
+            ("train", "train", 0),
+            ("train", "train", 1),
+            ("train", "train", 2),
+            ("eval", "attack", 0),
+        ]
+        for record, tensor in zip(records, sent, strict=True):
+            assert torch.equal(tensor_from_proto(record.activations), tensor)
+        assert torch.equal(tensor_from_proto(records[3].indices), torch.arange(8) + 100)
+    assert log.problem is None
