@@ -109,8 +109,9 @@ def main(
     Example: splitnn-client --server 127.0.0.1:50051 --dataset mnist5k --noise 0.5 --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
-    if ":" not in server:
-        raise click.BadParameter("expected HOST:PORT", param_hint="--server")
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {server!r}", param_hint="--server")
     cfg = ClientConfig(
         server=server,
         dataset=dataset,

@@ -99,6 +99,8 @@ def _array_from_proto(
         raise CodecError(f"{len(dims)} dimensions is more than {MAX_NDIM}")
     if any(d < 0 for d in dims):
         raise CodecError(f"negative dimension in shape {list(dims)}")
+    if any(d > MAX_ELEMENTS for d in dims):
+        raise CodecError(f"a dimension of {list(dims)} is over {MAX_ELEMENTS} elements")
     if shape is not None and (
         len(shape) != len(dims)
         or any(e is not None and e != d for e, d in zip(shape, dims, strict=True))

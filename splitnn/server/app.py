@@ -55,7 +55,8 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
     limit = message_limit(max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="splitnn-rpc"),
-        options=grpc_options(max_message_bytes=limit),
+        # No SO_REUSEPORT: a second server on a busy port must fail, not share its connections.
+        options=[*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=cfg.workers * 4,
     )
     sessions = SessionRegistry(model_dir=cfg.model_dir, max_batch_size=cfg.max_batch_size)
@@ -73,11 +74,15 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
         if cfg.tap:
             pb_grpc.add_TapServicer_to_server(TapServicer(hub), server)
     pb_grpc.add_SplitLearningServicer_to_server(
-        SplitLearningServicer(sessions, default_seed=cfg.seed, tap=tap), server
+        SplitLearningServicer(sessions, default_seed=cfg.seed, max_message_bytes=limit, tap=tap),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    try:
+        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
     server.start()

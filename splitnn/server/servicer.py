@@ -47,9 +47,15 @@ class SplitLearningServicer(pb_grpc.SplitLearningServicer):
     """
 
     def __init__(
-        self, sessions: SessionRegistry, *, default_seed: int = 0, tap: TapSink | None = None
+        self,
+        sessions: SessionRegistry,
+        *,
+        default_seed: int = 0,
+        max_message_bytes: int = 0,
+        tap: TapSink | None = None,
     ) -> None:
         self._sessions = sessions
+        self._max_message_bytes = max_message_bytes
         self._default_seed = default_seed
         self._tap = tap
 
@@ -62,7 +68,11 @@ class SplitLearningServicer(pb_grpc.SplitLearningServicer):
             )
         except Exception as error:
             _abort(context, error)
-        reply = pb.OpenSessionReply(session_id=session.session_id, resumed=resumed)
+        reply = pb.OpenSessionReply(
+            session_id=session.session_id,
+            resumed=resumed,
+            max_message_bytes=self._max_message_bytes,
+        )
         if resumed and session.last_step is not None:
             reply.last_applied.CopyFrom(step_to_proto(session.last_step))
             reply.has_last_applied = True

@@ -1,0 +1,225 @@
+"""The console scripts as real processes: a training run end to end, shutdown, and user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from splitnn.common.checkpoints import load_checkpoint
+from splitnn.common.codec import tensor_to_proto
+from splitnn.proto import splitnn_pb2 as pb
+from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+
+BIN = Path(sys.executable).parent
+STARTUP_S = 60.0
+RUN_S = 180.0
+STEM = "mnist5k_00noise_00nopeek_epoch=1"  # the study's name for noise 0, NoPeek 0, epoch 1
+LISTENING = re.compile(r"^listening on (\S+:\d+)$")
+# Settings must come from the flags under test, not from the caller's environment.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    process: subprocess.Popen[str]
+    address: str | None  # None: it exited without listening
+    model_dir: Path
+    stderr: Path
+
+
+def _start_server(model_dir: Path, *args: str) -> ServerProcess:
+    """Starts splitnn-server and waits until it prints where it listens, or exits."""
+    stderr = model_dir.with_suffix(".stderr")
+    stderr.parent.mkdir(parents=True, exist_ok=True)
+    with stderr.open("w") as sink:
+        process = subprocess.Popen(
+            [str(BIN / "splitnn-server"), "--model-dir", str(model_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+            env=ENV,
+        )
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.strip())
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        while (line := lines.get(timeout=STARTUP_S)) is not None:
+            if found := LISTENING.match(line):
+                return ServerProcess(process, found.group(1), model_dir, stderr)
+    except queue.Empty:
+        process.kill()
+        pytest.fail(f"splitnn-server said nothing for {STARTUP_S} s")
+    process.wait(timeout=STARTUP_S)
+    return ServerProcess(process, None, model_dir, stderr)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=STARTUP_S)
+
+
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / script), *args], capture_output=True, text=True, timeout=RUN_S, cwd=cwd, env=ENV
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    started = _start_server(tmp_path / "server-models", "--port", "0")
+    try:
+        assert started.address is not None, started.stderr.read_text()
+        yield started
+    finally:
+        _stop(started.process)
+
+
+def _leave_a_session_open(address: str, run: str) -> None:
+    """Opens a session and applies one step, then goes away without closing it."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.SplitLearningStub(channel)
+        head = pb.HeadSpec(num_classes=10, lr=1e-3, seed=1)
+        opened = stub.OpenSession(
+            pb.OpenSessionRequest(
+                run=run, cut_shape=[500], dtype="float32", max_batch_size=4, head=head
+            ),
+            timeout=30,
+        )
+        request = pb.TrainRequest(
+            session_id=opened.session_id,
+            step=pb.StepId(run=run, epoch=1, batch=0),
+            activations=tensor_to_proto(torch.zeros(2, 500)),
+            labels=tensor_to_proto(torch.tensor([3, 7])),
+        )
+        list(stub.Train(iter([request]), timeout=30))
+
+
+def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Path) -> None:
+    assert server.address is not None
+    client_dir = tmp_path / "client-models"
+    flags = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "3", "--json"]
+    flags += ["--server", server.address, "--model-dir", str(client_dir)]
+
+    result = _run("splitnn-client", *flags, cwd=tmp_path)
+    _leave_a_session_open(server.address, "live-at-sigterm")
+    server.process.send_signal(signal.SIGTERM)
+    server_code = server.process.wait(timeout=STARTUP_S)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["dataset"], report["noise"], report["best_epoch"]) == ("mnist5k", 0.0, 1)
+    assert 0.0 <= report["test_accuracy"] <= 100.0 and 0.0 <= report["val_accuracy"] <= 100.0
+    assert report["samples_per_second"] > 0
+    body = client_dir / "classifiers" / f"{STEM}.ckpt"
+    head = server.model_dir / "classifiers" / f"{STEM}.head.ckpt"
+    assert Path(report["checkpoint"]) == body and Path(report["head_checkpoint"]) == head
+    assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
+    assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
+    assert server_code == 0
+    resume_state, manifest = load_checkpoint(server.model_dir / "server" / "live-at-sigterm.ckpt")
+    assert resume_state["steps_applied"] == 1 and manifest["run"] == "live-at-sigterm"
+    assert "Traceback" not in server.stderr.read_text()
+
+
+@dataclass(frozen=True)
+class UserError:
+    script: str
+    args: tuple[str, ...]
+    code: int
+    says: str  # the error line names the culprit
+
+
+USER_ERRORS = {
+    "client-unreachable": UserError(
+        "splitnn-client", ("--server", "127.0.0.1:1", "--connect-timeout", "1"), 3, "127.0.0.1:1"
+    ),
+    "client-dataset": UserError("splitnn-client", ("--dataset", "nope"), 2, "--dataset"),
+    "client-noise": UserError("splitnn-client", ("--noise", "-1"), 2, "--noise"),
+    "client-epochs": UserError("splitnn-client", ("--epochs", "0"), 2, "--epochs"),
+    "client-no-port": UserError("splitnn-client", ("--server", "nohostport"), 2, "--server"),
+    "client-port-not-a-number": UserError(
+        "splitnn-client",
+        ("--server", "127.0.0.1:notaport", "--connect-timeout", "1"),
+        2,
+        "--server",
+    ),
+    "server-port": UserError("splitnn-server", ("--port", "70000"), 2, "--port"),
+    # TEST-NET-1: never an address of this machine, so the bind fails.
+    "server-host": UserError(
+        "splitnn-server", ("--host", "192.0.2.1", "--port", "0"), 1, "192.0.2.1"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def user_error_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Starts every user-error command at once: each pays for a torch import, so in parallel."""
+    root = tmp_path_factory.mktemp("user-errors")
+    runs = {
+        name: subprocess.Popen(
+            [str(BIN / case.script), *case.args, "--model-dir", str(root / name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=ENV,
+        )
+        for name, case in USER_ERRORS.items()
+    }
+    try:
+        yield runs
+    finally:
+        for process in runs.values():
+            _stop(process)
+
+
+@pytest.mark.parametrize("name", list(USER_ERRORS))
+def test_user_error_is_one_line_and_an_exit_code(
+    user_error_runs: dict[str, subprocess.Popen[str]], name: str
+) -> None:
+    case = USER_ERRORS[name]
+
+    stdout, stderr = user_error_runs[name].communicate(timeout=RUN_S)
+
+    errors = [
+        line for line in stderr.splitlines() if line.startswith(("Error:", f"{case.script}:"))
+    ]
+    assert user_error_runs[name].returncode == case.code, stderr
+    assert len(errors) == 1 and case.says in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
+
+
+def test_second_server_on_a_port_in_use_is_refused(server: ServerProcess, tmp_path: Path) -> None:
+    assert server.address is not None
+    port = server.address.rsplit(":", 1)[1]
+
+    second = _start_server(tmp_path / "second-models", "--port", port)
+    _stop(second.process)
+
+    assert second.address is None
+    assert second.process.returncode == 1
+    assert "cannot listen" in second.stderr.read_text()
+    assert "Traceback" not in second.stderr.read_text()
