@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	dev/demo.sh
+	$(BIN)/splitnn-sim --noise 0.5 --epochs 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
