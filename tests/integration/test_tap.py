@@ -86,3 +86,38 @@ def test_tap_and_log_deliver_exactly_the_received_tensors(
             assert torch.equal(tensor_from_proto(record.activations), tensor)
         assert torch.equal(tensor_from_proto(records[3].indices), torch.arange(8) + 100)
     assert log.problem is None
+
+
+def test_attacker_live_interception_collects_the_deployment_split(colluding: RunningServer) -> None:
+    # Prepare
+    from splitnn.attacker.intercept import Intercepted, from_live
+
+    address = f"127.0.0.1:{colluding.port}"
+    result: list[Intercepted] = []
+    thread = threading.Thread(
+        target=lambda: result.append(from_live(address, split="attack", expected=16, timeout=60)),
+        daemon=True,
+    )
+    thread.start()
+    assert colluding.hub is not None
+    deadline = time.monotonic() + 10
+    while colluding.hub.subscribers == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    deployed = torch.rand(16, 500) * 2 - 1
+    # Execute
+    with ServerLink(address, settings("victim", max_batch_size=8)) as link:
+        link.train_step(StepId("victim", 1, 0), deployed[:8], torch.zeros(8, dtype=torch.long))
+        for batch in range(2):
+            rows = slice(8 * batch, 8 * batch + 8)
+            link.evaluate(
+                StepId("victim", 0, batch),
+                deployed[rows],
+                split="attack",
+                indices=torch.arange(16)[rows] + 40,
+            )
+    thread.join(timeout=30)
+    # Assert: only the deployment split, all of it, in order, bit for bit
+    assert len(result) == 1
+    assert torch.equal(result[0].indices, torch.arange(16) + 40)
+    assert torch.equal(result[0].activations, deployed)
+    assert result[0].run == "victim"
