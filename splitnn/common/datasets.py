@@ -218,7 +218,9 @@ def _mnist5k(root: Path, download: bool) -> _Source:
     x, y = mnist_data()  # float64 [5000, 784] in 0..255, sorted by label
     images = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28))
     arrays = {"all": (images, torch.from_numpy(np.asarray(y, dtype=np.int64)))}
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(_MNIST5K_SEED))
+    # numpy's default generator, seed 0: the split the reference numbers in STUDY.md were
+    # measured on (a torch permutation gives another, equally valid, split).
+    perm = torch.from_numpy(np.random.default_rng(_MNIST5K_SEED).permutation(len(images)))
     layout, start = {}, 0
     for role, size in _MNIST5K_SIZES.items():
         layout[role] = ("all", perm[start : start + size])
