@@ -25,9 +25,7 @@ def setting_tag(value: float) -> str:
     return text.replace(".", "")
 
 
-def classifier_stem(
-    *, dataset: str, noise: float, nopeek: float, epoch: int, seed: int = 0
-) -> str:
+def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int, seed: int = 0) -> str:
     """E.g. ``mnist_05noise_00nopeek_epoch=3``: the study's names, the data set as the prefix.
 
     Seeds other than 0 add ``_seed<k>`` before the epoch, so repeated runs do not collide.

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from splitnn.common.datasets import load_splits
 from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import run_attacks
-from splitnn.experiments.config import ExperimentConfig
+from splitnn.experiments.config import ExperimentConfig, locally_available
 from splitnn.experiments.grid import GROUPS, train_specs
 from splitnn.experiments.performance import write_classifier_tables
+from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ def run(cfg: ExperimentConfig) -> Summary:
         "groups %s on %s: %d epochs, %d seed(s), %d job(s)",
         " ".join(cfg.groups), cfg.dataset, cfg.epochs, cfg.seeds, cfg.jobs,
     )  # fmt: skip
+    if not locally_available(cfg.dataset, cfg.data_dir):
+        # Once here, rather than by every run at once; a missing data set fails in one line.
+        logger.info("fetching %s into %s", cfg.dataset, cfg.data_dir)
+    cfg = replace(cfg, data_fingerprint=fingerprint(load_splits(cfg.dataset, root=cfg.data_dir)))
     for name in cfg.groups:
         kind = GROUPS[name].kind
         group_started = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,74 +104,86 @@ def _setting(record: Record) -> str:
     return f"b={record['noise']:g}, W={record['nopeek']:g}"
 
 
-# figure file -> (title, which records, sort key, panel label)
-_Figure = tuple[str, Callable[[Record], bool], Callable[[Record], Any], Callable[[Record], str]]
+def _grid(record: Record) -> bool:
+    return _is(record, "grid") and record["classifier_seed"] == 0
 
 
-def _figures() -> dict[str, _Figure]:
-    def grid(record: Record) -> bool:
-        return _is(record, "grid") and record["classifier_seed"] == 0
+def _plain(record: Record) -> bool:
+    return _grid(record) and record["noise"] == 0 and record["nopeek"] == 0
 
-    def plain(record: Record) -> bool:
-        return grid(record) and record["noise"] == 0 and record["nopeek"] == 0
 
-    def setting(record: Record) -> Any:
-        return (record["noise"], record["nopeek"])
+def _by_setting(record: Record) -> Any:
+    return (record["noise"], record["nopeek"])
 
-    def fraction(record: Record) -> Any:
-        return record["settings"]["aux_fraction"]
 
-    def set_noise(record: Record) -> Any:
-        return record["settings"]["set_noise"] or 0.0
+def _set_noise(record: Record) -> float:
+    return float(record["settings"]["set_noise"] or 0.0)
 
-    def images(record: Record) -> str:
-        return f"{record['report']['aux_images']} auxiliary images ({record['report']['aux']})"
 
-    def protocol(record: Record) -> str:
-        return f"{_setting(record)}, {record['report']['protocol']} protocol"
+def _aux_images(record: Record) -> str:
+    return f"{record['report']['aux_images']} auxiliary images ({record['report']['aux']})"
 
-    return {
-        "reconstructions_noise.png": (
-            "Reconstructions across noise levels",
-            lambda r: grid(r) and r["nopeek"] == 0, setting, _setting,
-        ),
-        "reconstructions_nopeek.png": (
-            "Reconstructions across NoPeek weights",
-            lambda r: grid(r) and r["noise"] == 0, setting, _setting,
-        ),
-        "reconstructions_combo.png": (
-            "Reconstructions with noise and NoPeek",
-            lambda r: grid(r) and r["noise"] > 0 and r["nopeek"] > 0, setting, _setting,
-        ),
-        "reconstructions_volume.png": (
-            "Reconstructions across attacker data volume (plain model)",
-            lambda r: plain(r) or _is(r, "volume"), fraction, images,
-        ),
-        "reconstructions_posttrain.png": (
-            "Reconstructions with noise added after training (plain model)",
-            lambda r: plain(r) or _is(r, "posttrain"), set_noise,
-            lambda r: f"b={set_noise(r):g} after training",
-        ),
-        "reconstructions_emnist.png": (
-            "Attacker trained on MNIST vs EMNIST letters (plain model)",
-            lambda r: plain(r) or _is(r, "emnist"), lambda r: _is(r, "emnist"), images,
-        ),
-        "reconstructions_protocol.png": (
-            "Honest attacker (noisy tensors) vs the reference's noise-free shortcut",
-            lambda r: (grid(r) and r["nopeek"] == 0 and r["noise"] > 0) or _is(r, "clean"),
-            lambda r: (r["noise"], r["report"]["protocol"] == "clean"), protocol,
-        ),
-    }  # fmt: skip
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One composed figure: which attackers, in which order, each panel labelled how.
+
+    It is drawn only if at least one chosen attacker is of family `needs`.
+    """
+
+    title: str
+    keep: Callable[[Record], bool]
+    order: Callable[[Record], Any]
+    label: Callable[[Record], str]
+    needs: str = "grid"
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "reconstructions_noise.png": FigureSpec(
+        "Reconstructions across noise levels",
+        lambda r: _grid(r) and r["nopeek"] == 0, _by_setting, _setting,
+    ),
+    "reconstructions_nopeek.png": FigureSpec(
+        "Reconstructions across NoPeek weights",
+        lambda r: _grid(r) and r["noise"] == 0, _by_setting, _setting,
+    ),
+    "reconstructions_combo.png": FigureSpec(
+        "Reconstructions with noise and NoPeek",
+        lambda r: _grid(r) and r["noise"] > 0 and r["nopeek"] > 0, _by_setting, _setting,
+    ),
+    "reconstructions_volume.png": FigureSpec(
+        "Reconstructions across attacker data volume (plain model)",
+        lambda r: _plain(r) or _is(r, "volume"),
+        lambda r: r["settings"]["aux_fraction"], _aux_images, needs="volume",
+    ),
+    "reconstructions_posttrain.png": FigureSpec(
+        "Reconstructions with noise added after training (plain model)",
+        lambda r: _plain(r) or _is(r, "posttrain"), _set_noise,
+        lambda r: f"b={_set_noise(r):g} after training", needs="posttrain",
+    ),
+    "reconstructions_emnist.png": FigureSpec(
+        "Attacker trained on MNIST vs EMNIST letters (plain model)",
+        lambda r: _plain(r) or _is(r, "emnist"), lambda r: _is(r, "emnist"), _aux_images,
+        needs="emnist",
+    ),
+    "reconstructions_protocol.png": FigureSpec(
+        "Honest attacker (noisy tensors) vs the reference's noise-free shortcut",
+        lambda r: (_grid(r) and r["nopeek"] == 0 and r["noise"] > 0) or _is(r, "clean"),
+        lambda r: (r["noise"], r["report"]["protocol"] == "clean"),
+        lambda r: f"{_setting(r)}, {r['report']['protocol']} protocol", needs="clean",
+    ),
+}  # fmt: skip
 
 
 def write_figures(records: Sequence[Record], folder: Path) -> list[Path]:
     """The study's reconstruction figures, composed from the attackers' own PNGs."""
     written = []
-    for name, (title, keep, order, label) in _figures().items():
-        chosen = sorted((r for r in records if keep(r)), key=order)
-        if name == "reconstructions_emnist.png" and not any(_is(r, "emnist") for r in chosen):
+    for name, spec in FIGURES.items():
+        chosen = sorted((r for r in records if spec.keep(r)), key=spec.order)
+        if not any(_is(r, spec.needs) for r in chosen):
             continue
-        path = stack_images(folder / name, [_panel(r, label(r)) for r in chosen], title=title)
+        panels = [_panel(r, spec.label(r)) for r in chosen]
+        path = stack_images(folder / name, panels, title=spec.title)
         if path is not None:
             written.append(path)
     return written

@@ -36,8 +36,8 @@ from splitnn.experiments.grid import (
 from splitnn.experiments.processes import ProcessError, log_tail, run_checked, run_json
 from splitnn.experiments.records import (
     attack_record_path,
+    classifier_record,
     load_attack_record,
-    load_train_record,
     now,
     write_json_atomic,
 )
@@ -101,7 +101,7 @@ def trained_classifiers(cfg: ExperimentConfig) -> dict[TrainSpec, dict[str, Any]
     specs = grid_specs(
         dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
     )
-    found = {s: load_train_record(cfg.runs_dir, s, lr=cfg.lr) for s in specs}
+    found = {s: classifier_record(cfg, s) for s in specs}
     return {s: r for s, r in found.items() if r is not None}
 
 
@@ -210,7 +210,11 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec]]:
     """Runs every attacker of the trained classifiers that is not done yet."""
     classifiers = trained_classifiers(cfg)
     if not classifiers:
-        logger.warning("no trained classifiers of %s to attack: train a group first", cfg.dataset)
+        logger.warning(
+            "no classifiers of %s trained with these settings (--epochs, --max-steps, --lr) "
+            "to attack: run a training group first",
+            cfg.dataset,
+        )
         return []
     specs = attack_specs(list(classifiers), cfg)
 

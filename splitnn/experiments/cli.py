@@ -48,7 +48,9 @@ _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.i
 @click.option(
     "--attacks/--no-attacks", default=True, help="Whether 'all' includes the attacks group."
 )
-@click.option("--attack-epochs", type=click.IntRange(1), default=30, help="Decoder epochs.")
+@click.option(
+    "--attack-epochs", type=click.IntRange(1), default=10, help="Decoder epochs (the study's 10)."
+)
 @click.option("--decoder", type=click.Choice(DECODERS), default="deep", help="Attackers' decoder.")
 @click.option(
     "--clean-comparison/--no-clean-comparison",

@@ -9,6 +9,7 @@ from pathlib import Path
 # Raw IDX files torchvision needs per data set: a data set counts as available when they are there.
 _LOCAL_FILES = {
     "mnist": ("MNIST", ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
+    "fashion-mnist": ("FashionMNIST", ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
     "emnist-letters": (
         "EMNIST",
         ("emnist-letters-train-images-idx3-ubyte", "emnist-letters-test-images-idx3-ubyte"),
@@ -29,7 +30,7 @@ class ExperimentConfig:
         force: redo runs that are already done.
         max_steps: batches per epoch at most (smoke runs); None: whole epochs.
         lr: the data holder's learning rate.
-        attack_epochs: epochs of every attacker's decoder.
+        attack_epochs: epochs of every attacker's decoder (the study's 10 by default).
         decoder: the attackers' decoder (`splitnn-attack run --decoder`).
         clean_comparison: also run the reference's noise-free attacker on the noise models.
         keep_wirelogs: keep the whole wire log of each run (training batches included) instead
@@ -39,6 +40,7 @@ class ExperimentConfig:
         runs_dir: run records, wire logs and process logs of this tool.
         results_dir: CSV tables, and figures under figures/.
         progress: show progress bars.
+        data_fingerprint: hash of the data set's splits (`records.fingerprint`), set by `run`.
     """
 
     groups: tuple[str, ...]
@@ -49,7 +51,7 @@ class ExperimentConfig:
     force: bool = False
     max_steps: int | None = None
     lr: float = 1e-4
-    attack_epochs: int = 30
+    attack_epochs: int = 10
     decoder: str = "deep"
     clean_comparison: bool = True
     keep_wirelogs: bool = False
@@ -58,6 +60,7 @@ class ExperimentConfig:
     runs_dir: Path = Path("runs/experiments")
     results_dir: Path = Path("results")
     progress: bool = True
+    data_fingerprint: str = ""
 
     @property
     def figures_dir(self) -> Path:

@@ -24,7 +24,7 @@ from splitnn.experiments.measure import (
     measure_classifier,
 )
 from splitnn.experiments.plots import line_plot
-from splitnn.experiments.records import load_train_record, read_json, write_json_atomic
+from splitnn.experiments.records import classifier_record, read_json, write_json_atomic
 from splitnn.experiments.tables import aggregate, upsert_rows
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def measure_all(cfg: ExperimentConfig) -> list[Measured]:
     specs = grid_specs(
         dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
     )
-    records = [(s, load_train_record(cfg.runs_dir, s, lr=cfg.lr)) for s in specs]
+    records = [(s, classifier_record(cfg, s)) for s in specs]
     missing = [s.name for s, r in records if r is None]
     if missing:
         logger.warning(

@@ -141,8 +141,6 @@ def run_checked(
     Raises:
         ProcessError: non-zero exit.
     """
-    code = subprocess.call(
-        [program(name), *args], stdout=log, stderr=log, env=child_env(env)
-    )
+    code = subprocess.call([program(name), *args], stdout=log, stderr=log, env=child_env(env))
     if code != 0:
         raise ProcessError(f"{name} exited with status {code}")

@@ -8,16 +8,19 @@ equal the ones asked for, and the files it names (checkpoints, wire log) are sti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from splitnn.common.checkpoints import load_checkpoint, manifest_path
+from splitnn.common.datasets import DatasetSplits
+from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def now() -> str:
     """A wall-clock timestamp with enough precision to tell two runs apart."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
+    return datetime.now().isoformat(timespec="microseconds")
 
 
 def train_record_path(runs_dir: Path, spec: TrainSpec) -> Path:
@@ -67,8 +70,25 @@ def process_log_path(runs_dir: Path, spec: TrainSpec) -> Path:
     return runs_dir / spec.dataset / f"{spec.name}.log"
 
 
-def train_settings(spec: TrainSpec, *, lr: float) -> dict[str, Any]:
-    """What makes two training runs the same run (compared for skipping)."""
+def fingerprint(splits: DatasetSplits) -> str:
+    """A short hash of the images, labels and indices of every subset of a data set.
+
+    Part of every run's settings, so a run trained on another split of the data (a changed
+    loader, other files) is never taken for a done run.
+    """
+    digest = hashlib.sha256(splits.name.encode())
+    for role in ("train", "val", "test", "aux", "attack"):
+        subset = getattr(splits, role)
+        for tensor in (subset.images, subset.labels, subset.indices):
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_settings(spec: TrainSpec, *, lr: float, data: str) -> dict[str, Any]:
+    """What makes two training runs the same run (compared for skipping).
+
+    `data` is the `fingerprint` of the data set's splits.
+    """
     return {
         "dataset": spec.dataset,
         "noise": spec.setting.noise,
@@ -78,16 +98,19 @@ def train_settings(spec: TrainSpec, *, lr: float) -> dict[str, Any]:
         "epochs": spec.epochs,
         "max_steps": spec.max_steps,
         "lr": lr,
+        "data": data,
     }
 
 
-def load_train_record(runs_dir: Path, spec: TrainSpec, *, lr: float) -> dict[str, Any] | None:
+def load_train_record(
+    runs_dir: Path, spec: TrainSpec, *, lr: float, data: str
+) -> dict[str, Any] | None:
     """The record of `spec` if that run is done (see the module docstring), else None."""
     path = train_record_path(runs_dir, spec)
     record = read_json(path)
     if record is None:
         return None
-    if record.get("settings") != train_settings(spec, lr=lr):
+    if record.get("settings") != train_settings(spec, lr=lr, data=data):
         logger.debug("%s: recorded with other settings", path)
         return None
     report = record.get("report", {})
@@ -104,6 +127,11 @@ def load_train_record(runs_dir: Path, spec: TrainSpec, *, lr: float) -> dict[str
         logger.debug("%s: the checkpoint's manifest disagrees with the record", path)
         return None
     return record
+
+
+def classifier_record(cfg: ExperimentConfig, spec: TrainSpec) -> dict[str, Any] | None:
+    """`load_train_record` with the settings of `cfg`."""
+    return load_train_record(cfg.runs_dir, spec, lr=cfg.lr, data=cfg.data_fingerprint)
 
 
 def attack_record_path(runs_dir: Path, dataset: str, key: str) -> Path:

@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splitnn.common.checkpoints import remove_checkpoint
 from splitnn.common.wirelog import WireLogError
@@ -23,7 +24,7 @@ from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
 from splitnn.experiments.processes import ProcessError, ServerProcess, log_tail, run_json
 from splitnn.experiments.records import (
-    load_train_record,
+    classifier_record,
     now,
     process_log_path,
     read_json,
@@ -43,7 +44,7 @@ class Outcome(Generic[T]):
     """What became of one run: status "ran", "skipped" or "failed"."""
 
     item: T
-    status: str
+    status: Literal["ran", "skipped", "failed"]
     record: dict[str, Any] | None = None
     error: str | None = None
 
@@ -70,11 +71,10 @@ def run_jobs(
             outcomes[i] = Outcome(item, "skipped", record)
         else:
             todo.append(i)
-    if len(outcomes):
+    if outcomes:
+        done_count = len(outcomes)
         logger.info(
-            "%s: %d of %d runs already done (--force redoes them)",
-            desc,
-            *(len(outcomes), len(items)),
+            "%s: %d of %d runs done before (--force redoes them)", desc, done_count, len(items)
         )
     bar = tqdm(
         total=len(items),
@@ -83,12 +83,17 @@ def run_jobs(
         unit="run",
         disable=not cfg.progress or not items,
     )
-    with bar, ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+    started = time.monotonic()
+    with bar, logging_redirect_tqdm(), ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
         futures: dict[Future[dict[str, Any]], int] = {pool.submit(work, items[i]): i for i in todo}
-        for future in as_completed(futures):
+        for count, future in enumerate(as_completed(futures), start=1):
             i = futures[future]
             try:
                 outcomes[i] = Outcome(items[i], "ran", future.result())
+                logger.info(
+                    "%s %d/%d: %s done (%.0f s so far)",
+                    *(desc, count, len(todo), label(items[i]), time.monotonic() - started),
+                )
             except (ProcessError, WireLogError, OSError) as error:
                 logger.error("%s failed: %s", label(items[i]), error)
                 outcomes[i] = Outcome(items[i], "failed", error=str(error))
@@ -144,7 +149,7 @@ def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> dict[str, Any]:
         wirelogs.compact(wirelog)
     record = {
         "kind": "classifier",
-        "settings": train_settings(spec, lr=cfg.lr),
+        "settings": train_settings(spec, lr=cfg.lr, data=cfg.data_fingerprint),
         "report": report,
         "wirelog": str(wirelog),
         "wall_seconds": time.monotonic() - started,
@@ -172,7 +177,7 @@ def train_all(
     return run_jobs(
         specs,
         work=lambda spec: train_one(spec, cfg),
-        done=lambda spec: load_train_record(cfg.runs_dir, spec, lr=cfg.lr),
+        done=lambda spec: classifier_record(cfg, spec),
         label=lambda spec: spec.name,
         cfg=cfg,
         desc=desc,

@@ -1,0 +1,97 @@
+"""The registered groups hold exactly the study's settings; attack variants; group expansion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from splitnn.experiments.attacks import AttackSpec, attack_specs
+from splitnn.experiments.config import ExperimentConfig, default_dataset, locally_available
+from splitnn.experiments.grid import GROUPS, Setting, expand, grid_specs, train_specs
+
+
+def _settings(group: str) -> set[tuple[float, float, int]]:
+    return {(s.noise, s.nopeek, s.batch_size) for s in GROUPS[group].settings}
+
+
+def test_training_groups_are_the_studys_settings() -> None:
+    assert _settings("plain") == {(0.0, 0.0, 128)}
+    assert _settings("noise") == {(b, 0.0, 128) for b in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)}
+    assert _settings("nopeek") == {(0.0, w, 32) for w in (0.05, 0.1, 0.25, 0.5, 1.0)}
+    assert _settings("combo") == {
+        (b, w, 32) for b in (0.1, 0.2, 0.5, 1.0) for w in (0.1, 0.25, 0.5)
+    }
+
+
+def test_grid_has_24_distinct_classifiers_per_seed() -> None:
+    specs = grid_specs(dataset="mnist5k", seeds=2, epochs=10)
+
+    assert len(specs) == 48
+    assert len({s.name for s in specs}) == 48
+    assert len({s.model for s in specs}) == 24
+
+
+def test_seeds_name_the_runs_like_the_client_does() -> None:
+    specs = train_specs("noise", dataset="mnist5k", seeds=3, epochs=10)
+
+    assert [s.seed for s in specs[:6]] == [0] * 6
+    assert specs[0].name == "mnist5k_01noise_00nopeek"
+    assert specs[6].name == "mnist5k_01noise_00nopeek_seed1"
+    assert {s.model for s in specs} == {s.name for s in specs[:6]}
+
+
+def test_all_expands_in_order_and_can_leave_out_attacks() -> None:
+    assert expand(("all",)) == ("plain", "noise", "nopeek", "combo", "attacks", "performance")
+    assert "attacks" not in expand(("all",), attacks=False)
+    assert expand(("plain", "performance", "plain")) == ("plain", "performance")
+    with pytest.raises(KeyError):
+        expand(("everything",))
+
+
+def _cfg(tmp_path: Path, **changes: object) -> ExperimentConfig:
+    return ExperimentConfig(groups=("attacks",), data_dir=tmp_path, **changes)  # type: ignore[arg-type]
+
+
+def test_attack_variants_cover_the_grid_and_run_on_seed_zero(tmp_path: Path) -> None:
+    classifiers = grid_specs(dataset="mnist5k", seeds=2, epochs=10)
+
+    specs = attack_specs(classifiers, _cfg(tmp_path))
+
+    families = [s.family for s in specs]
+    assert families.count("grid") == 48
+    assert families.count("posttrain") == 3
+    assert families.count("volume") == 5  # fraction 1.0 is the plain model's grid attacker
+    assert families.count("clean") == 6  # the noise group
+    assert families.count("emnist") == 0  # no EMNIST files in tmp_path
+    assert all(s.classifier.seed == 0 for s in specs if s.family != "grid")
+    assert len({s.key for s in specs}) == len(specs)
+
+
+def test_emnist_attacker_when_its_files_exist(tmp_path: Path) -> None:
+    raw = tmp_path / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "test"):
+        (raw / f"emnist-letters-{split}-images-idx3-ubyte").write_bytes(b"")
+    plain = train_specs("plain", dataset="mnist5k", seeds=1, epochs=1)
+
+    specs = attack_specs(plain, _cfg(tmp_path, clean_comparison=False))
+
+    assert [s.aux for s in specs if s.family == "emnist"] == ["emnist-letters"]
+    assert locally_available("emnist-letters", tmp_path)
+    assert default_dataset(tmp_path) == "mnist5k"
+
+
+def test_attack_keys_name_what_differs() -> None:
+    (plain,) = train_specs("plain", dataset="mnist5k", seeds=1, epochs=1)
+
+    assert AttackSpec(plain, "grid").key == "mnist5k_00noise_00nopeek"
+    assert AttackSpec(plain, "posttrain", set_noise=0.5).key.endswith("_set05noise")
+    assert AttackSpec(plain, "volume", aux_fraction=0.02).key.endswith("_aux002")
+    assert AttackSpec(plain, "clean", protocol="clean").key.endswith("_clean")
+
+
+def test_threads_are_shared_out_between_jobs(tmp_path: Path) -> None:
+    assert _cfg(tmp_path, jobs=1).threads_per_job() >= 1
+    assert _cfg(tmp_path, jobs=10_000).threads_per_job() == 1
+    assert Setting(0.5, 0.1, 32).tag == "05noise_01nopeek"
