@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ from splitnn.client.config import ClientConfig
 from splitnn.client.trainer import EpochResult, SplitTrainer
 from splitnn.client.transport import ServerLink, SessionSettings
 from splitnn.common.checkpoints import (
+    CheckpointError,
     classifier_stem,
+    load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
     setting_tag,
@@ -57,7 +59,7 @@ class RunReport:
     batch_size: int
     seed: int
     best_epoch: int
-    train_accuracy: float
+    train_accuracy: float | None  # None when a trained model was only evaluated
     val_accuracy: float
     test_accuracy: float
     samples_per_second: float
@@ -84,6 +86,9 @@ def run(cfg: ClientConfig) -> RunReport:
         DatasetError, ServerUnreachable, ServerRefused: reported by the CLI as one line.
     """
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    trained: dict[str, torch.Tensor] | None = None
+    if cfg.from_checkpoint is not None:
+        trained, cfg = _load_trained(cfg, cfg.from_checkpoint)
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     logger.info("dataset: %s", splits.description)
     name = cfg.run or default_run_name(cfg)
@@ -105,7 +110,65 @@ def run(cfg: ClientConfig) -> RunReport:
             batch_size=cfg.batch_size,
             seed=cfg.seed,
         )
+        if trained is not None:
+            trainer.body.load_state_dict(trained)
+            return _evaluate_trained(cfg, splits, trainer, name)
         return _train_and_report(cfg, splits, trainer, name)
+
+
+def _load_trained(cfg: ClientConfig, path: Path) -> tuple[dict[str, torch.Tensor], ClientConfig]:
+    """Part 1 of a finished run, and `cfg` with that run's settings (data set, noise, ...)."""
+    state, manifest = load_checkpoint(path)
+    if manifest.get("part") != "body":
+        raise CheckpointError(f"{path} is not a data holder's checkpoint (no body manifest)")
+    settings = replace(
+        cfg,
+        dataset=str(manifest["dataset"]),
+        noise=float(manifest["noise"]),
+        nopeek=float(manifest["nopeek"]),
+        seed=int(manifest["seed"]),
+        epochs=int(manifest["epoch"]),
+        run=cfg.run or f"{path.name.removesuffix('.ckpt')}_eval",
+    )
+    return state, settings
+
+
+def _evaluate_trained(
+    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str
+) -> RunReport:
+    """Serves a trained model again: the server loads the matching head; nothing is trained.
+
+    With ``--eval-noise`` this is the study's post-training noise: the same model deployed with
+    another noise scale than it was trained with.
+    """
+    assert cfg.from_checkpoint is not None
+    stem = cfg.from_checkpoint.name.removesuffix(".ckpt")
+    trainer.link.restore(stem)
+    scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
+    noise = LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+    val = trainer.evaluate("val", splits.val, noise=noise)
+    test = trainer.evaluate("test", splits.test, noise=noise)
+    deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
+    return RunReport(
+        run=name,
+        dataset=splits.name,
+        dataset_description=splits.description,
+        noise=cfg.noise,
+        nopeek=cfg.nopeek,
+        eval_noise=scale,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        best_epoch=cfg.epochs,
+        train_accuracy=None,
+        val_accuracy=val.accuracy,
+        test_accuracy=test.accuracy,
+        samples_per_second=0.0,
+        train_seconds=0.0,
+        checkpoint=str(cfg.from_checkpoint),
+        head_checkpoint=f"{stem}.head.ckpt",
+        deploy_accuracy=deploy.accuracy if deploy else None,
+    )
 
 
 def _train_and_report(

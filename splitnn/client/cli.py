@@ -75,6 +75,13 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
     default=30.0,
     help="Seconds to wait for the server.",
 )
+@click.option(
+    "--from-checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Do not train: evaluate this trained part-1 checkpoint (settings from its manifest; "
+    "the server loads the matching head). With --eval-noise: post-training noise.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, only warnings.")
 @click.option("-v", "--verbose", count=True)
@@ -95,6 +102,7 @@ def main(
     threads: int | None,
     deploy: bool,
     connect_timeout: float,
+    from_checkpoint: Path | None,
     as_json: bool,
     quiet: bool,
     verbose: int,
@@ -129,6 +137,7 @@ def main(
         threads=threads,
         deploy=deploy,
         connect_timeout=connect_timeout,
+        from_checkpoint=from_checkpoint,
         progress=not quiet and sys.stderr.isatty(),
     )
     try:
@@ -156,7 +165,8 @@ def _print_summary(report: RunReport) -> None:
         f"noise b={report.noise:g} (evaluation b={report.eval_noise:g}), nopeek W={report.nopeek:g}"
     )
     click.echo(f"best epoch: {report.best_epoch}/{report.epochs}")
-    click.echo(f"train accuracy: {report.train_accuracy:.2f}%")
+    if report.train_accuracy is not None:
+        click.echo(f"train accuracy: {report.train_accuracy:.2f}%")
     click.echo(f"val accuracy:   {report.val_accuracy:.2f}%")
     click.echo(f"test accuracy:  {report.test_accuracy:.2f}%")
     click.echo(f"throughput: {report.samples_per_second:.0f} samples/s")

@@ -25,6 +25,9 @@ class ClientConfig:
         deploy: after training, put the attack-evaluation slice through the model (the
             victim's deployment-time inference that a colluding server can intercept).
         progress: show progress bars.
+        from_checkpoint: evaluate (and with `deploy`, deploy) this trained part-1 checkpoint
+            instead of training; its settings come from its manifest, the server loads the head
+            of the same name.
     """
 
     server: str = "127.0.0.1:50051"
@@ -44,3 +47,4 @@ class ClientConfig:
     deploy: bool = False
     connect_timeout: float = 30.0
     progress: bool = True
+    from_checkpoint: Path | None = None

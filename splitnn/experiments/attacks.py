@@ -33,7 +33,13 @@ from splitnn.experiments.grid import (
     TrainSpec,
     grid_specs,
 )
-from splitnn.experiments.processes import ProcessError, log_tail, run_checked, run_json
+from splitnn.experiments.processes import (
+    ProcessError,
+    ServerProcess,
+    log_tail,
+    run_checked,
+    run_json,
+)
 from splitnn.experiments.records import (
     attack_record_path,
     classifier_record,
@@ -47,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 EMNIST = "emnist-letters"
 ATTACK_SEED = 0
-_POSTTRAIN_NOISE_SEED = 2_000  # the derived deployment's noise, independent of the attacker's
 
 
 @dataclass(frozen=True)
@@ -128,13 +133,39 @@ def figure_path(spec: AttackSpec, cfg: ExperimentConfig) -> Path:
 
 
 def _victim_log(spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig) -> Path:
-    """The wire log to attack: the classifier's, or its post-training-noise deployment."""
+    """The wire log to attack: the classifier's, or a post-training-noise redeployment's."""
     source = Path(record["wirelog"])
     if spec.set_noise is None:
         return source
     target = source.with_name(f"{spec.classifier.name}_deploy{setting_tag(spec.set_noise)}.wirelog")
-    seed = _POSTTRAIN_NOISE_SEED + spec.classifier.seed
-    return wirelogs.with_posttrain_noise(source, target, scale=spec.set_noise, seed=seed)
+    return _redeploy(record, target, scale=spec.set_noise, cfg=cfg)
+
+
+def _redeploy(record: dict[str, Any], target: Path, *, scale: float, cfg: ExperimentConfig) -> Path:
+    """Deploys a trained classifier again with noise `scale`, through a collusion-mode server.
+
+    A real server and data-holder pair: the data holder serves its checkpoint with
+    ``--from-checkpoint --eval-noise scale --deploy`` and the server logs what arrives.
+    """
+    target.unlink(missing_ok=True)
+    log_path = target.with_suffix(".log")
+    server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(target), "-q"]
+    with log_path.open("w") as log:
+        try:
+            with ServerProcess(server_args, log=log) as server:
+                client = [
+                    "--server", server.address,
+                    "--from-checkpoint", record["report"]["checkpoint"],
+                    "--eval-noise", repr(scale), "--deploy",
+                    "--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir),
+                    "--json", "-q",
+                ]  # fmt: skip
+                run_json("splitnn-client", client, log=log)
+        except ProcessError as error:
+            log.flush()
+            raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None
+    wirelogs.compact(target)
+    return target
 
 
 def attack_args(spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig) -> list[str]:

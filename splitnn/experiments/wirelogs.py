@@ -1,4 +1,4 @@
-"""Wire logs of the grid's runs: compacted to the deployment batches, and noised after training.
+"""Wire logs of the grid's runs, compacted to the deployment batches.
 
 A collusion-mode server logs every batch it receives, training included (about 60 MB for a
 10-epoch mnist5k run, 800 MB on MNIST). The attacks only use the deployment batches (split
@@ -11,9 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from splitnn.common.codec import tensor_from_proto, tensor_to_proto
-from splitnn.common.models import CUT_SHAPE
-from splitnn.common.noise import LaplaceNoise
 from splitnn.common.wirelog import WireLogError, WireLogWriter, read_wirelog
 
 logger = logging.getLogger(__name__)
@@ -21,10 +18,8 @@ logger = logging.getLogger(__name__)
 DEPLOY_SPLIT = "attack"
 
 
-def _rewrite(
-    source: Path, target: Path, *, header: dict[str, Any], noise: LaplaceNoise | None = None
-) -> int:
-    """Writes the `DEPLOY_SPLIT` records of `source` to `target` (atomically), noised if asked.
+def _rewrite(source: Path, target: Path, *, header: dict[str, Any]) -> int:
+    """Writes the `DEPLOY_SPLIT` records of `source` to `target` (atomically).
 
     Returns:
         The number of records written.
@@ -42,9 +37,6 @@ def _rewrite(
     tmp.unlink(missing_ok=True)
     with WireLogWriter(tmp, header={**log.header, **header}) as writer:
         for record in kept:
-            if noise is not None:
-                cut = tensor_from_proto(record.activations, shape=(None, *CUT_SHAPE), finite=True)
-                record.activations.CopyFrom(tensor_to_proto(noise(cut.float())))
             writer.write(record)
     tmp.replace(target)
     return len(kept)
@@ -56,16 +48,3 @@ def compact(path: Path) -> int:
     kept = _rewrite(path, path, header={"compacted": f"only split {DEPLOY_SPLIT!r} kept"})
     logger.debug("compacted %s from %d bytes to %d", path, size, path.stat().st_size)
     return kept
-
-
-def with_posttrain_noise(source: Path, target: Path, *, scale: float, seed: int) -> Path:
-    """A deployment log as if the data holder had deployed with Laplace noise `scale` added.
-
-    The noise is additive and drawn independently of the model, so the logged noise-free
-    deployment tensors plus fresh Laplace(0, scale) draws have exactly the distribution that a
-    data holder deploying the same part 1 with ``--eval-noise scale`` would put on the wire.
-    Only valid for a log whose tensors carry no noise yet (a b = 0 model).
-    """
-    header = {"post_training_noise": scale, "derived_from": str(source), "noise_seed": seed}
-    _rewrite(source, target, header=header, noise=LaplaceNoise(scale, seed=seed))
-    return target
