@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from splitnn.common.checkpoints import setting_tag
+from splitnn.common.processes import (
+    ProcessError,
+    ServerProcess,
+    log_tail,
+    run_checked,
+    run_json,
+)
 from splitnn.experiments import wirelogs
 from splitnn.experiments.config import ExperimentConfig, locally_available
 from splitnn.experiments.grid import (
@@ -32,13 +39,6 @@ from splitnn.experiments.grid import (
     POSTTRAIN_ATTACK_NOISE,
     TrainSpec,
     grid_specs,
-)
-from splitnn.experiments.processes import (
-    ProcessError,
-    ServerProcess,
-    log_tail,
-    run_checked,
-    run_json,
 )
 from splitnn.experiments.records import (
     attack_record_path,

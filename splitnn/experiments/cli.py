@@ -11,11 +11,11 @@ from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
+from splitnn.common.processes import ProcessError
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments.app import Summary, run
 from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
-from splitnn.experiments.processes import ProcessError
 
 # The attacker's decoders (splitnn-attack run --decoder); listed here, not imported from it.
 DECODERS = ("deep", "study")

@@ -18,11 +18,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splitnn.common.checkpoints import remove_checkpoint
+from splitnn.common.processes import ProcessError, ServerProcess, log_tail, run_json
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments import wirelogs
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
-from splitnn.experiments.processes import ProcessError, ServerProcess, log_tail, run_json
 from splitnn.experiments.records import (
     classifier_record,
     now,

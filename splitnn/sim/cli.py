@@ -12,7 +12,7 @@ import click
 
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
-from splitnn.sim.processes import ProcessError, ServerProcess, run_json
+from splitnn.common.processes import ProcessError, ServerProcess, run_json
 
 DATASETS = ("mnist5k", "mnist", "fashion-mnist", "emnist-letters")
 
@@ -109,7 +109,7 @@ def simulate(o: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
         ]
         if o["max_steps"]:
             victim_args += ["--max-steps", str(o["max_steps"])]
-        victim = run_json("splitnn-client", victim_args)
+        victim = run_json("splitnn-client", [*victim_args, "--json"])
     finally:
         server.stop()
     attack_args = [
@@ -140,7 +140,7 @@ def simulate(o: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
         attack_args += ["--aux", o["aux"]]
     if o["set_noise"] is not None:
         attack_args += ["--set-noise", str(o["set_noise"])]
-    attack = run_json("splitnn-attack", attack_args)
+    attack = run_json("splitnn-attack", [*attack_args, "--json"])
     return {
         "dataset": victim["dataset"],
         "noise": victim["noise"],

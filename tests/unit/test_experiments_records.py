@@ -10,9 +10,9 @@ import torch
 
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import DatasetSplits, Subset
+from splitnn.common.processes import ProcessError
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec, train_specs
-from splitnn.experiments.processes import ProcessError
 from splitnn.experiments.records import (
     fingerprint,
     load_train_record,

@@ -1,7 +1,8 @@
 """The splitnn programs as child processes: a server in the background, one-shot JSON runs.
 
-Each party's stderr goes to a per-run log file, so a failure can be shown without the noise of
-every other run. Console scripts are taken from beside this interpreter (the same virtualenv).
+Used by the orchestrators (`splitnn-sim`, `splitnn-experiments`), never by the parties
+themselves. Each child's stderr goes to a log file, or to ours when no log is given. Console
+scripts are taken from beside this interpreter (the same virtualenv).
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ class ServerProcess:
 
     Args:
         args: flags after ``--port 0``.
-        log: the server's stderr is appended here.
+        log: the server's stderr is appended here (None: to our stderr).
         start_timeout: seconds to wait for the ``listening on HOST:PORT`` line.
     """
 
-    def __init__(self, args: list[str], *, log: IO[str], start_timeout: float = 120.0) -> None:
+    def __init__(
+        self, args: list[str], *, log: IO[str] | None = None, start_timeout: float = 120.0
+    ) -> None:
         self.process = subprocess.Popen(
             [program("splitnn-server"), "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -109,7 +112,7 @@ class ServerProcess:
 
 
 def run_json(
-    name: str, args: list[str], *, log: IO[str], env: dict[str, str] | None = None
+    name: str, args: list[str], *, log: IO[str] | None = None, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Runs program `name` with `args` to completion; the last JSON object it printed.
 
