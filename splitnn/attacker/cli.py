@@ -47,7 +47,7 @@ def inspect(log: Path) -> None:
     try:
         wirelog = read_wirelog(log)
     except WireLogError as error:
-        _fail(str(error), exits.FAILED)
+        exits.fail("splitnn-attack", str(error), exits.FAILED)
     click.echo(f"header: {json.dumps(wirelog.header, sort_keys=True)}")
     counts: Counter[tuple[str, str, str]] = Counter()
     images: Counter[tuple[str, str, str]] = Counter()
@@ -148,9 +148,9 @@ def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
     try:
         report = run_attack(cfg)
     except _USER_ERRORS as error:
-        _fail(str(error), exits.FAILED)
+        exits.fail("splitnn-attack", str(error), exits.FAILED)
     except KeyboardInterrupt:
-        _fail("interrupted", exits.INTERRUPTED)
+        exits.fail("splitnn-attack", "interrupted", exits.INTERRUPTED)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -173,13 +173,8 @@ def validator(ctx: click.Context, dataset: str, seed: int, model_dir: Path, data
             splits=splits, model_dir=model_dir, seed=seed, progress=not ctx.obj["quiet"]
         )
     except _USER_ERRORS as error:
-        _fail(str(error), exits.FAILED)
+        exits.fail("splitnn-attack", str(error), exits.FAILED)
     click.echo(f"validator: {validator_path(model_dir, dataset, seed)}")
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"splitnn-attack: {message}", err=True)
-    sys.exit(code)
 
 
 def _print_report(report: AttackReport) -> None:

@@ -11,7 +11,8 @@ import grpc
 import torch
 
 from splitnn.common.datasets import Subset
-from splitnn.common.wirelog import read_wirelog, stack_records
+from splitnn.common.intercepts import stack_records
+from splitnn.common.wirelog import read_wirelog
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 

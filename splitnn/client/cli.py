@@ -143,20 +143,15 @@ def main(
     try:
         report = run(cfg)
     except ServerUnreachable as error:
-        _fail(str(error), exits.UNREACHABLE)
+        exits.fail("splitnn-client", str(error), exits.UNREACHABLE)
     except (ServerRefused, DatasetError, CheckpointError) as error:
-        _fail(str(error), exits.FAILED)
+        exits.fail("splitnn-client", str(error), exits.FAILED)
     except KeyboardInterrupt:
-        _fail("interrupted", exits.INTERRUPTED)
+        exits.fail("splitnn-client", "interrupted", exits.INTERRUPTED)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
         _print_summary(report)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"splitnn-client: {message}", err=True)
-    sys.exit(code)
 
 
 def _print_summary(report: RunReport) -> None:

@@ -28,11 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
 from google.protobuf.message import DecodeError
 
-from splitnn.common.codec import tensor_from_proto
-from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -424,50 +421,3 @@ def _refill(handle: BinaryIO, buffer: bytearray, base: int) -> int:
     chunk = handle.read()
     buffer += chunk
     return len(chunk)
-
-
-def stack_records(
-    records: Iterable[pb.TapRecord], *, phase: str | None = None, split: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selects records and concatenates their tensors, e.g. the attack slice's eval batches.
-
-    Args:
-        records: records as read from a wire log.
-        phase: keep only records of this phase ("train" or "eval"); None keeps all.
-        split: keep only records of this split ("train", "val", "test", "attack", ...).
-
-    Returns:
-        activations float32 [N, 500] (float16/float64 wire tensors are converted) and the sample
-        indices int64 [N], in record order. N is 0 when nothing matches.
-
-    Raises:
-        ValueError: a selected record has no indices, or a tensor of the wrong dtype or shape,
-            or non-finite activations; the message names the record's step.
-    """
-    activations: list[torch.Tensor] = [torch.empty((0, *CUT_SHAPE))]
-    indices: list[torch.Tensor] = [torch.empty(0, dtype=torch.int64)]
-    for record in records:
-        if (phase is not None and record.phase != phase) or (
-            split is not None and record.split != split
-        ):
-            continue
-        cut, index = _decode_record(record)
-        activations.append(cut)
-        indices.append(index)
-    return torch.cat(activations), torch.cat(indices)
-
-
-def _decode_record(record: pb.TapRecord) -> tuple[torch.Tensor, torch.Tensor]:
-    step = f"{record.step.run}/epoch={record.step.epoch}/batch={record.step.batch}"
-    where = f"record {step} ({record.phase}, {record.split})"
-    if not record.HasField("indices"):
-        raise ValueError(f"{where} carries no sample indices; the data holder must send them")
-    wire_dtype = record.activations.dtype
-    if wire_dtype not in ("float16", "float32", "float64"):
-        raise ValueError(f"{where}: activations of dtype {wire_dtype!r}, not floating point")
-    try:
-        cut = tensor_from_proto(record.activations, shape=(None, *CUT_SHAPE), finite=True)
-        index = tensor_from_proto(record.indices, dtype="int64", shape=(cut.shape[0],))
-    except ValueError as error:  # CodecError is a ValueError
-        raise ValueError(f"{where}: {error}") from error
-    return cut.to(torch.float32), index

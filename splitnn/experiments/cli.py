@@ -117,17 +117,12 @@ def main(
     try:
         summary = run(cfg)
     except (DatasetError, CheckpointError, WireLogError, ProcessError) as error:
-        _fail(str(error), exits.FAILED)
+        exits.fail("splitnn-experiments", str(error), exits.FAILED)
     except KeyboardInterrupt:
-        _fail("interrupted", exits.INTERRUPTED)
+        exits.fail("splitnn-experiments", "interrupted", exits.INTERRUPTED)
     _print_summary(summary)
     if summary.failures:
         sys.exit(exits.FAILED)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"splitnn-experiments: {message}", err=True)
-    sys.exit(code)
 
 
 def _print_summary(summary: Summary) -> None:

@@ -100,5 +100,4 @@ def main(
     try:
         serve(cfg, on_bound=announce)
     except OSError as error:
-        click.echo(f"splitnn-server: {error}", err=True)
-        sys.exit(exits.FAILED)
+        exits.fail("splitnn-server", str(error), exits.FAILED)

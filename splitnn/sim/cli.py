@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,11 +65,9 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     try:
         summary = simulate(options, quiet=quiet or as_json)
     except ProcessError as error:
-        click.echo(f"splitnn-sim: {error}", err=True)
-        sys.exit(exits.FAILED)
+        exits.fail("splitnn-sim", str(error), exits.FAILED)
     except KeyboardInterrupt:
-        click.echo("splitnn-sim: interrupted", err=True)
-        sys.exit(exits.INTERRUPTED)
+        exits.fail("splitnn-sim", "interrupted", exits.INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from splitnn.common.codec import tensor_to_proto
+from splitnn.common.intercepts import stack_records
 from splitnn.common.wirelog import (
     MAGIC,
     SYNC,
@@ -18,7 +19,6 @@ from splitnn.common.wirelog import (
     WireLogWriter,
     follow_wirelog,
     read_wirelog,
-    stack_records,
 )
 from splitnn.proto import splitnn_pb2 as pb
 
