@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from splitnn.common import exits
+from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
-from splitnn.common.processes import ProcessError, ServerProcess, run_json
-
-DATASETS = ("mnist5k", "mnist", "fashion-mnist", "emnist-letters")
+from splitnn.common.processes import ProcessError
+from splitnn.sim.app import SimConfig, run
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SIM", "show_default": True})
@@ -63,7 +62,7 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     """
     configure_logging(quiet=quiet or as_json)
     try:
-        summary = simulate(options, quiet=quiet or as_json)
+        summary = run(SimConfig(quiet=quiet or as_json, **options))
     except ProcessError as error:
         exits.fail("splitnn-sim", str(error), exits.FAILED)
     except KeyboardInterrupt:
@@ -72,94 +71,6 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
         click.echo(json.dumps(summary))
     else:
         _print_table(summary)
-
-
-def simulate(o: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
-    """Runs server, victim and attacker; returns the combined summary."""
-    workdir: Path = o["workdir"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "wire.log"
-    log.unlink(missing_ok=True)  # this simulation's log only
-    batch = o["batch_size"] or (32 if o["nopeek"] > 0 else 128)
-    began = time.perf_counter()
-    quiet_flag = ["-q"] if quiet else []
-    server = ServerProcess(["--model-dir", str(o["model_dir"]), "--tap-log", str(log), *quiet_flag])
-    try:
-        victim_args = [
-            "--server",
-            server.address,
-            "--dataset",
-            o["dataset"],
-            "--noise",
-            str(o["noise"]),
-            "--nopeek",
-            str(o["nopeek"]),
-            "--epochs",
-            str(o["epochs"]),
-            "--batch-size",
-            str(batch),
-            "--seed",
-            str(o["seed"]),
-            "--model-dir",
-            str(o["model_dir"]),
-            "--deploy",
-        ]
-        if o["max_steps"]:
-            victim_args += ["--max-steps", str(o["max_steps"])]
-        victim = run_json("splitnn-client", [*victim_args, "--json"])
-    finally:
-        server.stop()
-    attack_args = [
-        *quiet_flag,
-        "run",
-        "--classifier",
-        victim["checkpoint"],
-        "--from-log",
-        str(log),
-        "--dataset",
-        o["dataset"],
-        "--decoder",
-        o["decoder"],
-        "--epochs",
-        str(o["attack_epochs"]),
-        "--aux-fraction",
-        str(o["aux_fraction"]),
-        "--seed",
-        str(o["seed"]),
-        "--model-dir",
-        str(o["model_dir"]),
-        "--figure",
-        str(o["figure"]),
-        "--validator-epochs",
-        str(o["validator_epochs"]),
-    ]
-    if o["aux"]:
-        attack_args += ["--aux", o["aux"]]
-    if o["set_noise"] is not None:
-        attack_args += ["--set-noise", str(o["set_noise"])]
-    attack = run_json("splitnn-attack", [*attack_args, "--json"])
-    return {
-        "dataset": victim["dataset"],
-        "noise": victim["noise"],
-        "nopeek": victim["nopeek"],
-        "epochs": victim["epochs"],
-        "best_epoch": victim["best_epoch"],
-        "test_accuracy": victim["test_accuracy"],
-        "val_accuracy": victim["val_accuracy"],
-        "attack_mse": attack["mse"],
-        "attack_psnr": attack["psnr"],
-        "attack_ssim": attack["ssim"],
-        "attack_dcor": attack["dcor"],
-        "attack_validator_accuracy": attack["validator_accuracy"],
-        "validator_accuracy_originals": attack["validator_accuracy_originals"],
-        "attack_images": attack["images"],
-        "decoder": attack["decoder"],
-        "figure": attack["figure"],
-        "wire_log": str(log),
-        "classifier": victim["checkpoint"],
-        "attacker": attack["attacker"],
-        "seconds": round(time.perf_counter() - began, 1),
-    }
 
 
 def _print_table(s: dict[str, Any]) -> None:
