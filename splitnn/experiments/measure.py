@@ -52,7 +52,11 @@ releases every training image once more (column `releases` = epochs; by basic co
 class Measurement:
     """Accuracies in percent; dCor of the flattened images vs the cut tensor [N, 500].
 
-    `posttrain` maps a noise scale b added after training to the test accuracy with it.
+    `dcor`/`dcor_sent` are the study's (biased, V-statistic) estimator; `*_unbiased` is the
+    bias-corrected squared dCor, about 0 for independent data. The biased estimator grows with
+    the dimension of independent noise, so it can rise when noise is added; the bias-corrected
+    one falls, as dependence does. `posttrain` maps a noise scale b added after training to the
+    test accuracy with it.
     """
 
     train_accuracy: float
@@ -60,6 +64,8 @@ class Measurement:
     test_accuracy: float
     dcor: float
     dcor_sent: float
+    dcor_unbiased: float
+    dcor_sent_unbiased: float
     dcor_samples: int
     train_samples: int
     posttrain: dict[float, float]
@@ -125,6 +131,7 @@ def measure_classifier(
     n = min(DCOR_SAMPLES, len(splits.test))
     images = splits.test.images[:n].reshape(n, -1).double()
     clean = test_cut[:n].double()
+    sent = draw(clean)
     posttrain = {
         b: accuracy(head, test_cut, splits.test.labels, LaplaceNoise(b, seed=_NOISE_SEED + seed))
         for b in posttrain_levels
@@ -134,7 +141,9 @@ def measure_classifier(
         val_accuracy=val_acc,
         test_accuracy=test_acc,
         dcor=float(distance_correlation(images, clean)),
-        dcor_sent=float(distance_correlation(images, draw(clean))),
+        dcor_sent=float(distance_correlation(images, sent)),
+        dcor_unbiased=float(distance_correlation(images, clean, unbiased=True)),
+        dcor_sent_unbiased=float(distance_correlation(images, sent, unbiased=True)),
         dcor_samples=n,
         train_samples=len(train),
         posttrain=posttrain,

@@ -40,6 +40,8 @@ _AVERAGED = (
     "dcor_sent",
     "client_test_accuracy",
     "train_seconds",
+    "dcor_unbiased",
+    "dcor_sent_unbiased",
 )
 MODEL_COLUMNS = (
     *("model", "dataset", "noise", "nopeek", "seeds"),
@@ -49,12 +51,13 @@ MODEL_COLUMNS = (
     *("epochs", "batch_size", "releases", "epsilon_total"),
     *("client_test_accuracy", "client_test_accuracy_se", "dcor_samples", "train_samples"),
     *("train_seconds", "train_seconds_se"),
+    *("dcor_unbiased", "dcor_unbiased_se", "dcor_sent_unbiased", "dcor_sent_unbiased_se"),
 )
 POSTTRAIN_COLUMNS = (
     *("model", "noise_after", "test_accuracy", "test_accuracy_se"),
     *("dataset", "noise", "nopeek", "seeds"),
 )
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: bias-corrected dCor columns
 
 Measured = tuple[TrainSpec, dict[str, Any], dict[str, Any]]  # spec, run record, measurement
 
