@@ -144,37 +144,39 @@ def _evaluate_trained(
     assert cfg.from_checkpoint is not None
     stem = cfg.from_checkpoint.name.removesuffix(".ckpt")
     trainer.link.restore(stem)
+    val = trainer.evaluate("val", splits.val, noise=_eval_noise(cfg))
+    return _test_and_report(
+        cfg, splits, trainer, name,
+        best_epoch=cfg.epochs, train_accuracy=None, val_accuracy=val.accuracy,
+        samples_per_second=0.0, train_seconds=0.0,
+        checkpoint=str(cfg.from_checkpoint), head_checkpoint=f"{stem}.head.ckpt",
+    )  # fmt: skip
+
+
+def _eval_noise(cfg: ClientConfig) -> LaplaceNoise:
+    """Noise for testing and deployment: --eval-noise if given, else the training noise."""
     scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
-    noise = LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
-    val = trainer.evaluate("val", splits.val, noise=noise)
+    return LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+
+
+def _test_and_report(
+    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str, **measured: Any
+) -> RunReport:
+    """Tests the model as it now stands (and deploys it if asked); the report of the run."""
+    noise = _eval_noise(cfg)
     test = trainer.evaluate("test", splits.test, noise=noise)
     deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
     return RunReport(
-        run=name,
-        dataset=splits.name,
-        dataset_description=splits.description,
-        noise=cfg.noise,
-        nopeek=cfg.nopeek,
-        eval_noise=scale,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        best_epoch=cfg.epochs,
-        train_accuracy=None,
-        val_accuracy=val.accuracy,
-        test_accuracy=test.accuracy,
-        samples_per_second=0.0,
-        train_seconds=0.0,
-        checkpoint=str(cfg.from_checkpoint),
-        head_checkpoint=f"{stem}.head.ckpt",
-        deploy_accuracy=deploy.accuracy if deploy else None,
-    )
+        run=name, dataset=splits.name, dataset_description=splits.description,
+        noise=cfg.noise, nopeek=cfg.nopeek, eval_noise=noise.scale, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, seed=cfg.seed, test_accuracy=test.accuracy,
+        deploy_accuracy=deploy.accuracy if deploy else None, **measured,
+    )  # fmt: skip
 
 
 def _train_and_report(
     cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str
 ) -> RunReport:
-    eval_noise_scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
     val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
     history: list[EpochRecord] = []
     samples = 0
@@ -205,31 +207,13 @@ def _train_and_report(
     val_accuracy, best_epoch, best_state, best_result = best
     trainer.body.load_state_dict(best_state)
     trainer.link.restore(paths[0].name.removesuffix(".ckpt"))
-    eval_noise = LaplaceNoise(eval_noise_scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
-    test = trainer.evaluate("test", splits.test, noise=eval_noise)
-    deploy = trainer.evaluate("attack", splits.attack, noise=eval_noise) if cfg.deploy else None
     seconds = sum(h.seconds for h in history)
-    return RunReport(
-        run=name,
-        dataset=splits.name,
-        dataset_description=splits.description,
-        noise=cfg.noise,
-        nopeek=cfg.nopeek,
-        eval_noise=eval_noise_scale,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        best_epoch=best_epoch,
-        train_accuracy=best_result.accuracy,
-        val_accuracy=val_accuracy,
-        test_accuracy=test.accuracy,
-        samples_per_second=samples / seconds if seconds > 0 else 0.0,
-        train_seconds=seconds,
-        checkpoint=str(paths[0]),
-        head_checkpoint=paths[1],
-        deploy_accuracy=deploy.accuracy if deploy else None,
-        history=history,
-    )
+    return _test_and_report(
+        cfg, splits, trainer, name,
+        best_epoch=best_epoch, train_accuracy=best_result.accuracy, val_accuracy=val_accuracy,
+        samples_per_second=samples / seconds if seconds > 0 else 0.0, train_seconds=seconds,
+        checkpoint=str(paths[0]), head_checkpoint=paths[1], history=history,
+    )  # fmt: skip
 
 
 def _save_best(
