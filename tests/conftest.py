@@ -25,7 +25,7 @@ def running_server(tmp_path: Path, tap_records: list[pb.TapRecord]) -> Iterator[
     cfg = ServerConfig(host="127.0.0.1", port=0, model_dir=tmp_path / "server-models", grace=1.0)
     running = build_server(cfg, tap=tap_records.append)
     yield running
-    running.server.stop(None).wait()
+    running.shutdown(grace=0.0)
 
 
 @pytest.fixture

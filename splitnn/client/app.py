@@ -1,10 +1,11 @@
-"""A whole data-holder run: open a session, train, keep the best epoch, test it, report."""
+"""A whole data-holder run: open a session, train (or resume), keep the best epoch, test, report."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import time
+import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,22 @@ from typing import Any
 import torch
 
 from splitnn.client.config import ClientConfig
-from splitnn.client.trainer import EpochResult, SplitTrainer
+from splitnn.client.progress import EpochRecord
+from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
+from splitnn.client.trainer import SplitTrainer
+from splitnn.client.training import (
+    HEAD_SEED_OFFSET,
+    TrainingRun,
+    eval_noise,
+    resume_settings,
+    training_noise,
+)
 from splitnn.client.transport import ServerLink, SessionSettings
 from splitnn.common.checkpoints import (
     CheckpointError,
-    classifier_stem,
     load_checkpoint,
+    manifest_path,
     remove_checkpoint,
-    save_checkpoint,
     setting_tag,
 )
 from splitnn.common.datasets import DatasetSplits, load_splits
@@ -27,22 +36,6 @@ from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 
 logger = logging.getLogger(__name__)
-
-# Independent random streams derived from one --seed.
-HEAD_SEED_OFFSET = 1
-NOISE_SEED_OFFSET = 2
-EVAL_NOISE_SEED_OFFSET = 3
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One epoch's numbers; accuracies in percent."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_accuracy: float
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -67,6 +60,9 @@ class RunReport:
     checkpoint: str
     head_checkpoint: str
     deploy_accuracy: float | None = None
+    resumed_from: str | None = None  # the step a --resume run continued after
+    step_ms_p50: float | None = None  # training steps of this process, median
+    step_ms_p95: float | None = None
     history: list[EpochRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -83,7 +79,8 @@ def run(cfg: ClientConfig) -> RunReport:
     """Trains through the server at `cfg.server`; see `ClientConfig` for the settings.
 
     Raises:
-        DatasetError, ServerUnreachable, ServerRefused: reported by the CLI as one line.
+        DatasetError, ServerUnreachable, ServerRefused, ResumeError, CheckpointError: reported
+        by the CLI as one line.
     """
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     trained: dict[str, torch.Tensor] | None = None
@@ -92,19 +89,29 @@ def run(cfg: ClientConfig) -> RunReport:
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     logger.info("dataset: %s", splits.description)
     name = cfg.run or default_run_name(cfg)
+    state_path = resume_path(cfg.model_dir, name)
+    saved = _state_to_resume(cfg, state_path, name) if trained is None else None
     settings = SessionSettings(
         run=name,
         num_classes=splits.num_classes,
         lr=cfg.lr,
         seed=cfg.seed + HEAD_SEED_OFFSET,
         max_batch_size=max(cfg.batch_size, 500),
+        resume=saved is not None,
     )
-    with ServerLink(cfg.server, settings, connect_timeout=cfg.connect_timeout) as link:
+    with ServerLink(
+        cfg.server,
+        settings,
+        connect_timeout=cfg.connect_timeout,
+        step_timeout=cfg.step_timeout,
+        reconnect_timeout=cfg.reconnect_timeout,
+        resume_at=saved.step if saved is not None else None,
+    ) as link:
         trainer = SplitTrainer(
             body=build_body(cfg.seed),
             link=link,
             run=name,
-            noise=LaplaceNoise(cfg.noise, seed=cfg.seed + NOISE_SEED_OFFSET),
+            noise=training_noise(cfg),
             nopeek=cfg.nopeek,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
@@ -112,8 +119,38 @@ def run(cfg: ClientConfig) -> RunReport:
         )
         if trained is not None:
             trainer.body.load_state_dict(trained)
-            return _evaluate_trained(cfg, splits, trainer, name)
-        return _train_and_report(cfg, splits, trainer, name)
+            report = _evaluate_trained(cfg, splits, trainer, name)
+        else:
+            training = TrainingRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
+            if saved is not None:
+                training.load(saved)
+            report = _train_and_report(cfg, splits, training, name, saved)
+        link.close(finished=True)
+    remove_checkpoint(state_path)
+    return report
+
+
+def _state_to_resume(cfg: ClientConfig, path: Path, run: str) -> HolderState | None:
+    """The saved state `--resume` continues; refuses to overwrite one silently.
+
+    Raises:
+        ResumeError: --resume without a state (or with other settings), or a state left by an
+            interrupted run without --resume or --restart.
+    """
+    if cfg.resume:
+        return load_state(path, settings=resume_settings(cfg), run=run)
+    if path.exists() and not cfg.restart:
+        try:
+            epoch, batch = json.loads(manifest_path(path).read_text())["step"]
+            where = f" after epoch {epoch} batch {batch}"
+        except (OSError, ValueError, KeyError):
+            where = ""
+        raise ResumeError(
+            f"run {run!r} was interrupted{where} (its state: {path}): add --resume to "
+            "continue it, or --restart to start it over"
+        )
+    remove_checkpoint(path)
+    return None
 
 
 def _load_trained(cfg: ClientConfig, path: Path) -> tuple[dict[str, torch.Tensor], ClientConfig]:
@@ -144,107 +181,89 @@ def _evaluate_trained(
     assert cfg.from_checkpoint is not None
     stem = cfg.from_checkpoint.name.removesuffix(".ckpt")
     trainer.link.restore(stem)
-    val = trainer.evaluate("val", splits.val, noise=_eval_noise(cfg))
-    return _test_and_report(
-        cfg, splits, trainer, name,
-        best_epoch=cfg.epochs, train_accuracy=None, val_accuracy=val.accuracy,
-        samples_per_second=0.0, train_seconds=0.0,
-        checkpoint=str(cfg.from_checkpoint), head_checkpoint=f"{stem}.head.ckpt",
-    )  # fmt: skip
-
-
-def _eval_noise(cfg: ClientConfig) -> LaplaceNoise:
-    """Noise for testing and deployment: --eval-noise if given, else the training noise."""
-    scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
-    return LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
-
-
-def _test_and_report(
-    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str, **measured: Any
-) -> RunReport:
-    """Tests the model as it now stands (and deploys it if asked); the report of the run."""
-    noise = _eval_noise(cfg)
+    val = trainer.evaluate("val", splits.val, noise=eval_noise(cfg))
+    noise = eval_noise(cfg)
     test = trainer.evaluate("test", splits.test, noise=noise)
-    deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
-    return RunReport(
-        run=name, dataset=splits.name, dataset_description=splits.description,
-        noise=cfg.noise, nopeek=cfg.nopeek, eval_noise=noise.scale, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, seed=cfg.seed, test_accuracy=test.accuracy,
-        deploy_accuracy=deploy.accuracy if deploy else None, **measured,
-    )  # fmt: skip
+    return _report(
+        cfg,
+        splits,
+        trainer,
+        name,
+        noise,
+        test_accuracy=test.accuracy,
+        best_epoch=cfg.epochs,
+        train_accuracy=None,
+        val_accuracy=val.accuracy,
+        samples_per_second=0.0,
+        train_seconds=0.0,
+        checkpoint=str(cfg.from_checkpoint),
+        head_checkpoint=f"{stem}.head.ckpt",
+    )
 
 
 def _train_and_report(
-    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str
-) -> RunReport:
-    val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
-    history: list[EpochRecord] = []
-    samples = 0
-    best: tuple[float, int, dict[str, torch.Tensor], EpochResult] | None = None
-    paths: tuple[Path, str] | None = None
-    for epoch in range(1, cfg.epochs + 1):
-        result = trainer.train_epoch(
-            epoch, splits.train, max_steps=cfg.max_steps, progress=cfg.progress
-        )
-        val = trainer.evaluate("val", splits.val, noise=val_noise, tag=epoch)
-        samples += result.samples
-        history.append(
-            EpochRecord(epoch, result.loss, result.accuracy, val.accuracy, result.seconds)
-        )
-        logger.info(
-            "epoch %d: train loss %.4f acc %.2f%%, val acc %.2f%% (%.1f s)",
-            epoch,
-            result.loss,
-            result.accuracy,
-            val.accuracy,
-            result.seconds,
-        )
-        if best is None or val.accuracy > best[0]:
-            state = {k: v.detach().clone() for k, v in trainer.body.state_dict().items()}
-            best = (val.accuracy, epoch, state, result)
-            paths = _save_best(cfg, trainer, epoch, val.accuracy, previous=paths)
-    assert best is not None and paths is not None
-    val_accuracy, best_epoch, best_state, best_result = best
-    trainer.body.load_state_dict(best_state)
-    trainer.link.restore(paths[0].name.removesuffix(".ckpt"))
-    seconds = sum(h.seconds for h in history)
-    return _test_and_report(
-        cfg, splits, trainer, name,
-        best_epoch=best_epoch, train_accuracy=best_result.accuracy, val_accuracy=val_accuracy,
-        samples_per_second=samples / seconds if seconds > 0 else 0.0, train_seconds=seconds,
-        checkpoint=str(paths[0]), head_checkpoint=paths[1], history=history,
-    )  # fmt: skip
-
-
-def _save_best(
     cfg: ClientConfig,
-    trainer: SplitTrainer,
-    epoch: int,
-    val_accuracy: float,
-    *,
-    previous: tuple[Path, str] | None,
-) -> tuple[Path, str]:
-    """Writes part 1 here and asks the server to write part 2; drops the previous best."""
-    stem = classifier_stem(
-        dataset=cfg.dataset, noise=cfg.noise, nopeek=cfg.nopeek, epoch=epoch, seed=cfg.seed
+    splits: DatasetSplits,
+    training: TrainingRun,
+    name: str,
+    saved: HolderState | None,
+) -> RunReport:
+    best, test, noise = training.train()
+    history = training.progress.history
+    seconds = sum(h.seconds for h in history)
+    samples = sum(h.samples for h in history)
+    return _report(
+        cfg,
+        splits,
+        training.trainer,
+        name,
+        noise,
+        test_accuracy=test.accuracy,
+        best_epoch=best.epoch,
+        train_accuracy=best.train_accuracy,
+        val_accuracy=best.val_accuracy,
+        samples_per_second=samples / seconds if seconds > 0 else 0.0,
+        train_seconds=seconds,
+        checkpoint=best.checkpoint,
+        head_checkpoint=best.head_checkpoint,
+        history=history,
+        resumed_from=str(saved.step) if saved is not None else None,
     )
-    path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
-    manifest = {
-        "part": "body",
-        "dataset": cfg.dataset,
-        "noise": cfg.noise,
-        "nopeek": cfg.nopeek,
-        "epoch": epoch,
-        "val_accuracy": val_accuracy,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "noise_seed": cfg.seed + NOISE_SEED_OFFSET,
-        "server": cfg.server,
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    save_checkpoint(path, trainer.body.state_dict(), manifest)
-    head = trainer.link.checkpoint(stem, replace_previous=True)
-    if previous is not None and previous[0] != path:
-        remove_checkpoint(previous[0])
-    return path, head
+
+
+def _report(
+    cfg: ClientConfig,
+    splits: DatasetSplits,
+    trainer: SplitTrainer,
+    name: str,
+    noise: LaplaceNoise,
+    **measured: Any,
+) -> RunReport:
+    """The run's report; with --deploy, first puts the attack-evaluation images through it.
+
+    `noise` is the evaluation noise that the test used, whose draws the deployment continues.
+    """
+    deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
+    steps_ms = [1000 * s for s in trainer.step_seconds]
+    return RunReport(
+        run=name,
+        dataset=splits.name,
+        dataset_description=splits.description,
+        noise=cfg.noise,
+        nopeek=cfg.nopeek,
+        eval_noise=noise.scale,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        deploy_accuracy=deploy.accuracy if deploy else None,
+        step_ms_p50=statistics.median(steps_ms) if steps_ms else None,
+        step_ms_p95=_percentile(steps_ms, 0.95),
+        **measured,
+    )
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -10,6 +10,7 @@ import click
 
 from splitnn.client.app import RunReport, run
 from splitnn.client.config import ClientConfig
+from splitnn.client.resume import ResumeError
 from splitnn.client.transport import ServerRefused, ServerUnreachable
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
@@ -76,6 +77,34 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
     help="Seconds to wait for the server.",
 )
 @click.option(
+    "--step-timeout",
+    type=click.FloatRange(0.1),
+    default=60.0,
+    help="Seconds one step may take before it is sent again (answered once, never applied twice).",
+)
+@click.option(
+    "--reconnect-timeout",
+    type=click.FloatRange(0),
+    default=120.0,
+    help="Seconds to keep retrying when the server goes away; it resumes the run when back.",
+)
+@click.option(
+    "--save-every",
+    type=click.IntRange(0),
+    default=100,
+    help="Save points every N steps besides each epoch end (0: epoch ends only).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue this run from its last save point (after this process died).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start the run over even if an interrupted one left a state to resume.",
+)
+@click.option(
     "--from-checkpoint",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
@@ -102,6 +131,11 @@ def main(
     threads: int | None,
     deploy: bool,
     connect_timeout: float,
+    step_timeout: float,
+    reconnect_timeout: float,
+    save_every: int,
+    resume: bool,
+    restart: bool,
     from_checkpoint: Path | None,
     as_json: bool,
     quiet: bool,
@@ -114,12 +148,19 @@ def main(
     (MODEL_DIR/classifiers/<dataset>_<b>noise_<W>nopeek_epoch=<N>.ckpt, the server writes the
     matching .head.ckpt) and reports its test accuracy.
 
+    Both sides save their state at every epoch end and every --save-every steps. If the server
+    goes away, this side retries for --reconnect-timeout seconds and continues where both saved;
+    if this process dies, run the same command with --resume.
+
     Example: splitnn-client --server 127.0.0.1:50051 --dataset mnist5k --noise 0.5 --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     host, _, port = server.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, got {server!r}", param_hint="--server")
+    if resume and (restart or from_checkpoint is not None):
+        other = "--restart" if restart else "--from-checkpoint"
+        raise click.UsageError(f"--resume cannot be combined with {other}")
     cfg = ClientConfig(
         server=server,
         dataset=dataset,
@@ -137,6 +178,11 @@ def main(
         threads=threads,
         deploy=deploy,
         connect_timeout=connect_timeout,
+        step_timeout=step_timeout,
+        reconnect_timeout=reconnect_timeout,
+        save_every=save_every,
+        resume=resume,
+        restart=restart,
         from_checkpoint=from_checkpoint,
         progress=not quiet and sys.stderr.isatty(),
     )
@@ -144,6 +190,8 @@ def main(
         report = run(cfg)
     except ServerUnreachable as error:
         exits.fail("splitnn-client", str(error), exits.UNREACHABLE)
+    except ResumeError as error:
+        exits.fail("splitnn-client", str(error), exits.USAGE)
     except (ServerRefused, DatasetError, CheckpointError) as error:
         exits.fail("splitnn-client", str(error), exits.FAILED)
     except KeyboardInterrupt:

@@ -28,6 +28,13 @@ class ClientConfig:
         from_checkpoint: evaluate (and with `deploy`, deploy) this trained part-1 checkpoint
             instead of training; its settings come from its manifest, the server loads the head
             of the same name.
+        connect_timeout: seconds to wait for the server at the start.
+        step_timeout: seconds one step (or any call) may take before it is sent again.
+        reconnect_timeout: seconds to keep retrying once the server stopped answering.
+        save_every: a save point every this many steps, besides every epoch end (0: epoch ends
+            only); both sides save their state there.
+        resume: continue the run from this side's last save (``model_dir/client/<run>.ckpt``).
+        restart: start the run over even if an interrupted one left a state to resume.
     """
 
     server: str = "127.0.0.1:50051"
@@ -46,5 +53,10 @@ class ClientConfig:
     threads: int | None = None
     deploy: bool = False
     connect_timeout: float = 30.0
+    step_timeout: float = 60.0
+    reconnect_timeout: float = 120.0
+    save_every: int = 100
+    resume: bool = False
+    restart: bool = False
     progress: bool = True
     from_checkpoint: Path | None = None

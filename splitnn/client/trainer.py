@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+from splitnn.client.progress import Progress
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId
 from splitnn.common.datasets import Subset, epoch_permutation
 from splitnn.common.distcorr import distance_correlation
 from splitnn.common.models import Body, make_optimizer
 from splitnn.common.noise import LaplaceNoise
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    """Running training loss/accuracy (percent) of one epoch, over the batches it ran."""
-
-    epoch: int
-    loss: float
-    accuracy: float
-    samples: int
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -71,19 +62,27 @@ class SplitTrainer:
         self.batch_size = batch_size
         self.seed = seed
         self.optimizer = make_optimizer(body, lr)
+        self.step_seconds: list[float] = []  # every training step's duration, for reports
 
     def step(
-        self, step: StepId, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+        self,
+        step: StepId,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor | None = None,
+        *,
+        save: bool = False,
     ) -> tuple[float, int]:
         """One training step. images: float32 [B,1,28,28]; labels, indices: int64 [B].
 
+        `save` marks a save point: the server saves its state of the run before it replies.
         Returns the server's mean cross-entropy and the number of correct predictions.
         """
         self.body.train()
         self.optimizer.zero_grad(set_to_none=True)
         cut = self.body(images)
         sent = self.noise(cut.detach())
-        reply = self.link.train_step(step, sent, labels, indices)
+        reply = self.link.train_step(step, sent, labels, indices, save=save)
         # The noise is additive, so d loss / d cut equals the gradient w.r.t. what was sent.
         if self.nopeek > 0.0:
             penalty = self.nopeek * distance_correlation(images, cut)
@@ -94,32 +93,54 @@ class SplitTrainer:
         return reply.loss, reply.correct
 
     def train_epoch(
-        self, epoch: int, data: Subset, *, max_steps: int | None = None, progress: bool = True
-    ) -> EpochResult:
-        """Trains one epoch over `data` in a fresh seeded order (epochs count from 1)."""
+        self,
+        data: Subset,
+        progress: Progress,
+        *,
+        max_steps: int | None = None,
+        save_every: int = 0,
+        on_save: Callable[[StepId], None] | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        """Trains the rest of epoch `progress.epoch` over `data`, counting into `progress`.
+
+        Each epoch has its own seeded order, so an epoch resumed halfway sees the same batches.
+        The last step of the epoch and every `save_every`-th step of the run are save points:
+        the server saves before replying, then `on_save(step)` saves this side.
+        """
+        epoch = progress.epoch
         order = epoch_permutation(len(data), seed=self.seed, epoch=epoch)
         starts = range(0, len(data), self.batch_size)
         if max_steps is not None:
             starts = starts[:max_steps]
-        loss_sum, correct, samples = 0.0, 0, 0
-        began = time.perf_counter()
-        bar = tqdm(starts, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
-        for batch, start in enumerate(bar):
-            idx = order[start : start + self.batch_size]
-            step = StepId(self.run, epoch, batch)
-            loss, hits = self.step(step, data.images[idx], data.labels[idx], data.indices[idx])
-            loss_sum += loss * len(idx)
-            correct += hits
-            samples += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / samples:.4f}", acc=f"{100 * correct / samples:.2f}%")
-        seconds = time.perf_counter() - began
-        return EpochResult(
-            epoch=epoch,
-            loss=loss_sum / max(samples, 1),
-            accuracy=100.0 * correct / max(samples, 1),
-            samples=samples,
-            seconds=seconds,
+        per_epoch = len(starts)
+        bar = tqdm(
+            total=per_epoch,
+            initial=progress.batch,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not show_progress,
+            leave=False,
         )
+        for batch in range(progress.batch, per_epoch):
+            idx = order[starts[batch] : starts[batch] + self.batch_size]
+            step = StepId(self.run, epoch, batch)
+            done = (epoch - 1) * per_epoch + batch + 1
+            save = batch == per_epoch - 1 or (save_every > 0 and done % save_every == 0)
+            began = time.perf_counter()
+            loss, hits = self.step(
+                step, data.images[idx], data.labels[idx], data.indices[idx], save=save
+            )
+            seconds = time.perf_counter() - began
+            self.step_seconds.append(seconds)
+            progress.add_step(loss=loss, correct=hits, samples=len(idx), seconds=seconds)
+            bar.update()
+            bar.set_postfix(
+                loss=f"{progress.train_loss:.4f}", acc=f"{progress.train_accuracy:.2f}%"
+            )
+            if save and on_save is not None:
+                on_save(step)
+        bar.close()
 
     @torch.no_grad()
     def evaluate(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,12 +25,35 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Worth another try: the server is away, slow, or busy. A step is safe to send again because a
+# retried step id is answered from the server's cache, never applied twice.
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 _STREAM_END = None
+_MAX_BACKOFF_S = 5.0
+_CLOSE_TIMEOUT_S = 5.0
+# Reopening a lost session this many times in a row within one call means something else is
+# wrong (the session is lost again at once): give up instead of looping.
+_MAX_REOPENS = 3
 
 
 class ServerUnreachable(ConnectionError):
     """The server did not answer within the connect timeout, or went away for good."""
+
+
+class RolledBack(Exception):
+    """The server came back without this holder's latest steps: continue from `step`.
+
+    The server continues from the data holder's last save (`step`), or from the start (None).
+    The data holder must reload its own state saved at that step and train on from there.
+    """
+
+    def __init__(self, step: StepId | None) -> None:
+        super().__init__(f"the server continues from {step or 'the start'}")
+        self.step = step
 
 
 class ServerRefused(RuntimeError):
@@ -72,20 +96,56 @@ class EvalReply:
     correct: int
 
 
-class _Stream:
-    """A bidirectional call driven one request, one reply at a time."""
+class _LocalError(grpc.RpcError):
+    """A failure noticed on this side (a step timed out, a stream ended), retried like gRPC's."""
 
-    def __init__(self, method: Callable[..., Any], timeout: float) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__()
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class _Stream:
+    """A bidirectional call driven one request, one reply at a time, each bounded in time."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._replies: Any = method(self._iterate(), timeout=timeout)
+        # The stream lives as long as the session; each step has its own bound (see `call`).
+        self._replies: Any = method(self._iterate())
+        self._timed_out = False
 
     def _iterate(self) -> Iterator[object]:
         while (request := self._requests.get()) is not _STREAM_END:
             yield request
 
-    def call(self, request: object) -> object:
+    def call(self, request: object, *, timeout: float) -> object:
+        """Sends `request` and returns its reply; cancels the stream after `timeout` seconds."""
         self._requests.put(request)
-        return next(self._replies)
+        timer = threading.Timer(timeout, self._time_out)
+        timer.daemon = True
+        timer.start()
+        try:
+            return next(self._replies)
+        except grpc.RpcError:
+            if self._timed_out:
+                raise _LocalError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no reply within {timeout:g} s (step timeout)",
+                ) from None
+            raise
+        except StopIteration:
+            raise _LocalError(grpc.StatusCode.UNAVAILABLE, "the server ended the stream") from None
+        finally:
+            timer.cancel()
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._replies.cancel()
 
     def close(self) -> None:
         self._requests.put(_STREAM_END)
@@ -95,16 +155,25 @@ class _Stream:
 
 
 class ServerLink:
-    """A session with the computation server.
+    """A session with the computation server that survives the server going away.
+
+    Every call is bounded (`step_timeout`) and retried on UNAVAILABLE, DEADLINE_EXCEEDED and
+    RESOURCE_EXHAUSTED with a capped backoff for up to `reconnect_timeout` seconds: safe because a
+    retried step id is answered from the server's cache, never applied twice. If the server no
+    longer knows the session (it restarted, or the session expired), the link opens it again
+    with resume, offering the steps it can continue from: the step in flight, the last step
+    applied (`position`) and the last step both sides saved (`saved`). When the server continues
+    from the first two, the call simply goes on; from the save, `RolledBack` tells the data
+    holder to reload that state.
 
     Args:
         address: "host:port".
         settings: the session to open.
-        connect_timeout: seconds to wait for the server to come up (the first call waits for
-            the channel to be ready).
-        step_timeout: seconds a single step may take before it is retried.
-        retries: attempts per step on UNAVAILABLE / DEADLINE_EXCEEDED; safe because a retried
-            step id is answered from the server's cache, never applied twice.
+        connect_timeout: seconds to wait for the server to answer the first OpenSession.
+        step_timeout: seconds one call may take before it is retried.
+        reconnect_timeout: seconds to keep retrying once the server stopped answering.
+        resume_at: with `settings.resume`, the step this holder saved last (None: the newest
+            state the server holds).
     """
 
     def __init__(
@@ -114,46 +183,32 @@ class ServerLink:
         *,
         connect_timeout: float = 30.0,
         step_timeout: float = 60.0,
-        retries: int = 5,
+        reconnect_timeout: float = 120.0,
+        resume_at: StepId | None = None,
     ) -> None:
         self.address = address
         self.settings = settings
         self._step_timeout = step_timeout
-        self._retries = retries
+        self._reconnect_timeout = reconnect_timeout
         limit = message_limit(max_batch_size=settings.max_batch_size, cut_shape=CUT_SHAPE)
         self._channel = grpc.insecure_channel(
             address, options=grpc_options(max_message_bytes=limit)
         )
         self._stub = pb_grpc.SplitLearningStub(self._channel)
         self._streams: dict[str, _Stream] = {}
+        self._restored: str | None = None
         self.session_id = ""
         self.resumed = False
         self.last_applied: StepId | None = None
-        self._open(connect_timeout)
-
-    def _open(self, connect_timeout: float) -> None:
-        s = self.settings
-        request = pb.OpenSessionRequest(
-            run=s.run,
-            cut_shape=list(CUT_SHAPE),
-            dtype=s.dtype,
-            max_batch_size=s.max_batch_size,
-            head=pb.HeadSpec(num_classes=s.num_classes, lr=s.lr, seed=s.seed),
-            resume=s.resume,
+        self.position: StepId | None = resume_at
+        self.saved: StepId | None = resume_at
+        candidates = [resume_at] if settings.resume and resume_at is not None else []
+        self._open(
+            resume=settings.resume,
+            resume_from=candidates,
+            from_start=False,
+            timeout=connect_timeout,
         )
-        try:
-            reply = self._stub.OpenSession(request, timeout=connect_timeout, wait_for_ready=True)
-        except grpc.RpcError as error:
-            if error.code() in _RETRYABLE:
-                raise ServerUnreachable(
-                    f"no server answered at {self.address} within {connect_timeout:g} s"
-                ) from None
-            raise ServerRefused(error) from None
-        self.session_id = reply.session_id
-        self.resumed = reply.resumed
-        if reply.has_last_applied:
-            step = reply.last_applied
-            self.last_applied = StepId(step.run, step.epoch, step.batch)
 
     def train_step(
         self,
@@ -161,21 +216,32 @@ class ServerLink:
         activations: torch.Tensor,
         labels: torch.Tensor,
         indices: torch.Tensor | None = None,
+        *,
+        save: bool = False,
     ) -> StepReply:
-        """Sends one batch; returns the gradient w.r.t. `activations` [B, 500]."""
+        """Sends one batch; returns the gradient w.r.t. `activations` [B, 500].
+
+        With `save`, the server saves the run's resume state after this step, before replying.
+
+        Raises:
+            RolledBack: the server came back at an earlier step; nothing was applied.
+        """
         request = pb.TrainRequest(
-            session_id=self.session_id,
             step=step_to_proto(step),
             activations=tensor_to_proto(activations),
             labels=tensor_to_proto(labels),
+            save=save,
         )
         if indices is not None:
             request.indices.CopyFrom(tensor_to_proto(indices))
-        reply = self._call_stream("train", self._stub.Train, request)
+        reply = self._call(
+            lambda: self._stream_call("train", self._stub.Train, request), pending=step
+        )
         assert isinstance(reply, pb.TrainReply)
         gradient = tensor_from_proto(
             reply.gradient, dtype=request.activations.dtype, shape=tuple(activations.shape)
         )
+        self.position, self._restored = step, None
         return StepReply(gradient=gradient, loss=reply.loss, correct=reply.correct)
 
     def evaluate(
@@ -189,7 +255,6 @@ class ServerLink:
     ) -> EvalReply:
         """Logits for one batch of `split` ("val", "test", "attack", ...), no update."""
         request = pb.EvalRequest(
-            session_id=self.session_id,
             step=step_to_proto(step),
             split=split,
             activations=tensor_to_proto(activations),
@@ -198,7 +263,7 @@ class ServerLink:
             request.labels.CopyFrom(tensor_to_proto(labels))
         if indices is not None:
             request.indices.CopyFrom(tensor_to_proto(indices))
-        reply = self._call_stream("eval", self._stub.Evaluate, request)
+        reply = self._call(lambda: self._stream_call("eval", self._stub.Evaluate, request))
         assert isinstance(reply, pb.EvalReply)
         logits = tensor_from_proto(
             reply.logits, dtype="float32", shape=(activations.shape[0], None)
@@ -207,30 +272,35 @@ class ServerLink:
 
     def checkpoint(self, name: str, *, replace_previous: bool) -> str:
         """Asks the server to write its head as ``<name>.head.ckpt``; returns the server's path."""
-        request = pb.CheckpointRequest(
-            session_id=self.session_id, name=name, replace_previous=replace_previous
-        )
-        reply = self._unary(self._stub.Checkpoint, request)
+        request = pb.CheckpointRequest(name=name, replace_previous=replace_previous)
+        reply = self._call(lambda: self._unary(self._stub.Checkpoint, request))
         return str(reply.path)
 
     def restore(self, name: str) -> int:
-        """Asks the server to load head ``<name>``; returns the steps it had been trained for."""
-        request = pb.RestoreRequest(session_id=self.session_id, name=name)
-        reply = self._unary(self._stub.Restore, request)
+        """Asks the server to load head ``<name>``; returns the steps it had been trained for.
+
+        Remembered until the next training step: a session reopened in between loads it again.
+        """
+        request = pb.RestoreRequest(name=name)
+        reply = self._call(lambda: self._unary(self._stub.Restore, request))
+        self._restored = name
         return int(reply.steps_applied)
 
-    def close(self) -> None:
-        """Ends the streams and the session (the server saves the run), then the channel."""
+    def close(self, *, finished: bool = False) -> None:
+        """Ends the streams and the session, then the channel. One short try, no retries.
+
+        `finished`: the run is complete and the server may drop its resume states; otherwise it
+        keeps them for a later `--resume`.
+        """
         for stream in self._streams.values():
             stream.close()
         self._streams.clear()
         if self.session_id:
+            request = pb.CloseSessionRequest(session_id=self.session_id, finished=finished)
             try:
-                self._unary(
-                    self._stub.CloseSession, pb.CloseSessionRequest(session_id=self.session_id)
-                )
-            except (ServerRefused, ServerUnreachable) as error:
-                logger.warning("closing the session failed: %s", error)
+                self._stub.CloseSession(request, timeout=_CLOSE_TIMEOUT_S)
+            except grpc.RpcError as error:
+                logger.warning("closing the session failed: %s", error.details())
             self.session_id = ""
         self._channel.close()
 
@@ -245,39 +315,123 @@ class ServerLink:
     ) -> None:
         self.close()
 
-    def _unary(self, method: Callable[..., Any], request: object) -> Any:
-        for attempt in range(self._retries + 1):
-            try:
-                return method(request, timeout=self._step_timeout)
-            except grpc.RpcError as error:
-                self._handle_failure(error, attempt)
-        raise AssertionError("unreachable")
-
-    def _call_stream(self, kind: str, method: Callable[..., Any], request: object) -> object:
-        for attempt in range(self._retries + 1):
-            stream = self._streams.get(kind)
-            if stream is None:
-                # The stream's deadline bounds its whole life: generous, renewed on reconnect.
-                stream = self._streams[kind] = _Stream(method, timeout=24 * 3600.0)
-            try:
-                return stream.call(request)
-            except grpc.RpcError as error:
-                self._streams.pop(kind).close()
-                self._handle_failure(error, attempt)
-            except StopIteration:
-                self._streams.pop(kind).close()
-                raise ServerUnreachable("the server closed the stream") from None
-        raise AssertionError("unreachable")
-
-    def _handle_failure(self, error: grpc.RpcError, attempt: int) -> None:
-        """Re-raises non-retryable errors; sleeps a capped backoff before a retry."""
-        code = error.code()
-        if code not in _RETRYABLE:
-            raise ServerRefused(error) from None
-        if attempt >= self._retries:
-            raise ServerUnreachable(f"server at {self.address} lost: {error.details()}") from None
-        delay = min(0.25 * 2**attempt, 5.0)
-        logger.warning(
-            "%s; retrying in %.2f s (%d/%d)", code.name, delay, attempt + 1, self._retries
+    def _open(
+        self,
+        *,
+        resume: bool,
+        resume_from: list[StepId],
+        from_start: bool,
+        timeout: float,
+    ) -> None:
+        """OpenSession, retried on connection failures until `timeout` seconds have passed."""
+        s = self.settings
+        request = pb.OpenSessionRequest(
+            run=s.run,
+            cut_shape=list(CUT_SHAPE),
+            dtype=s.dtype,
+            max_batch_size=s.max_batch_size,
+            head=pb.HeadSpec(num_classes=s.num_classes, lr=s.lr, seed=s.seed),
+            resume=resume,
+            resume_from=[step_to_proto(step) for step in resume_from],
+            resume_from_start=from_start,
         )
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                reply = self._stub.OpenSession(
+                    request, timeout=max(left, 0.01), wait_for_ready=True
+                )
+                break
+            except grpc.RpcError as error:
+                code = error.code()
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise ServerRefused(error) from None
+                if time.monotonic() >= deadline:
+                    what = (
+                        "no server answered"
+                        if code == grpc.StatusCode.DEADLINE_EXCEEDED
+                        else (f"the connection kept failing ({error.details()})")
+                    )
+                    raise ServerUnreachable(
+                        f"{what} at {self.address} within {timeout:g} s"
+                    ) from None
+                self._back_off(attempt, f"opening the session: {code.name}", deadline)
+                attempt += 1
+        self.session_id = reply.session_id
+        self.resumed = reply.resumed
+        self.last_applied = None
+        if reply.has_last_applied:
+            step = reply.last_applied
+            self.last_applied = StepId(step.run, step.epoch, step.batch)
+
+    def _reopen(self, pending: StepId | None) -> None:
+        """Opens the lost session again with resume; raises `RolledBack` if it went back."""
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
+        offers: list[StepId] = []
+        for step in (pending, self.position, self.saved):
+            if step is not None and step not in offers:
+                offers.append(step)
+        can_restart = self.position is None or self.saved is None
+        logger.warning("the server lost the session: opening it again to resume")
+        self._open(
+            resume=True, resume_from=offers, from_start=can_restart, timeout=self._reconnect_timeout
+        )
+        now_at = self.last_applied if self.resumed else None
+        logger.warning("session resumed at %s", now_at or "the start")
+        if now_at is not None and now_at == pending:
+            return  # the server applied the step in flight: its reply comes from the cache
+        if now_at != self.position:
+            self.position = now_at
+            raise RolledBack(now_at)
+        if self._restored is not None:
+            self.restore(self._restored)
+
+    def _call(self, attempt: Callable[[], Any], *, pending: StepId | None = None) -> Any:
+        """Runs `attempt` until it succeeds, retrying and reopening as the class describes."""
+        deadline: float | None = None
+        retries = reopens = 0
+        while True:
+            try:
+                return attempt()
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED and reopens < _MAX_REOPENS:
+                    reopens += 1
+                    self._reopen(pending)
+                    continue
+                if code not in _RETRYABLE:
+                    raise ServerRefused(error) from None
+                if deadline is None:
+                    deadline = time.monotonic() + self._reconnect_timeout
+                if time.monotonic() >= deadline:
+                    raise ServerUnreachable(
+                        f"server at {self.address} lost for {self._reconnect_timeout:g} s: "
+                        f"{code.name}: {error.details()}"
+                    ) from None
+                self._back_off(retries, f"{code.name}: {error.details()}", deadline)
+                retries += 1
+
+    def _stream_call(self, kind: str, method: Callable[..., Any], request: Any) -> object:
+        request.session_id = self.session_id
+        stream = self._streams.get(kind)
+        if stream is None:
+            stream = self._streams[kind] = _Stream(method)
+        try:
+            return stream.call(request, timeout=self._step_timeout)
+        except grpc.RpcError:
+            self._streams.pop(kind).close()
+            raise
+
+    def _unary(self, method: Callable[..., Any], request: Any) -> Any:
+        request.session_id = self.session_id
+        return method(request, timeout=self._step_timeout)
+
+    @staticmethod
+    def _back_off(attempt: int, why: str, deadline: float) -> None:
+        delay = min(0.25 * 2**attempt, _MAX_BACKOFF_S, max(deadline - time.monotonic(), 0.0))
+        logger.warning("%s; retrying in %.2f s", why, delay)
         time.sleep(delay)

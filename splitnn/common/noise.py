@@ -33,6 +33,13 @@ class LaplaceNoise:
             return cut
         return cut + self.sample(cut.shape, dtype=cut.dtype).to(cut.device)
 
+    def get_state(self) -> torch.Tensor:
+        """The generator's state (uint8 tensor), to resume the same stream of draws."""
+        return self._generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
     def sample(self, shape: torch.Size | tuple[int, ...], *, dtype: torch.dtype) -> torch.Tensor:
         """Draws Laplace(0, scale) noise of the given shape on the CPU."""
         e1 = torch.empty(shape, dtype=dtype).exponential_(generator=self._generator)

@@ -37,20 +37,24 @@ class HeadSpec(_message.Message):
     def __init__(self, num_classes: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("run", "cut_shape", "dtype", "max_batch_size", "head", "resume")
+    __slots__ = ("run", "cut_shape", "dtype", "max_batch_size", "head", "resume", "resume_from", "resume_from_start")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_START_FIELD_NUMBER: _ClassVar[int]
     run: str
     cut_shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     max_batch_size: int
     head: HeadSpec
     resume: bool
-    def __init__(self, run: _Optional[str] = ..., cut_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., resume: _Optional[bool] = ...) -> None: ...
+    resume_from: _containers.RepeatedCompositeFieldContainer[StepId]
+    resume_from_start: bool
+    def __init__(self, run: _Optional[str] = ..., cut_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., resume: _Optional[bool] = ..., resume_from: _Optional[_Iterable[_Union[StepId, _Mapping]]] = ..., resume_from_start: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionReply(_message.Message):
     __slots__ = ("session_id", "resumed", "last_applied", "has_last_applied", "max_message_bytes")
@@ -67,18 +71,20 @@ class OpenSessionReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_applied: _Optional[_Union[StepId, _Mapping]] = ..., has_last_applied: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("session_id", "step", "activations", "labels", "indices")
+    __slots__ = ("session_id", "step", "activations", "labels", "indices", "save")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    SAVE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: StepId
     activations: Tensor
     labels: Tensor
     indices: Tensor
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[_Union[StepId, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    save: bool
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[_Union[StepId, _Mapping]] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., save: _Optional[bool] = ...) -> None: ...
 
 class TrainReply(_message.Message):
     __slots__ = ("step", "gradient", "loss", "correct")
@@ -151,10 +157,12 @@ class RestoreReply(_message.Message):
     def __init__(self, steps_applied: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "finished")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    finished: bool
+    def __init__(self, session_id: _Optional[str] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class CloseSessionReply(_message.Message):
     __slots__ = ()

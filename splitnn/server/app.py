@@ -1,25 +1,32 @@
-"""Builds and runs the gRPC server: servicer, health service, signals, final checkpoint."""
+"""Builds and runs the gRPC server: the event loop, health, expiry, signals and the final save.
+
+The server is a `grpc.aio` server on an event loop of its own thread, with one compute thread
+for the head (see `servicer.py` for why streams then pin nothing). `build_server` returns once it
+is bound and SERVING; `serve` is the CLI's blocking form with signal handling.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
-from concurrent import futures
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from splitnn.common import exits
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.rpc_options import grpc_options, message_limit
-from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.config import ServerConfig
-from splitnn.server.servicer import SplitLearningServicer, TapSink
+from splitnn.server.handlers import SplitLearningHandlers, TapSink
+from splitnn.server.servicer import SERVICE_NAME, SplitLearningService
 from splitnn.server.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -27,70 +34,146 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "splitnn.v1.SplitLearning"
+# health.py re-exports the asyncio servicer without declaring it.
+AsyncHealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
+# SIGTERM ends the process within --grace plus this, whatever is in flight.
+SHUTDOWN_MARGIN_S = 5.0
 
 
-@dataclass
 class RunningServer:
-    """A started server and what it serves. `port` is the bound port (useful with port 0)."""
+    """A started server on its own event-loop thread. `port` is the bound port (port 0 works).
 
-    server: grpc.Server
-    port: int
-    sessions: SessionRegistry
-    health: health.HealthServicer
-    hub: TapHub | None = None
+    Use `shutdown(grace)` (blocking) or `begin_shutdown(grace)` then `wait()`.
+    """
+
+    def __init__(self, cfg: ServerConfig, *, tap: TapSink | None) -> None:
+        self.cfg = cfg
+        self.port = 0
+        limit = message_limit(max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE)
+        self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
+        self.sessions = SessionRegistry(
+            model_dir=cfg.model_dir,
+            max_batch_size=cfg.max_batch_size,
+            max_sessions=cfg.max_sessions,
+        )
+        self.hub: TapHub | None = None
+        if cfg.tap_log is not None or cfg.tap:
+            from splitnn.server.tap import TapHub  # collusion mode only
+
+            logger.warning(
+                "COLLUSION MODE: every received batch is shared (log: %s, live tap: %s)",
+                cfg.tap_log or "none",
+                "on" if cfg.tap else "off",
+            )
+            self.hub = TapHub(log_path=cfg.tap_log)
+            tap = self.hub.publish if tap is None else tap
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitnn-compute")
+        handlers = SplitLearningHandlers(
+            self.sessions, default_seed=cfg.seed, max_message_bytes=limit, tap=tap
+        )
+        self.service = SplitLearningService(
+            handlers,
+            executor=self._executor,
+            max_streams=cfg.max_streams,
+            max_inflight=cfg.max_inflight,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace = cfg.grace
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="splitnn-server", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def begin_shutdown(self, grace: float) -> None:
+        """Asks the server to stop (see `_shut_down`); returns at once. Idempotent."""
+        self._grace = grace
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until the server has stopped; False if `timeout` passed first."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def shutdown(self, grace: float) -> None:
-        """Stops accepting calls, lets in-flight steps finish, then saves every session."""
-        self.health.enter_graceful_shutdown()
+        """Stops accepting calls, lets in-flight ones finish for `grace` s, saves every session."""
+        self.begin_shutdown(grace)
+        self.wait()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported to the starting thread
+            self._error = error
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        server = grpc.aio.server(options=self._options)
+        server.add_generic_rpc_handlers((self.service.generic_handler(),))
+        health_servicer = AsyncHealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if self.hub is not None and self.cfg.tap:
+            from splitnn.server.tap import tap_handler  # collusion mode only
+
+            server.add_generic_rpc_handlers((tap_handler(self.hub),))
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            self.port = 0
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        expiry = asyncio.create_task(self._expire_idle_sessions())
+        self._started.set()
+        await self._stop.wait()
+        expiry.cancel()
+        await self._shut_down(server, health_servicer)
+
+    async def _shut_down(self, server: grpc.aio.Server, health_servicer: Any) -> None:
+        """NOT_SERVING, end tap streams, `server.stop(grace)`, then save every session.
+
+        The saves run on the compute thread after every step already queued there, so each
+        session is saved with all the steps it has answered.
+        """
+        await health_servicer.enter_graceful_shutdown()
         if self.hub is not None:
             self.hub.close()  # ends live tap streams, which would otherwise outlive the grace
-        self.server.stop(grace).wait()
-        self.sessions.save_all()
+        await server.stop(self._grace)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.sessions.save_all)
+        self._executor.shutdown(wait=False)
+        # Let the cancelled calls unwind before the loop closes.
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    async def _expire_idle_sessions(self) -> None:
+        ttl = self.cfg.session_ttl
+        interval = min(max(ttl / 4, 0.25), 30.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            await loop.run_in_executor(self._executor, self.sessions.expire, ttl)
 
 
 def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningServer:
-    """Creates, binds and starts the server; it reports SERVING once the head can be built."""
-    torch.set_num_threads(cfg.threads)
-    limit = message_limit(max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="splitnn-rpc"),
-        # No SO_REUSEPORT: a second server on a busy port must fail, not share its connections.
-        options=[*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=cfg.workers * 4,
-    )
-    sessions = SessionRegistry(model_dir=cfg.model_dir, max_batch_size=cfg.max_batch_size)
-    hub = None
-    if cfg.tap_log is not None or cfg.tap:
-        logger.warning(
-            "COLLUSION MODE: every received batch is shared (log: %s, live tap: %s)",
-            cfg.tap_log or "none",
-            "on" if cfg.tap else "off",
-        )
-        from splitnn.server.tap import TapHub, TapServicer  # collusion mode only
+    """Creates, binds and starts the server; returns once it reports SERVING.
 
-        hub = TapHub(log_path=cfg.tap_log)
-        tap = hub.publish if tap is None else tap
-        if cfg.tap:
-            pb_grpc.add_TapServicer_to_server(TapServicer(hub), server)
-    pb_grpc.add_SplitLearningServicer_to_server(
-        SplitLearningServicer(sessions, default_seed=cfg.seed, max_message_bytes=limit, tap=tap),
-        server,
-    )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    except RuntimeError:  # grpcio raises where older releases returned 0
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(
-        server=server, port=port, sessions=sessions, health=health_servicer, hub=hub
-    )
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    torch.set_num_threads(cfg.threads)
+    return RunningServer(cfg, tap=tap)
 
 
 def serve(
@@ -99,24 +182,33 @@ def serve(
     tap: TapSink | None = None,
     on_bound: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Runs until SIGTERM/SIGINT, then shuts down gracefully (see `RunningServer.shutdown`)."""
+    """Runs until SIGTERM/SIGINT, then shuts down gracefully (see `RunningServer.shutdown`).
+
+    Whatever is in flight, the process ends within `cfg.grace` + 5 s of the signal.
+    """
     running = build_server(cfg, tap=tap)
     if on_bound is not None:
         on_bound(cfg.host, running.port)
-    stopper: list[threading.Thread] = []
+
+    watchdogs: list[threading.Timer] = []
 
     def handle(signum: int, _frame: FrameType | None) -> None:
-        if stopper:
+        if watchdogs:
             return
         logger.info("%s received: finishing in-flight steps", signal.Signals(signum).name)
-        # Shut down from a thread: the handler interrupts the main thread, which is blocked in
-        # wait_for_termination and must stay there until the server has stopped.
-        stopper.append(threading.Thread(target=running.shutdown, args=(cfg.grace,)))
-        stopper[0].start()
+        running.begin_shutdown(cfg.grace)
+        watchdog = threading.Timer(cfg.grace + SHUTDOWN_MARGIN_S - 0.5, _give_up, (cfg.grace,))
+        watchdog.daemon = True
+        watchdog.start()
+        watchdogs.append(watchdog)
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    running.server.wait_for_termination()
-    for thread in stopper:
-        thread.join()
+    running.wait()
     logger.info("server stopped")
+
+
+def _give_up(grace: float) -> None:
+    logger.error("shutdown did not finish within %.1f s: exiting now", grace + SHUTDOWN_MARGIN_S)
+    logging.shutdown()
+    os._exit(exits.FAILED)

@@ -34,13 +34,36 @@ from splitnn.server.config import ServerConfig
     default=1,
     help="Torch threads for the head; 1 leaves the cores to the data holder.",
 )
-@click.option("--workers", type=click.IntRange(2, 256), default=8, help="gRPC handler threads.")
 @click.option("--seed", type=int, default=0, help="Head seed when the data holder sends none.")
 @click.option(
     "--grace",
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, 3600),
     default=10.0,
-    help="Seconds in-flight steps get on SIGTERM/SIGINT.",
+    help="Seconds in-flight steps get on SIGTERM/SIGINT; the process ends within GRACE + 5 s.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1, 100_000),
+    default=64,
+    help="Live sessions at most; one more is refused with RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-streams",
+    type=click.IntRange(2, 1_000_000),
+    default=256,
+    help="Open calls at most (idle streams count; health checks do not).",
+)
+@click.option(
+    "--max-inflight",
+    type=click.IntRange(1, 100_000),
+    default=64,
+    help="Requests waiting for the head at most; more are refused at once, never queued.",
+)
+@click.option(
+    "--session-ttl",
+    type=click.FloatRange(0.1),
+    default=600.0,
+    help="Seconds idle before a session is saved and forgotten (its holder resumes it).",
 )
 @click.option(
     "--tap-log",
@@ -59,9 +82,12 @@ def main(
     model_dir: Path,
     max_batch_size: int,
     threads: int,
-    workers: int,
     seed: int,
     grace: float,
+    max_sessions: int,
+    max_streams: int,
+    max_inflight: int,
+    session_ttl: float,
     tap_log: Path | None,
     tap: bool,
     verbose: int,
@@ -72,6 +98,10 @@ def main(
     Each data holder opens a session, streams its cut-layer tensors with labels, and receives
     the gradient w.r.t. what it sent. Prints "listening on HOST:PORT" once bound; stops
     gracefully on SIGTERM/SIGINT (finishes in-flight steps, saves every session, exits 0).
+
+    Each run's resume state is saved under MODEL_DIR/server/<run>/ at the save points its data
+    holder marks (every epoch end and every --save-every steps), when its session expires or
+    closes, and on shutdown: after a restart, data holders continue where both sides saved.
     """
     configure_logging(verbose=verbose, quiet=quiet)
     cfg = ServerConfig(
@@ -80,9 +110,12 @@ def main(
         model_dir=model_dir,
         max_batch_size=max_batch_size,
         threads=threads,
-        workers=workers,
         seed=seed,
         grace=grace,
+        max_sessions=max_sessions,
+        max_streams=max_streams,
+        max_inflight=max_inflight,
+        session_ttl=session_ttl,
         tap_log=tap_log,
         tap=tap,
     )

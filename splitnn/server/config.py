@@ -16,9 +16,14 @@ class ServerConfig:
         max_batch_size: the largest batch a session may use; sizes the message limit.
         threads: torch intra-op threads for the head (it is small: 1 leaves the cores to the data
             holder, which does the heavy convolutions).
-        workers: gRPC handler threads (one per open stream).
         seed: seeds a head whose data holder did not send a seed.
-        grace: seconds in-flight steps get to finish on shutdown.
+        grace: seconds in-flight steps get to finish on shutdown; the process ends within
+            grace + 5 s of SIGTERM whatever is in flight.
+        max_sessions: live sessions at most (one more is RESOURCE_EXHAUSTED).
+        max_streams: open SplitLearning calls at most, idle streams included.
+        max_inflight: requests waiting for or on the compute thread at most.
+        session_ttl: seconds of inactivity after which a session is saved and forgotten (its
+            data holder resumes it transparently).
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
     """
@@ -28,8 +33,11 @@ class ServerConfig:
     model_dir: Path = Path("models")
     max_batch_size: int = 1024
     threads: int = 1
-    workers: int = 8
     seed: int = 0
     grace: float = 10.0
+    max_sessions: int = 64
+    max_streams: int = 256
+    max_inflight: int = 64
+    session_ttl: float = 600.0
     tap_log: Path | None = None
     tap: bool = False

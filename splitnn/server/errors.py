@@ -22,6 +22,12 @@ class UnknownSession(ServerError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class Busy(ServerError):
+    """A limit of the server is reached (sessions, streams, steps in flight); try again later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class WrongState(ServerError):
     """Valid on its own but not now: a step out of order, a resume that does not match."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,12 @@ class EvalResult:
 class HeadSession:
     """Trains the head on the batches of one run, each step at most once.
 
-    Calls are serialised by a lock, since gRPC runs handlers on a thread pool. A step whose id
+    Calls are serialised by a lock (the server may compute on several threads). A step whose id
     equals the last applied one is answered from the cache (the data holder retried after a lost
     reply); an older one is refused. Nothing changes unless the whole step succeeds.
+
+    `restored` is true while the head holds weights loaded by `load_weights` rather than the state
+    after `last_step`: such a head is not a resume state of the run.
     """
 
     def __init__(self, session_id: str, spec: SessionSpec) -> None:
@@ -63,6 +67,12 @@ class HeadSession:
         self.last_step: StepId | None = None
         self._last_result: StepResult | None = None
         self.steps_applied = 0
+        self.restored = False
+        self.last_used = time.monotonic()
+
+    def touch(self) -> None:
+        """Records activity: idle sessions expire."""
+        self.last_used = time.monotonic()
 
     def check_batch(self, activations: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Checks a decoded batch against the session: activations [B, *cut], labels int64 [B]."""
@@ -106,6 +116,7 @@ class HeadSession:
             )
             self.last_step, self._last_result = step, result
             self.steps_applied += 1
+            self.restored = False
             return result, True
 
     def evaluate(self, activations: torch.Tensor, labels: torch.Tensor | None) -> EvalResult:
@@ -134,6 +145,12 @@ class HeadSession:
                 state["last_loss"] = self._last_result.loss
                 state["last_correct"] = self._last_result.correct
             return state
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Loads head weights only (e.g. the best epoch, to evaluate it); the optimizer stays."""
+        with self.lock:
+            self.head.load_state_dict(weights)
+            self.restored = True
 
     def restore(self, state: dict[str, Any]) -> None:
         """Loads what `state()` returned (from a weights-only checkpoint)."""

@@ -1,201 +1,127 @@
-"""The gRPC servicer: decode and validate, call the session, encode. Nothing else lives here."""
+"""The asyncio gRPC layer: limits, the compute thread, and status codes. Nothing else lives here.
+
+Streams do not pin threads: every RPC is a coroutine on one event loop, which only waits, and the
+work of each request (parse, validate, the head's step, encode) runs on the compute executor. An
+open stream that sends nothing costs a coroutine, not a worker, so no number of idle or slow
+peers can starve the others or the health service.
+
+Limits answer RESOURCE_EXHAUSTED at once, never a queue: `max_streams` open calls, and
+`max_inflight` requests waiting for or on the compute thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import NoReturn
 
 import grpc
-import torch
 
-from splitnn.common.codec import (
-    StepId,
-    step_from_proto,
-    step_to_proto,
-    tensor_from_proto,
-    tensor_to_proto,
-)
-from splitnn.proto import splitnn_pb2 as pb
-from splitnn.proto import splitnn_pb2_grpc as pb_grpc
-from splitnn.server.errors import status_of
-from splitnn.server.head import HeadSession, SessionSpec
-from splitnn.server.sessions import SessionRegistry
+from splitnn.server.errors import Busy, status_of
+from splitnn.server.handlers import SplitLearningHandlers
 
 logger = logging.getLogger(__name__)
 
-TapSink = Callable[[pb.TapRecord], None]
+SERVICE_NAME = "splitnn.v1.SplitLearning"
+Work = Callable[[bytes], bytes]
 
 
-def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
-    code, detail = status_of(error)
-    if code == grpc.StatusCode.INTERNAL:
-        logger.exception("internal error while serving a request", exc_info=error)
-    else:
-        logger.info("refused a request: %s: %s", code.name, detail)
-    context.abort(code, detail)
-    raise AssertionError("unreachable")  # context.abort raises
-
-
-class SplitLearningServicer(pb_grpc.SplitLearningServicer):
-    """Serves the head of every open session.
+class SplitLearningService:
+    """Serves `SplitLearning` from raw bytes (each handler parses its own request).
 
     Args:
-        sessions: the session registry.
-        tap: collusion mode only: receives every accepted batch exactly as it arrived.
+        handlers: what each RPC does.
+        executor: where the handlers run (the compute thread).
+        max_streams: open SplitLearning calls at most (health and tap calls do not count).
+        max_inflight: requests waiting for or running on the executor at most.
     """
 
     def __init__(
         self,
-        sessions: SessionRegistry,
+        handlers: SplitLearningHandlers,
         *,
-        default_seed: int = 0,
-        max_message_bytes: int = 0,
-        tap: TapSink | None = None,
+        executor: Executor,
+        max_streams: int,
+        max_inflight: int,
     ) -> None:
-        self._sessions = sessions
-        self._max_message_bytes = max_message_bytes
-        self._default_seed = default_seed
-        self._tap = tap
+        self.handlers = handlers
+        self._executor = executor
+        self._max_streams = max_streams
+        self._max_inflight = max_inflight
+        self.open_calls = 0
+        self.inflight = 0
 
-    def OpenSession(
-        self, request: pb.OpenSessionRequest, context: grpc.ServicerContext
-    ) -> pb.OpenSessionReply:
-        try:
-            session, resumed = self._sessions.open(
-                _spec_from_proto(request, self._default_seed), resume=request.resume
-            )
-        except Exception as error:
-            _abort(context, error)
-        reply = pb.OpenSessionReply(
-            session_id=session.session_id,
-            resumed=resumed,
-            max_message_bytes=self._max_message_bytes,
-        )
-        if resumed and session.last_step is not None:
-            reply.last_applied.CopyFrom(step_to_proto(session.last_step))
-            reply.has_last_applied = True
-        return reply
+    def generic_handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
+        """The method handlers, with no (de)serialisers: requests arrive as bytes."""
+        h = self.handlers
+        unary = grpc.unary_unary_rpc_method_handler
+        stream = grpc.stream_stream_rpc_method_handler
+        methods = {
+            "OpenSession": unary(self._unary_rpc(h.open_session)),
+            "Train": stream(self._stream_rpc(h.train)),
+            "Evaluate": stream(self._stream_rpc(h.evaluate)),
+            "Checkpoint": unary(self._unary_rpc(h.checkpoint)),
+            "Restore": unary(self._unary_rpc(h.restore)),
+            "CloseSession": unary(self._unary_rpc(h.close_session)),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
-    def Train(
-        self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.TrainReply]:
-        for request in request_iterator:
+    def _unary_rpc(
+        self, work: Work
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], object]:
+        async def rpc(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            await self._enter(context)
             try:
-                session = self._sessions.get(request.session_id)
-                step = step_from_proto(request.step, run=session.spec.run)
-                activations, labels, indices = _decode_batch(session, request, need_labels=True)
-                assert labels is not None
-                result, applied = session.train_step(step, activations, labels)
-            except Exception as error:
-                _abort(context, error)
-            if applied:
-                self._publish(step, "train", "train", request, indices)
-            yield pb.TrainReply(
-                step=request.step,
-                gradient=tensor_to_proto(result.gradient),
-                loss=result.loss,
-                correct=result.correct,
-            )
+                return await self._run(work, raw, context)
+            finally:
+                self.open_calls -= 1
 
-    def Evaluate(
-        self, request_iterator: Iterator[pb.EvalRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.EvalReply]:
-        for request in request_iterator:
+        return rpc
+
+    def _stream_rpc(
+        self, work: Work
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], object]:
+        async def rpc(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> AsyncIterator[bytes]:
+            await self._enter(context)
             try:
-                session = self._sessions.get(request.session_id)
-                step = step_from_proto(request.step, run=session.spec.run)
-                activations, labels, indices = _decode_batch(session, request, need_labels=False)
-                result = session.evaluate(activations, labels)
-            except Exception as error:
-                _abort(context, error)
-            self._publish(step, "eval", request.split or "eval", request, indices)
-            yield pb.EvalReply(
-                step=request.step,
-                logits=tensor_to_proto(result.logits),
-                loss=result.loss,
-                correct=result.correct,
-            )
+                async for raw in requests:
+                    yield await self._run(work, raw, context)
+            finally:
+                self.open_calls -= 1
 
-    def Checkpoint(
-        self, request: pb.CheckpointRequest, context: grpc.ServicerContext
-    ) -> pb.CheckpointReply:
+        return rpc
+
+    async def _enter(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        if self.open_calls >= self._max_streams:
+            await _abort(context, Busy(f"the server has {self._max_streams} open calls "
+                                       "(--max-streams); try again later"))  # fmt: skip
+        self.open_calls += 1
+
+    async def _run(
+        self, work: Work, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        """Runs one request on the executor; a refusal ends the call with its status."""
+        if self.inflight >= self._max_inflight:
+            await _abort(context, Busy(f"the server has {self._max_inflight} requests in "
+                                       "flight (--max-inflight); try again later"))  # fmt: skip
+        self.inflight += 1
         try:
-            session = self._sessions.get(request.session_id)
-            path = self._sessions.save_head(
-                session, request.name, replace_previous=request.replace_previous
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, raw)
         except Exception as error:
-            _abort(context, error)
-        return pb.CheckpointReply(path=str(path))
-
-    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> pb.RestoreReply:
-        try:
-            session = self._sessions.get(request.session_id)
-            steps = self._sessions.load_head(session, request.name)
-        except Exception as error:
-            _abort(context, error)
-        return pb.RestoreReply(steps_applied=steps)
-
-    def CloseSession(
-        self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
-    ) -> pb.CloseSessionReply:
-        try:
-            self._sessions.close(request.session_id)
-        except Exception as error:
-            _abort(context, error)
-        return pb.CloseSessionReply()
-
-    def _publish(
-        self,
-        step: StepId,
-        phase: str,
-        split: str,
-        request: pb.TrainRequest | pb.EvalRequest,
-        indices: torch.Tensor | None,
-    ) -> None:
-        if self._tap is None:
-            return
-        record = pb.TapRecord(
-            step=step_to_proto(step),
-            phase=phase,
-            split=split,
-            activations=request.activations,
-            labels=request.labels,
-            received_at=time.time(),
-        )
-        if indices is not None:
-            record.indices.CopyFrom(request.indices)
-        self._tap(record)
+            await _abort(context, error)
+        finally:
+            self.inflight -= 1
 
 
-def _spec_from_proto(request: pb.OpenSessionRequest, default_seed: int) -> SessionSpec:
-    return SessionSpec(
-        run=request.run,
-        cut_shape=tuple(request.cut_shape),
-        dtype=request.dtype,
-        max_batch_size=request.max_batch_size,
-        num_classes=request.head.num_classes,
-        lr=request.head.lr,
-        seed=request.head.seed if request.head.HasField("seed") else default_seed,
-    )
-
-
-def _decode_batch(
-    session: HeadSession, request: pb.TrainRequest | pb.EvalRequest, *, need_labels: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """activations [B, *cut] of the session's dtype, finite; labels and indices int64 [B]."""
-    spec = session.spec
-    activations = tensor_from_proto(
-        request.activations, dtype=spec.dtype, shape=(None, *spec.cut_shape), finite=True
-    )
-    batch = activations.shape[0]
-    labels = None
-    if need_labels or request.HasField("labels"):
-        labels = tensor_from_proto(request.labels, dtype="int64", shape=(batch,))
-    indices = None
-    if request.HasField("indices"):
-        indices = tensor_from_proto(request.indices, dtype="int64", shape=(batch,))
-    session.check_batch(activations, labels)
-    return activations, labels, indices
+async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], error: Exception) -> NoReturn:
+    code, detail = status_of(error)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.error("internal error while serving a request", exc_info=error)
+    else:
+        logger.info("refused a request: %s: %s", code.name, detail)
+    await context.abort(code, detail)
+    raise AssertionError("unreachable")  # context.abort raises

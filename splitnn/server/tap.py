@@ -6,12 +6,12 @@ what it receives with an attacker; it never alters what it serves.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,8 @@ import grpc
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.wirelog import WireLogWriter
 from splitnn.proto import splitnn_pb2 as pb
-from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+from splitnn.server.errors import InvalidRequest
+from splitnn.server.handlers import parse
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ _CLOSED = None
 class TapHub:
     """Fans each received batch out to the wire log and to every live subscriber.
 
-    Subscribers get a bounded queue; if one falls that far behind, its oldest records are dropped
-    (and counted) rather than stalling training.
+    `publish` is called on the compute thread; subscribers are coroutines on the server's event
+    loop. Each subscriber gets a bounded queue; if one falls that far behind, its oldest records
+    are dropped (and counted) rather than stalling training.
 
     Args:
         log_path: append records to this wire log (None: no log).
@@ -47,7 +49,8 @@ class TapHub:
             }
             self._writer = WireLogWriter(log_path, header=header)
         self._queue_size = queue_size
-        self._subscribers: list[tuple[str, queue.Queue[pb.TapRecord | None]]] = []
+        self._subscribers: list[tuple[str, asyncio.Queue[pb.TapRecord | None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self.dropped = 0
 
@@ -57,39 +60,39 @@ class TapHub:
             return len(self._subscribers)
 
     def publish(self, record: pb.TapRecord) -> None:
+        """Logs `record` and hands it to the subscribers (from any thread)."""
         if self._writer is not None:
             self._writer.write(record)
         with self._lock:
+            loop, wanted = self._loop, bool(self._subscribers)
+        if loop is not None and wanted:
+            loop.call_soon_threadsafe(self._deliver, record)
+
+    def _deliver(self, record: pb.TapRecord | None) -> None:
+        with self._lock:
             subscribers = list(self._subscribers)
         for run, inbox in subscribers:
-            if run and run != record.step.run:
+            if record is not _CLOSED and run and run != record.step.run:
                 continue
             while True:
                 try:
                     inbox.put_nowait(record)
                     break
-                except queue.Full:
-                    try:
+                except asyncio.QueueFull:
+                    with contextlib.suppress(asyncio.QueueEmpty):
                         inbox.get_nowait()
                         self.dropped += 1
-                    except queue.Empty:
-                        pass
 
-    def subscribe(self, run: str, *, active: Callable[[], bool]) -> Iterator[pb.TapRecord]:
-        """Yields records of `run` (all runs if empty) from now on, while `active()` is true."""
-        inbox: queue.Queue[pb.TapRecord | None] = queue.Queue(self._queue_size)
+    async def subscribe(self, run: str) -> AsyncIterator[pb.TapRecord]:
+        """Yields records of `run` (all runs if empty) from now on, until the hub closes."""
+        inbox: asyncio.Queue[pb.TapRecord | None] = asyncio.Queue(self._queue_size)
         entry = (run, inbox)
         with self._lock:
+            self._loop = asyncio.get_running_loop()
             self._subscribers.append(entry)
         logger.warning("tap subscriber attached (run=%s)", run or "*")
         try:
-            while active():
-                try:
-                    record = inbox.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if record is _CLOSED:
-                    return
+            while (record := await inbox.get()) is not _CLOSED:
                 yield record
         finally:
             with self._lock:
@@ -98,23 +101,28 @@ class TapHub:
     def close(self) -> None:
         """Ends every subscription and closes the log."""
         with self._lock:
-            subscribers = list(self._subscribers)
-        for _, inbox in subscribers:
-            with contextlib.suppress(queue.Full):
-                inbox.put_nowait(_CLOSED)
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver, _CLOSED)
         if self._writer is not None:
             self._writer.close()
         if self.dropped:
             logger.warning("tap: %d records dropped for slow subscribers", self.dropped)
 
 
-class TapServicer(pb_grpc.TapServicer):
-    """Serves the hub's records live; registered only in collusion mode with --tap."""
+def tap_handler(hub: TapHub) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """The Tap service on raw bytes; registered only in collusion mode with --tap."""
 
-    def __init__(self, hub: TapHub) -> None:
-        self._hub = hub
+    async def subscribe(
+        raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        try:
+            request = parse(pb.TapRequest, raw)
+        except InvalidRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None  # context.abort raises
+        async for record in hub.subscribe(request.run):
+            yield record.SerializeToString()
 
-    def Subscribe(
-        self, request: pb.TapRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TapRecord]:
-        yield from self._hub.subscribe(request.run, active=context.is_active)
+    methods = {"Subscribe": grpc.unary_stream_rpc_method_handler(subscribe)}
+    return grpc.method_handlers_generic_handler("splitnn.v1.Tap", methods)

@@ -136,7 +136,8 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
     assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
     assert server_code == 0
-    resume_state, manifest = load_checkpoint(server.model_dir / "server" / "live-at-sigterm.ckpt")
+    saved = server.model_dir / "server" / "live-at-sigterm" / "1-0.snapshot.ckpt"
+    resume_state, manifest = load_checkpoint(saved)
     assert resume_state["steps_applied"] == 1 and manifest["run"] == "live-at-sigterm"
     assert "Traceback" not in server.stderr.read_text()
 

@@ -507,7 +507,7 @@ def test_link_retries_a_lost_reply_and_the_step_applies_once(
     activations, labels = _batch(seed=5)
     step = StepId(RUN, 1, 0)
 
-    with ServerLink(address, settings(RUN), retries=2) as link:
+    with ServerLink(address, settings(RUN), reconnect_timeout=5.0) as link:
         reply = link.train_step(step, activations, labels)
         session = running_server.sessions.get(link.session_id)
         steps, last = session.steps_applied, session.last_step

@@ -1,0 +1,224 @@
+"""A whole training run that can stop anywhere and go on: epochs, validation, the best epoch,
+save points, and the way back to the last save when the server lost newer steps.
+
+Everything a step depends on is either saved (part 1, optimizer, noise generators, position and
+sums) or derived from the seed (each epoch's order), so a resumed run takes exactly the steps the
+uninterrupted one would have and ends with the same parameters and the same report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitnn.client.config import ClientConfig
+from splitnn.client.progress import Best, EpochRecord, Progress
+from splitnn.client.resume import HolderState, load_state, save_state
+from splitnn.client.trainer import EvalResult, SplitTrainer
+from splitnn.client.transport import RolledBack
+from splitnn.common.checkpoints import (
+    CheckpointError,
+    classifier_stem,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from splitnn.common.codec import StepId
+from splitnn.common.datasets import DatasetSplits
+from splitnn.common.models import build_body, make_optimizer
+from splitnn.common.noise import LaplaceNoise
+
+logger = logging.getLogger(__name__)
+
+# Independent random streams derived from one --seed.
+HEAD_SEED_OFFSET = 1
+NOISE_SEED_OFFSET = 2
+EVAL_NOISE_SEED_OFFSET = 3
+# What must not change between a run and its resumption.
+_RESUME_SETTINGS = (
+    "dataset",
+    "noise",
+    "nopeek",
+    "eval_noise",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "max_steps",
+)
+
+
+def training_noise(cfg: ClientConfig) -> LaplaceNoise:
+    return LaplaceNoise(cfg.noise, seed=cfg.seed + NOISE_SEED_OFFSET)
+
+
+def eval_noise(cfg: ClientConfig) -> LaplaceNoise:
+    """Noise for testing and deployment: --eval-noise if given, else the training noise."""
+    scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
+    return LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+
+
+def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in _RESUME_SETTINGS}
+
+
+class TrainingRun:
+    """Trains `trainer` for `cfg.epochs` epochs, keeping the best-validation epoch.
+
+    Args:
+        cfg: the run's settings.
+        splits: the data set.
+        trainer: part 1 and its session with the server.
+        state_path: where this side's resume state is saved at every save point.
+    """
+
+    def __init__(
+        self, *, cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, state_path: Path
+    ) -> None:
+        self.cfg = cfg
+        self.splits = splits
+        self.trainer = trainer
+        self.state_path = state_path
+        self.progress = Progress()
+        self.val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+
+    def load(self, state: HolderState) -> None:
+        """Continues from a saved state (the server continues from the same step)."""
+        self.trainer.body.load_state_dict(state.body)
+        self.trainer.optimizer.load_state_dict(state.optimizer)
+        self.trainer.noise.set_state(state.noise)
+        self.val_noise.set_state(state.val_noise)
+        self.progress = state.progress
+        self.trainer.link.position = self.trainer.link.saved = state.step
+        logger.info("continuing run %s after %s", self.trainer.run, state.step)
+
+    def train(self) -> tuple[Best, EvalResult, LaplaceNoise]:
+        """Trains to the end, then loads the best epoch on both sides and tests it.
+
+        Returns the best epoch, its test result and the evaluation noise after the test (a
+        deployment continues its stream of draws).
+
+        Raises:
+            CheckpointError: the server went back to a step this side has no save of.
+        """
+        while True:
+            try:
+                self._train_epochs()
+                best = self.progress.best
+                assert best is not None
+                self._load_best(best)
+                noise = eval_noise(self.cfg)
+                return best, self.trainer.evaluate("test", self.splits.test, noise=noise), noise
+            except RolledBack as back:
+                self._roll_back(back.step)
+
+    def _train_epochs(self) -> None:
+        cfg, progress = self.cfg, self.progress
+        while progress.epoch <= cfg.epochs:
+            self.trainer.train_epoch(
+                self.splits.train,
+                progress,
+                max_steps=cfg.max_steps,
+                save_every=cfg.save_every,
+                on_save=self._save,
+                show_progress=cfg.progress,
+            )
+            val = self.trainer.evaluate(
+                "val", self.splits.val, noise=self.val_noise, tag=progress.epoch
+            )
+            record = progress.next_epoch(val.accuracy)
+            logger.info(
+                "epoch %d: train loss %.4f acc %.2f%%, val acc %.2f%% (%.1f s)",
+                record.epoch,
+                record.train_loss,
+                record.train_accuracy,
+                record.val_accuracy,
+                record.seconds,
+            )
+            if progress.best is None or record.val_accuracy > progress.best.val_accuracy:
+                progress.best = self._save_best(record, previous=progress.best)
+
+    def _save(self, step: StepId) -> None:
+        """Saves this side at a save point (the server has saved the same step)."""
+        state = HolderState(
+            step=step,
+            progress=self.progress,
+            body=self.trainer.body.state_dict(),
+            optimizer=self.trainer.optimizer.state_dict(),
+            noise=self.trainer.noise.get_state(),
+            val_noise=self.val_noise.get_state(),
+        )
+        save_state(self.state_path, state, settings=resume_settings(self.cfg), run=self.trainer.run)
+        self.trainer.link.saved = step
+
+    def _roll_back(self, step: StepId | None) -> None:
+        """Reloads this side's state at `step` (None: the initial state)."""
+        logger.warning(
+            "the server continues from %s: this side goes back there too", step or "the start"
+        )
+        if step is None:
+            self._reset()
+            return
+        state = load_state(
+            self.state_path, settings=resume_settings(self.cfg), run=self.trainer.run
+        )
+        if state.step != step:
+            raise CheckpointError(
+                f"the server continues from {step} but this side saved {state.step} last"
+            )
+        self.load(state)
+
+    def _reset(self) -> None:
+        cfg, trainer = self.cfg, self.trainer
+        trainer.body.load_state_dict(build_body(cfg.seed).state_dict())
+        trainer.optimizer = make_optimizer(trainer.body, cfg.lr)
+        trainer.noise = training_noise(cfg)
+        self.val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+        self.progress = Progress()
+        trainer.link.position = trainer.link.saved = None
+
+    def _save_best(self, record: EpochRecord, *, previous: Best | None) -> Best:
+        """Writes part 1 here and asks the server to write part 2; drops the previous best."""
+        cfg = self.cfg
+        stem = classifier_stem(
+            dataset=cfg.dataset,
+            noise=cfg.noise,
+            nopeek=cfg.nopeek,
+            epoch=record.epoch,
+            seed=cfg.seed,
+        )
+        path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
+        manifest = {
+            "part": "body",
+            "dataset": cfg.dataset,
+            "noise": cfg.noise,
+            "nopeek": cfg.nopeek,
+            "epoch": record.epoch,
+            "val_accuracy": record.val_accuracy,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "noise_seed": cfg.seed + NOISE_SEED_OFFSET,
+            "server": cfg.server,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        save_checkpoint(path, self.trainer.body.state_dict(), manifest)
+        head = self.trainer.link.checkpoint(stem, replace_previous=True)
+        if previous is not None and previous.checkpoint != str(path):
+            remove_checkpoint(Path(previous.checkpoint))
+        return Best(
+            epoch=record.epoch,
+            val_accuracy=record.val_accuracy,
+            train_accuracy=record.train_accuracy,
+            checkpoint=str(path),
+            head_checkpoint=head,
+        )
+
+    def _load_best(self, best: Best) -> None:
+        weights: dict[str, torch.Tensor] = load_checkpoint(Path(best.checkpoint))[0]
+        self.trainer.body.load_state_dict(weights)
+        self.trainer.link.restore(Path(best.checkpoint).name.removesuffix(".ckpt"))

@@ -1,0 +1,190 @@
+"""What each RPC does, from the request's bytes to the reply's bytes.
+
+Every handler parses its own request (gRPC hands over raw bytes), so bytes that are not a valid
+message are refused like any other bad input: INVALID_ARGUMENT, nothing changed. Handlers are
+plain blocking functions; the asyncio servicer runs them on the compute thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from google.protobuf.message import DecodeError, Message
+
+from splitnn.common.codec import (
+    StepId,
+    step_from_proto,
+    step_to_proto,
+    tensor_from_proto,
+    tensor_to_proto,
+)
+from splitnn.proto import splitnn_pb2 as pb
+from splitnn.server.errors import InvalidRequest
+from splitnn.server.head import HeadSession, SessionSpec
+from splitnn.server.sessions import SessionRegistry
+
+TapSink = Callable[[pb.TapRecord], None]
+M = TypeVar("M", bound=Message)
+
+
+def parse(message_type: type[M], raw: bytes) -> M:
+    """Parses request bytes; anything that is not a valid `message_type` is INVALID_ARGUMENT."""
+    try:
+        return message_type.FromString(raw)
+    except (DecodeError, ValueError, RuntimeError):
+        raise InvalidRequest(
+            f"the request is not a valid {message_type.DESCRIPTOR.name} message"
+        ) from None
+
+
+class SplitLearningHandlers:
+    """Serves the head of every open session.
+
+    Args:
+        sessions: the session registry.
+        default_seed: seeds a head whose data holder sent no seed.
+        max_message_bytes: the receive limit, told to each data holder.
+        tap: collusion mode only: receives every accepted batch exactly as it arrived.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        *,
+        default_seed: int = 0,
+        max_message_bytes: int = 0,
+        tap: TapSink | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self._default_seed = default_seed
+        self._max_message_bytes = max_message_bytes
+        self._tap = tap
+
+    def open_session(self, raw: bytes) -> bytes:
+        request = parse(pb.OpenSessionRequest, raw)
+        spec = _spec_from_proto(request, self._default_seed)
+        resume_from = [step_from_proto(step) for step in request.resume_from]
+        session, resumed = self.sessions.open(
+            spec,
+            resume=request.resume,
+            resume_from=resume_from,
+            from_start=request.resume_from_start,
+        )
+        reply = pb.OpenSessionReply(
+            session_id=session.session_id,
+            resumed=resumed,
+            max_message_bytes=self._max_message_bytes,
+        )
+        if resumed and session.last_step is not None:
+            reply.last_applied.CopyFrom(step_to_proto(session.last_step))
+            reply.has_last_applied = True
+        return reply.SerializeToString()
+
+    def train(self, raw: bytes) -> bytes:
+        request = parse(pb.TrainRequest, raw)
+        session = self.sessions.get(request.session_id)
+        step = step_from_proto(request.step, run=session.spec.run)
+        activations, labels, indices = _decode_batch(session, request, need_labels=True)
+        assert labels is not None
+        result, applied = session.train_step(step, activations, labels)
+        if request.save and (applied or self.sessions.store.find(step) is None):
+            self.sessions.save_point(session)
+        if applied:
+            self._publish(step, "train", "train", request, indices)
+        reply = pb.TrainReply(
+            step=request.step,
+            gradient=tensor_to_proto(result.gradient),
+            loss=result.loss,
+            correct=result.correct,
+        )
+        return reply.SerializeToString()
+
+    def evaluate(self, raw: bytes) -> bytes:
+        request = parse(pb.EvalRequest, raw)
+        session = self.sessions.get(request.session_id)
+        step = step_from_proto(request.step, run=session.spec.run)
+        activations, labels, indices = _decode_batch(session, request, need_labels=False)
+        result = session.evaluate(activations, labels)
+        self._publish(step, "eval", request.split or "eval", request, indices)
+        reply = pb.EvalReply(
+            step=request.step,
+            logits=tensor_to_proto(result.logits),
+            loss=result.loss,
+            correct=result.correct,
+        )
+        return reply.SerializeToString()
+
+    def checkpoint(self, raw: bytes) -> bytes:
+        request = parse(pb.CheckpointRequest, raw)
+        session = self.sessions.get(request.session_id)
+        path = self.sessions.save_head(
+            session, request.name, replace_previous=request.replace_previous
+        )
+        return pb.CheckpointReply(path=str(path)).SerializeToString()
+
+    def restore(self, raw: bytes) -> bytes:
+        request = parse(pb.RestoreRequest, raw)
+        session = self.sessions.get(request.session_id)
+        steps = self.sessions.load_head(session, request.name)
+        return pb.RestoreReply(steps_applied=steps).SerializeToString()
+
+    def close_session(self, raw: bytes) -> bytes:
+        request = parse(pb.CloseSessionRequest, raw)
+        self.sessions.close(request.session_id, finished=request.finished)
+        return pb.CloseSessionReply().SerializeToString()
+
+    def _publish(
+        self,
+        step: StepId,
+        phase: str,
+        split: str,
+        request: pb.TrainRequest | pb.EvalRequest,
+        indices: torch.Tensor | None,
+    ) -> None:
+        if self._tap is None:
+            return
+        record = pb.TapRecord(
+            step=step_to_proto(step),
+            phase=phase,
+            split=split,
+            activations=request.activations,
+            labels=request.labels,
+            received_at=time.time(),
+        )
+        if indices is not None:
+            record.indices.CopyFrom(request.indices)
+        self._tap(record)
+
+
+def _spec_from_proto(request: pb.OpenSessionRequest, default_seed: int) -> SessionSpec:
+    return SessionSpec(
+        run=request.run,
+        cut_shape=tuple(request.cut_shape),
+        dtype=request.dtype,
+        max_batch_size=request.max_batch_size,
+        num_classes=request.head.num_classes,
+        lr=request.head.lr,
+        seed=request.head.seed if request.head.HasField("seed") else default_seed,
+    )
+
+
+def _decode_batch(
+    session: HeadSession, request: pb.TrainRequest | pb.EvalRequest, *, need_labels: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """activations [B, *cut] of the session's dtype, finite; labels and indices int64 [B]."""
+    spec = session.spec
+    activations = tensor_from_proto(
+        request.activations, dtype=spec.dtype, shape=(None, *spec.cut_shape), finite=True
+    )
+    batch = activations.shape[0]
+    labels = None
+    if need_labels or request.HasField("labels"):
+        labels = tensor_from_proto(request.labels, dtype="int64", shape=(batch,))
+    indices = None
+    if request.HasField("indices"):
+        indices = tensor_from_proto(request.indices, dtype="int64", shape=(batch,))
+    session.check_batch(activations, labels)
+    return activations, labels, indices
