@@ -1,10 +1,13 @@
-"""Shared fixtures: a real gRPC server on port 0, and a session settings factory."""
+"""Shared fixtures and helpers: a real gRPC server on port 0, session settings, raw calls."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from splitnn.client.transport import SessionSettings
@@ -37,3 +40,32 @@ def settings(run: str = "test-run", *, seed: int = 1, max_batch_size: int = 64) 
     return SessionSettings(
         run=run, num_classes=10, lr=1e-3, seed=seed, max_batch_size=max_batch_size
     )
+
+
+SERVICE = "/splitnn.v1.SplitLearning/"
+STREAMED = ("Train", "Evaluate")
+
+
+def send_raw(channel: grpc.Channel, method: str, payload: bytes, *, timeout: float = 30) -> None:
+    """Sends `payload` as the request bytes of SplitLearning `method`, unchecked by any stub."""
+    path = SERVICE + method
+    if method in STREAMED:
+        call = channel.stream_stream(path, request_serializer=None, response_deserializer=None)
+        list(call(iter([payload]), timeout=timeout))
+    else:
+        unary = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        unary(payload, timeout=timeout)
+
+
+def idle_train_streams(channel: grpc.Channel, count: int) -> tuple[list[Any], threading.Event]:
+    """Opens `count` Train streams that send nothing until the returned event is set."""
+    release = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        release.wait()
+        yield from ()
+
+    train = channel.stream_stream(
+        SERVICE + "Train", request_serializer=None, response_deserializer=None
+    )
+    return [train(nothing(), timeout=300) for _ in range(count)], release

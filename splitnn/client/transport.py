@@ -432,6 +432,10 @@ class ServerLink:
 
     @staticmethod
     def _back_off(attempt: int, why: str, deadline: float) -> None:
-        delay = min(0.25 * 2**attempt, _MAX_BACKOFF_S, max(deadline - time.monotonic(), 0.0))
-        logger.warning("%s; retrying in %.2f s", why, delay)
-        time.sleep(delay)
+        """Sleeps a capped exponential backoff; says so once per outage, then only at -v."""
+        left = max(deadline - time.monotonic(), 0.0)
+        if attempt == 0:
+            logger.warning("%s; retrying for up to %.0f s", why, left)
+        else:
+            logger.debug("%s; retry %d", why, attempt)
+        time.sleep(min(0.25 * 2**attempt, _MAX_BACKOFF_S, left))

@@ -52,19 +52,25 @@ def log_tail(path: Path, lines: int = _TAIL_LINES) -> str:
 
 
 class ServerProcess:
-    """`splitnn-server --port 0 ...` in the background; `address` once it has bound.
+    """`splitnn-server --port PORT ...` in the background; `address` once it has bound.
 
     Args:
-        args: flags after ``--port 0``.
+        args: flags after ``--port PORT``.
         log: the server's stderr is appended here (None: to our stderr).
         start_timeout: seconds to wait for the ``listening on HOST:PORT`` line.
+        port: 0 picks a free port (read it back from `address`).
     """
 
     def __init__(
-        self, args: list[str], *, log: IO[str] | None = None, start_timeout: float = 120.0
+        self,
+        args: list[str],
+        *,
+        log: IO[str] | None = None,
+        start_timeout: float = 120.0,
+        port: int = 0,
     ) -> None:
         self.process = subprocess.Popen(
-            [program("splitnn-server"), "--port", "0", *args],
+            [program("splitnn-server"), "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

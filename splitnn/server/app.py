@@ -67,13 +67,13 @@ class RunningServer:
             )
             self.hub = TapHub(log_path=cfg.tap_log)
             tap = self.hub.publish if tap is None else tap
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitnn-compute")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitnn-compute")
         handlers = SplitLearningHandlers(
             self.sessions, default_seed=cfg.seed, max_message_bytes=limit, tap=tap
         )
         self.service = SplitLearningService(
             handlers,
-            executor=self._executor,
+            executor=self.executor,
             max_streams=cfg.max_streams,
             max_inflight=cfg.max_inflight,
         )
@@ -140,7 +140,7 @@ class RunningServer:
         await self._shut_down(server, health_servicer)
 
     async def _shut_down(self, server: grpc.aio.Server, health_servicer: Any) -> None:
-        """NOT_SERVING, end tap streams, `server.stop(grace)`, then save every session.
+        """NOT_SERVING, finish in-flight requests (up to grace), stop, save every session.
 
         The saves run on the compute thread after every step already queued there, so each
         session is saved with all the steps it has answered.
@@ -148,10 +148,11 @@ class RunningServer:
         await health_servicer.enter_graceful_shutdown()
         if self.hub is not None:
             self.hub.close()  # ends live tap streams, which would otherwise outlive the grace
-        await server.stop(self._grace)
+        await self.service.drain(self._grace)
+        await server.stop(0)  # what is left is idle streams: nothing to wait for
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.sessions.save_all)
-        self._executor.shutdown(wait=False)
+        await loop.run_in_executor(self.executor, self.sessions.save_all)
+        self.executor.shutdown(wait=False)
         # Let the cancelled calls unwind before the loop closes.
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if pending:
@@ -163,7 +164,7 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            await loop.run_in_executor(self._executor, self.sessions.expire, ttl)
+            await loop.run_in_executor(self.executor, self.sessions.expire, ttl)
 
 
 def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningServer:

@@ -52,6 +52,16 @@ class SplitLearningService:
         self._max_inflight = max_inflight
         self.open_calls = 0
         self.inflight = 0
+        self._draining = False
+
+    async def drain(self, grace: float) -> None:
+        """Refuses new requests (UNAVAILABLE: the data holder retries elsewhere or later) and
+        waits up to `grace` seconds for the ones in flight. Open but idle streams do not wait."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.inflight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     def generic_handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         """The method handlers, with no (de)serialisers: requests arrive as bytes."""
@@ -105,6 +115,8 @@ class SplitLearningService:
         self, work: Work, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         """Runs one request on the executor; a refusal ends the call with its status."""
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         if self.inflight >= self._max_inflight:
             await _abort(context, Busy(f"the server has {self._max_inflight} requests in "
                                        "flight (--max-inflight); try again later"))  # fmt: skip

@@ -1,0 +1,289 @@
+"""A shared server under load and abuse: many holders, idle streams, any bytes, limits, expiry.
+
+Each test runs a real server on port 0 with the CLI's default limits unless it tests a limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from torch.nn import functional as F
+
+from splitnn.client.transport import ServerLink
+from splitnn.common.codec import StepId, tensor_to_proto
+from splitnn.common.models import CUT_SHAPE, build_head, make_optimizer
+from splitnn.proto import splitnn_pb2 as pb
+from splitnn.server.app import RunningServer, build_server
+from splitnn.server.config import ServerConfig
+from tests.conftest import idle_train_streams, send_raw, settings
+
+B = 8
+TIMEOUT = 30.0
+Code = grpc.StatusCode
+
+
+def _serve(tmp_path: Path, **changes: Any) -> RunningServer:
+    settings = {"port": 0, "model_dir": tmp_path / "models", "grace": 1.0, **changes}
+    return build_server(ServerConfig(**settings))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = _serve(tmp_path)  # the CLI's defaults
+    yield running
+    running.shutdown(grace=0.0)
+
+
+def _address(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    activations = torch.rand(B, *CUT_SHAPE, generator=generator) * 2 - 1
+    return activations, torch.randint(0, 10, (B,), generator=generator)
+
+
+def _holder(address: str, run: str, steps: int) -> int:
+    """A data holder's session: trains, evaluates, checkpoints, restores; returns steps done.
+
+    Keeps its Train and Evaluate streams open throughout, as a real data holder does.
+    """
+    with ServerLink(address, settings(run, max_batch_size=B), step_timeout=TIMEOUT) as link:
+        for batch in range(steps):
+            link.train_step(StepId(run, 1, batch), *_batch(batch))
+            link.evaluate(StepId(run, 1, batch), _batch(100 + batch)[0], split="val")
+        link.checkpoint(f"{run}-head", replace_previous=True)
+        link.restore(f"{run}-head")
+        link.close(finished=True)
+    return steps
+
+
+def _reference_head(steps: int) -> dict[str, torch.Tensor]:
+    """The head after `steps` batches of `_batch`, each applied exactly once, in process."""
+    spec = settings()
+    head = build_head(spec.seed, spec.num_classes)
+    optimizer = make_optimizer(head, spec.lr)
+    for batch in range(steps):
+        activations, labels = _batch(batch)
+        optimizer.zero_grad()
+        F.cross_entropy(head(activations), labels).backward()
+        optimizer.step()
+    return head.state_dict()
+
+
+def _health(address: str, timeout: float = 1.0) -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="splitnn.v1.SplitLearning")
+        status: int = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout).status
+        return status
+
+
+def test_sixteen_holders_at_once_all_finish(server: RunningServer) -> None:
+    runs = [f"holder-{k}" for k in range(16)]
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = list(pool.map(lambda run: _holder(_address(server), run, steps=6), runs))
+
+    assert done == [6] * 16
+    heads = server.sessions.model_dir / "classifiers"
+    assert sorted(p.name for p in heads.glob("*.head.ckpt")) == sorted(
+        f"{run}-head.head.ckpt" for run in runs
+    )
+    assert len(server.sessions) == 0
+
+
+def test_health_and_a_holder_are_served_beside_64_idle_streams(server: RunningServer) -> None:
+    address = _address(server)
+    with grpc.insecure_channel(address) as channel:
+        streams, release = idle_train_streams(channel, 64)
+        try:
+            time.sleep(0.5)  # let all 64 reach the server
+            status = _health(address, timeout=1.0)
+            served = _holder(address, "beside-idle", steps=3)
+            open_calls = server.service.open_calls
+        finally:
+            release.set()
+            for stream in streams:
+                stream.cancel()
+
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert served == 3
+    assert open_calls >= 64  # the idle streams really were open on the server
+
+
+METHODS = ["OpenSession", "Checkpoint", "Restore", "CloseSession", "Train", "Evaluate"]
+GARBAGE = {
+    "bad-tag": b"\xff\xff\xff\xff",
+    "truncated-length": b"\x0a\x64abc",  # field 1, 100 bytes announced, 3 sent
+    "invalid-utf8-in-a-string": b"\x0a\x02\xc3\x28",  # field 1 (a string in every request)
+}
+
+
+@pytest.mark.parametrize("payload", list(GARBAGE.values()), ids=list(GARBAGE))
+@pytest.mark.parametrize("method", METHODS)
+def test_undecodable_bytes_are_invalid_argument(
+    server: RunningServer, method: str, payload: bytes
+) -> None:
+    with (
+        grpc.insecure_channel(_address(server)) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        send_raw(channel, method, payload)
+
+    assert refused.value.code() == Code.INVALID_ARGUMENT
+    assert "not a valid" in str(refused.value.details())
+    assert _holder(_address(server), "after-garbage", steps=2) == 2  # still trains
+
+
+def test_tap_refuses_undecodable_bytes(tmp_path: Path) -> None:
+    running = build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap=True))
+    try:
+        with grpc.insecure_channel(_address(running)) as channel:
+            subscribe = channel.unary_stream(
+                "/splitnn.v1.Tap/Subscribe", request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                list(subscribe(GARBAGE["bad-tag"], timeout=TIMEOUT))
+    finally:
+        running.shutdown(grace=0.0)
+
+    assert refused.value.code() == Code.INVALID_ARGUMENT
+
+
+def _open(channel: grpc.Channel, run: str) -> pb.OpenSessionReply:
+    request = pb.OpenSessionRequest(
+        run=run, cut_shape=list(CUT_SHAPE), dtype="float32", max_batch_size=B,
+        head=pb.HeadSpec(num_classes=10, lr=1e-3, seed=1),
+    )  # fmt: skip
+    call = channel.unary_unary(
+        "/splitnn.v1.SplitLearning/OpenSession",
+        request_serializer=pb.OpenSessionRequest.SerializeToString,
+        response_deserializer=pb.OpenSessionReply.FromString,
+    )
+    reply: pb.OpenSessionReply = call(request, timeout=5.0)
+    return reply
+
+
+def _refusal(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value
+
+
+def test_one_session_over_the_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
+    running = _serve(tmp_path, max_sessions=2)
+    try:
+        with grpc.insecure_channel(_address(running)) as channel:
+            _open(channel, "first")
+            _open(channel, "second")
+            # A deadline, so a hang would read DEADLINE_EXCEEDED, not RESOURCE_EXHAUSTED.
+            refused = _refusal(lambda: _open(channel, "third"))
+            again = _open(channel, "second")  # reopening a live run takes no new place
+    finally:
+        running.shutdown(grace=0.0)
+
+    assert refused.code() == Code.RESOURCE_EXHAUSTED
+    assert "--max-sessions" in str(refused.details())
+    assert again.session_id
+
+
+def test_one_call_over_the_stream_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
+    running = _serve(tmp_path, max_streams=4)
+    try:
+        with grpc.insecure_channel(_address(running)) as channel:
+            _, release = idle_train_streams(channel, 4)
+            deadline = time.monotonic() + 10
+            while running.service.open_calls < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = _refusal(lambda: _open(channel, "fifth"))
+            status = _health(_address(running))
+            release.set()
+    finally:
+        running.shutdown(grace=0.0)
+
+    assert refused.code() == Code.RESOURCE_EXHAUSTED and "--max-streams" in str(refused.details())
+    assert status == health_pb2.HealthCheckResponse.SERVING  # health is not counted
+
+
+def test_a_request_over_the_inflight_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
+    running = _serve(tmp_path, max_inflight=1)
+    busy = threading.Event()
+    running.executor.submit(busy.wait, 30)  # the compute thread is taken
+    try:
+        with grpc.insecure_channel(_address(running)) as channel, ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(_open, channel, "queued")  # takes the one place in flight
+            deadline = time.monotonic() + 10
+            while running.service.inflight < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = _refusal(lambda: _open(channel, "one-too-many"))
+            busy.set()
+            served = waiting.result(timeout=TIMEOUT)
+    finally:
+        busy.set()
+        running.shutdown(grace=0.0)
+
+    assert refused.code() == Code.RESOURCE_EXHAUSTED and "--max-inflight" in str(refused.details())
+    assert served.session_id
+
+
+def test_idle_session_expires_saved_and_its_holder_resumes(tmp_path: Path) -> None:
+    running = _serve(tmp_path, session_ttl=0.5)
+    run = settings().run
+    try:
+        with ServerLink(_address(running), settings(max_batch_size=B)) as link:
+            for batch in range(2):
+                link.train_step(StepId(run, 1, batch), *_batch(batch))
+            first_id = link.session_id
+            deadline = time.monotonic() + 20
+            while len(running.sessions) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            expired = len(running.sessions) == 0
+            saves = [s.path.name for s in running.sessions.store.saves(run)]
+            link.train_step(StepId(run, 1, 2), *_batch(2))  # the link reopens the session
+            session = running.sessions.get(link.session_id)
+            resumed_id, steps = link.session_id, session.steps_applied
+            weights = {k: v.clone() for k, v in session.head.state_dict().items()}
+    finally:
+        running.shutdown(grace=0.0)
+
+    assert expired and saves == ["1-1.snapshot.ckpt"]
+    assert resumed_id != first_id and steps == 3
+    for name, value in _reference_head(3).items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_shutdown_is_not_held_by_idle_streams(tmp_path: Path) -> None:
+    running = _serve(tmp_path, grace=30.0)
+    with grpc.insecure_channel(_address(running)) as channel:
+        _, release = idle_train_streams(channel, 8)
+        opened = _open(channel, "live")
+        train = channel.stream_stream(
+            "/splitnn.v1.SplitLearning/Train",
+            request_serializer=pb.TrainRequest.SerializeToString,
+            response_deserializer=pb.TrainReply.FromString,
+        )
+        activations, labels = _batch(0)
+        request = pb.TrainRequest(
+            session_id=opened.session_id, step=pb.StepId(run="live", epoch=1, batch=0),
+            activations=tensor_to_proto(activations), labels=tensor_to_proto(labels),
+        )  # fmt: skip
+        list(train(iter([request]), timeout=TIMEOUT))
+
+        stopper = threading.Thread(target=running.shutdown, args=(30.0,))
+        stopper.start()
+        stopper.join(timeout=10)  # far less than the 30 s grace
+        stopped = not stopper.is_alive()
+        release.set()
+
+    assert stopped
+    assert [s.path.name for s in running.sessions.store.saves("live")] == ["1-0.snapshot.ckpt"]
