@@ -37,6 +37,7 @@ check-protos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/split_overhead.py
 	$(BIN)/python bench/nopeek.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -116,7 +116,8 @@ def client_args(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> list[
         "--model-dir", str(cfg.model_dir),
         "--data-dir", str(cfg.data_dir),
         "--threads", str(cfg.threads_per_job()),
-        "--deploy", "--json", "-q",
+        # A run the grid starts is started over, even if an interrupted one left its state.
+        "--deploy", "--restart", "--json", "-q",
     ]  # fmt: skip
     if spec.max_steps is not None:
         args += ["--max-steps", str(spec.max_steps)]

@@ -48,6 +48,7 @@ def victim_args(cfg: SimConfig, *, server: str) -> list[str]:
         "--server", server, "--dataset", cfg.dataset, "--noise", repr(cfg.noise),
         "--nopeek", repr(cfg.nopeek), "--epochs", str(cfg.epochs), "--batch-size", str(batch),
         "--seed", str(cfg.seed), "--model-dir", str(cfg.model_dir), "--deploy", "--json",
+        "--restart",  # a simulation starts its victim over, whatever an interrupted one left
     ]  # fmt: skip
     if cfg.max_steps:
         args += ["--max-steps", str(cfg.max_steps)]
