@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -172,11 +173,27 @@ class SessionRegistry:
         state = session.state()
         manifest = {"part": "head", **asdict(session.spec), "steps_applied": state["steps_applied"]}
         save_checkpoint(path, state["head"], manifest)
-        previous = self._saved.get(session.spec.run)
-        if replace_previous and previous is not None and previous != path:
-            remove_checkpoint(previous)
+        if replace_previous:
+            for previous in self._heads_of(session.spec.run):
+                if previous != path:
+                    remove_checkpoint(previous)
         self._saved[session.spec.run] = path
         return path
+
+    def _heads_of(self, run: str) -> list[Path]:
+        """The head checkpoints written for `run`: remembered, or (after a restart) found by
+        their manifests."""
+        if run in self._saved:
+            return [self._saved[run]]
+        found = []
+        for manifest in (self.model_dir / "classifiers").glob("*.head.ckpt.json"):
+            try:
+                written_for = json.loads(manifest.read_text()).get("run")
+            except (OSError, ValueError):
+                continue
+            if written_for == run:
+                found.append(manifest.with_name(manifest.name.removesuffix(".json")))
+        return found
 
     def load_head(self, session: HeadSession, name: str) -> int:
         """Loads ``classifiers/<name>.head.ckpt`` into the session's head; returns its step count.

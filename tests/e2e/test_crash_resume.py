@@ -110,6 +110,8 @@ def test_server_killed_at_a_random_step_restarts_and_the_holder_finishes_the_sam
     assert interrupted, f"the run had ended before the kill ({delay:.2f} s after a save)"
     assert "the server lost the session" in outcome.stderr
     _assert_same_run(outcome, reference)
+    heads = list((tmp_path / "server" / "classifiers").glob("*.head.ckpt"))
+    assert heads == [Path(outcome.report["head_checkpoint"])]  # earlier bests removed
 
 
 def test_holder_killed_at_a_random_step_resumes_with_resume_and_finishes_the_same(
