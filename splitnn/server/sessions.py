@@ -84,6 +84,7 @@ class SessionRegistry:
                 session = HeadSession(secrets.token_hex(16), spec)
             if session is not live:
                 self._register(session, replacing=live)
+            session.spec = spec  # the same head settings; the batch bound is the newest
             if not resumed:
                 self.store.clear(spec.run)  # a run that starts over has no future to resume
             elif session.last_step is not None:
@@ -128,12 +129,14 @@ class SessionRegistry:
         now = time.monotonic()
         with self._lock:
             idle = [s for s in self._sessions.values() if now - s.last_used > ttl]
+        dropped = 0
         for session in idle:
             self.snapshot(session)
             with self._lock:
                 if time.monotonic() - session.last_used <= ttl:
                     continue  # used while it was being saved
             self._drop(session)
+            dropped += 1
             logger.info(
                 "session %s: run %s expired after %.0f s idle (saved at %s)",
                 session.session_id[:8],
@@ -141,7 +144,7 @@ class SessionRegistry:
                 ttl,
                 session.last_step,
             )
-        return len(idle)
+        return dropped
 
     def save_point(self, session: HeadSession) -> Path:
         """Saves the run's state after the step just applied, a save point the holder marked."""
