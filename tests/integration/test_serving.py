@@ -22,6 +22,7 @@ from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId, tensor_to_proto
 from splitnn.common.models import CUT_SHAPE, build_head, make_optimizer
 from splitnn.proto import splitnn_pb2 as pb
+from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from tests.conftest import idle_train_streams, send_raw, settings
@@ -287,3 +288,68 @@ def test_shutdown_is_not_held_by_idle_streams(tmp_path: Path) -> None:
 
     assert stopped
     assert [s.path.name for s in running.sessions.store.saves("live")] == ["1-0.snapshot.ckpt"]
+
+
+def test_a_step_past_its_timeout_is_sent_again_and_applied_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = _serve(tmp_path)
+    busy = threading.Event()
+    run = settings().run
+    try:
+        with ServerLink(
+            _address(running), settings(max_batch_size=B), step_timeout=0.5, reconnect_timeout=30
+        ) as link:
+            running.executor.submit(busy.wait, 30)  # the head is stuck for a while
+            threading.Timer(1.5, busy.set).start()
+            reply = link.train_step(StepId(run, 1, 0), *_batch(0))
+            session = running.sessions.get(link.session_id)
+            steps = session.steps_applied
+            weights = {k: v.clone() for k, v in session.head.state_dict().items()}
+    finally:
+        busy.set()
+        running.shutdown(grace=0.0)
+
+    assert "no reply within 0.5 s (step timeout)" in caplog.text  # it was sent again
+    assert steps == 1  # and applied once
+    assert torch.isfinite(reply.gradient).all()
+    for name, value in _reference_head(1).items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+class _CutOnce(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return Code.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection cut after the request was sent (test)"
+
+
+def test_open_session_cut_once_is_retried(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_stub = pb_grpc.SplitLearningStub
+    calls: list[int] = []
+
+    def stub_cutting_the_first_open(channel: grpc.Channel) -> Any:
+        stub = real_stub(channel)
+        open_session = stub.OpenSession
+
+        def cut_once(request: pb.OpenSessionRequest, **kwargs: Any) -> pb.OpenSessionReply:
+            reply: pb.OpenSessionReply = open_session(request, **kwargs)  # opened; reply lost
+            calls.append(1)
+            if len(calls) == 1:
+                raise _CutOnce()
+            return reply
+
+        stub.OpenSession = cut_once
+        return stub
+
+    monkeypatch.setattr(pb_grpc, "SplitLearningStub", stub_cutting_the_first_open)
+    run = settings().run
+
+    with ServerLink(_address(server), settings(max_batch_size=B), connect_timeout=30) as link:
+        link.train_step(StepId(run, 1, 0), *_batch(0))
+        live = len(server.sessions)
+
+    assert len(calls) == 2 and live == 1
