@@ -108,6 +108,7 @@ class HeadSession:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # an idle session holds no gradients
             assert received.grad is not None
             gradient = received.grad.to(activations.dtype)
             correct = int((logits.detach().argmax(dim=1) == labels).sum())
