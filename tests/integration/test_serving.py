@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,17 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch.nn import functional as F
 
+from splitnn.client.trainer import SplitTrainer
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId, tensor_to_proto
-from splitnn.common.models import CUT_SHAPE, build_head, make_optimizer
+from splitnn.common.models import CUT_SHAPE, build_body, build_head, make_optimizer
+from splitnn.common.noise import LaplaceNoise
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from tests.conftest import idle_train_streams, send_raw, settings
+from tests.proxy import CuttingProxy
 
 B = 8
 TIMEOUT = 30.0
@@ -353,3 +357,54 @@ def test_open_session_cut_once_is_retried(
         live = len(server.sessions)
 
     assert len(calls) == 2 and live == 1
+
+
+@dataclass(frozen=True)
+class Trained:
+    body: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    steps_applied: int
+
+
+def _train_through(address: str, server: RunningServer, steps: int) -> Trained:
+    """Trains part 1 for `steps` seeded batches (noise b = 0.5) through `address`."""
+    run = "cut"
+    generator = torch.Generator().manual_seed(11)
+    with ServerLink(
+        address, settings(run, max_batch_size=32), step_timeout=10.0, reconnect_timeout=60.0
+    ) as link:
+        trainer = SplitTrainer(
+            body=build_body(7),
+            link=link,
+            run=run,
+            noise=LaplaceNoise(0.5, seed=2),
+            nopeek=0.0,
+            lr=1e-3,
+            batch_size=32,
+            seed=0,
+        )
+        for batch in range(steps):
+            images = torch.rand(32, 1, 28, 28, generator=generator)
+            labels = torch.randint(0, 10, (32,), generator=generator)
+            trainer.step(StepId(run, 1, batch), images, labels)
+        session = server.sessions.get(link.session_id)
+        return Trained(trainer.body.state_dict(), session.head.state_dict(), session.steps_applied)
+
+
+def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:
+    uncut, cut = _serve(tmp_path / "uncut"), _serve(tmp_path / "cut")
+    try:
+        reference = _train_through(_address(uncut), uncut, 80)
+        with CuttingProxy(_address(cut), seed=5) as proxy:
+            trained = _train_through(proxy.address, cut, 80)
+            cuts = proxy.cuts
+    finally:
+        uncut.shutdown(grace=0.0)
+        cut.shutdown(grace=0.0)
+
+    assert cuts >= 2  # the connection really was cut while training
+    assert trained.steps_applied == reference.steps_applied == 80
+    for part in ("body", "head"):
+        mine, theirs = getattr(trained, part), getattr(reference, part)
+        for name, value in theirs.items():
+            assert torch.equal(mine[name], value), f"{part} {name}"
