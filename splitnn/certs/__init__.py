@@ -1,0 +1,1 @@
+"""`splitnn-certs`: a development certificate authority for mutual TLS."""
