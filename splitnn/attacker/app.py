@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from splitnn.attacker.metrics import score
 from splitnn.attacker.oracle import BodyOracle
 from splitnn.attacker.validator import accuracy, load_or_train_validator
 from splitnn.common.checkpoints import save_checkpoint, setting_tag
+from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import load_splits
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class AttackConfig:
         set_noise: noise scale of the oracle instead of the deployed one (post-training noise).
         protocol: "noisy" trains and scores on what crosses the wire; "clean" is the reference's
             shortcut: trained and scored on noise-free tensors the wire never carries.
+        credentials: with `live`, the tap party's TLS files and/or token.
     """
 
     classifier: Path
@@ -57,6 +59,7 @@ class AttackConfig:
     figure: Path | None = None
     validator_epochs: int = 5
     progress: bool = True
+    credentials: Credentials = field(default_factory=Credentials)
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,9 @@ def _intercept(cfg: AttackConfig, *, expected: int) -> Intercepted:
     if cfg.from_log is not None:
         return from_log(cfg.from_log, split=cfg.split, run=cfg.run)
     assert cfg.live is not None
-    return from_live(cfg.live, split=cfg.split, run=cfg.run, expected=expected)
+    return from_live(
+        cfg.live, split=cfg.split, run=cfg.run, expected=expected, credentials=cfg.credentials
+    )
 
 
 def _row_label(cfg: AttackConfig, oracle: BodyOracle) -> str:

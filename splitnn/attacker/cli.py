@@ -16,11 +16,19 @@ from splitnn.attacker.intercept import InterceptError
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
+from splitnn.common.credentials import CredentialError, credential_options, credentials_from_cli
 from splitnn.common.datasets import DATASETS, DatasetError, load_splits
 from splitnn.common.logs import configure_logging
 from splitnn.common.wirelog import WireLogError, read_wirelog
 
-_USER_ERRORS = (CheckpointError, DatasetError, DecoderError, InterceptError, WireLogError)
+_USER_ERRORS = (
+    CheckpointError,
+    CredentialError,
+    DatasetError,
+    DecoderError,
+    InterceptError,
+    WireLogError,
+)
 
 
 @click.group(context_settings={"auto_envvar_prefix": "SPLITNN_ATTACK", "show_default": True})
@@ -128,6 +136,7 @@ def inspect(log: Path) -> None:
     default=5,
     help="Epochs of the validation classifier if it must be trained first.",
 )
+@credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 @click.pass_context
 def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
@@ -140,8 +149,11 @@ def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
     """
     if (options["from_log"] is None) == (options["live"] is None):
         raise click.UsageError("give exactly one of --from-log FILE or --live HOST:PORT")
+    names = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")
+    credentials = credentials_from_cli(**{name: options.pop(name) for name in names})
     cfg = AttackConfig(
         run=options.pop("run_name"),
+        credentials=credentials,
         progress=not ctx.obj["quiet"] and sys.stderr.isatty(),
         **options,
     )

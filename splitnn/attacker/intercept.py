@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from splitnn.common.credentials import Credentials, open_channel
 from splitnn.common.datasets import Subset
 from splitnn.common.intercepts import stack_records
 from splitnn.common.wirelog import read_wirelog
@@ -42,7 +43,10 @@ def _select(
         raise InterceptError(f"no intercepted batches of split {split!r} in {source}")
     last_run = chosen[-1].step.run  # a log may hold several runs: the latest one by default
     chosen = [r for r in chosen if r.step.run == last_run]
-    activations, indices = stack_records(chosen)
+    try:
+        activations, indices = stack_records(chosen)
+    except ValueError as error:
+        raise InterceptError(str(error)) from None
     # If the split went over the wire more than once, keep each image's latest tensor.
     latest: dict[int, int] = {int(i): row for row, i in enumerate(indices)}
     rows = torch.tensor(sorted(latest.values()), dtype=torch.long)
@@ -65,12 +69,14 @@ def from_live(
     run: str | None = None,
     expected: int,
     timeout: float = 3600.0,
+    credentials: Credentials | None = None,
 ) -> Intercepted:
     """Subscribes to a collusion-mode server's tap until `expected` images of `split` arrived.
 
     Ends early, with what it has, when the server closes the stream or after `timeout` seconds.
+    The server serves its tap to a party with the tap role only (`credentials`).
     """
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address, credentials or Credentials())
     stub = pb_grpc.TapStub(channel)
     records: list[pb.TapRecord] = []
     seen: set[int] = set()
@@ -84,7 +90,9 @@ def from_live(
                     break
     except grpc.RpcError as error:
         if not records:
-            raise InterceptError(f"tap at {address}: {error.details()}") from None
+            raise InterceptError(
+                f"tap at {address}: {error.code().name}: {error.details()}"
+            ) from None
     finally:
         stream.cancel()
         channel.close()

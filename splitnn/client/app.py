@@ -84,8 +84,9 @@ def run(cfg: ClientConfig) -> RunReport:
     """
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     trained: dict[str, torch.Tensor] | None = None
+    trained_run = ""
     if cfg.from_checkpoint is not None:
-        trained, cfg = _load_trained(cfg, cfg.from_checkpoint)
+        trained, cfg, trained_run = _load_trained(cfg, cfg.from_checkpoint)
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     logger.info("dataset: %s", splits.description)
     name = cfg.run or default_run_name(cfg)
@@ -106,6 +107,7 @@ def run(cfg: ClientConfig) -> RunReport:
         step_timeout=cfg.step_timeout,
         reconnect_timeout=cfg.reconnect_timeout,
         resume_at=saved.step if saved is not None else None,
+        credentials=cfg.credentials,
     ) as link:
         trainer = SplitTrainer(
             body=build_body(cfg.seed),
@@ -116,10 +118,11 @@ def run(cfg: ClientConfig) -> RunReport:
             lr=cfg.lr,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            send_indices=cfg.send_indices,
         )
         if trained is not None:
             trainer.body.load_state_dict(trained)
-            report = _evaluate_trained(cfg, splits, trainer, name)
+            report = _evaluate_trained(cfg, splits, trainer, name, trained_run)
         else:
             training = TrainingRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
             if saved is not None:
@@ -153,8 +156,11 @@ def _state_to_resume(cfg: ClientConfig, path: Path, run: str) -> HolderState | N
     return None
 
 
-def _load_trained(cfg: ClientConfig, path: Path) -> tuple[dict[str, torch.Tensor], ClientConfig]:
-    """Part 1 of a finished run, and `cfg` with that run's settings (data set, noise, ...)."""
+def _load_trained(
+    cfg: ClientConfig, path: Path
+) -> tuple[dict[str, torch.Tensor], ClientConfig, str]:
+    """Part 1 of a finished run, `cfg` with that run's settings (data set, noise, ...), and the
+    name of the run that trained it (whose head the server holds)."""
     state, manifest = load_checkpoint(path)
     if manifest.get("part") != "body":
         raise CheckpointError(f"{path} is not a data holder's checkpoint (no body manifest)")
@@ -167,11 +173,11 @@ def _load_trained(cfg: ClientConfig, path: Path) -> tuple[dict[str, torch.Tensor
         epochs=int(manifest["epoch"]),
         run=cfg.run or f"{path.name.removesuffix('.ckpt')}_eval",
     )
-    return state, settings
+    return state, settings, str(manifest.get("run") or default_run_name(settings))
 
 
 def _evaluate_trained(
-    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str
+    cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, name: str, trained_run: str
 ) -> RunReport:
     """Serves a trained model again: the server loads the matching head; nothing is trained.
 
@@ -180,7 +186,7 @@ def _evaluate_trained(
     """
     assert cfg.from_checkpoint is not None
     stem = cfg.from_checkpoint.name.removesuffix(".ckpt")
-    trainer.link.restore(stem)
+    trainer.link.restore(stem, run=trained_run)
     val = trainer.evaluate("val", splits.val, noise=eval_noise(cfg))
     noise = eval_noise(cfg)
     test = trainer.evaluate("test", splits.test, noise=noise)

@@ -14,6 +14,7 @@ from splitnn.client.resume import ResumeError
 from splitnn.client.transport import ServerRefused, ServerUnreachable
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
+from splitnn.common.credentials import CredentialError, credential_options, credentials_from_cli
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
 
@@ -105,6 +106,13 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
     help="Start the run over even if an interrupted one left a state to resume.",
 )
 @click.option(
+    "--send-indices",
+    is_flag=True,
+    help="Evaluation harness only: send each batch's sample indices so that an attack can be "
+    "scored against the true images. A real data holder never reveals them.",
+)
+@credential_options
+@click.option(
     "--from-checkpoint",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
@@ -136,6 +144,12 @@ def main(
     save_every: int,
     resume: bool,
     restart: bool,
+    send_indices: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_server_name: str | None,
+    token_file: Path | None,
     from_checkpoint: Path | None,
     as_json: bool,
     quiet: bool,
@@ -151,6 +165,10 @@ def main(
     Both sides save their state at every epoch end and every --save-every steps. If the server
     goes away, this side retries for --reconnect-timeout seconds and continues where both saved;
     if this process dies, run the same command with --resume.
+
+    With --tls-ca the channel is TLS (the server's certificate must name its host, or
+    --tls-server-name); with --tls-cert/--tls-key it is mutual TLS, the certificate naming this
+    party (see splitnn-certs). --token-file sends a bearer token instead.
 
     Example: splitnn-client --server 127.0.0.1:50051 --dataset mnist5k --noise 0.5 --epochs 10
     """
@@ -183,6 +201,14 @@ def main(
         save_every=save_every,
         resume=resume,
         restart=restart,
+        send_indices=send_indices,
+        credentials=credentials_from_cli(
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            token_file=token_file,
+        ),
         from_checkpoint=from_checkpoint,
         progress=not quiet and sys.stderr.isatty(),
     )
@@ -192,7 +218,7 @@ def main(
         exits.fail("splitnn-client", str(error), exits.UNREACHABLE)
     except ResumeError as error:
         exits.fail("splitnn-client", str(error), exits.USAGE)
-    except (ServerRefused, DatasetError, CheckpointError) as error:
+    except (ServerRefused, DatasetError, CheckpointError, CredentialError) as error:
         exits.fail("splitnn-client", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-client", "interrupted", exits.INTERRUPTED)

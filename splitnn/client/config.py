@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from splitnn.common.credentials import Credentials
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ClientConfig:
             only); both sides save their state there.
         resume: continue the run from this side's last save (``model_dir/client/<run>.ckpt``).
         restart: start the run over even if an interrupted one left a state to resume.
+        credentials: TLS files and/or bearer token for the server.
+        send_indices: evaluation harness only: send each batch's sample indices, so an attack
+            on what the server received can be scored against the true images.
     """
 
     server: str = "127.0.0.1:50051"
@@ -60,3 +65,5 @@ class ClientConfig:
     restart: bool = False
     progress: bool = True
     from_checkpoint: Path | None = None
+    credentials: Credentials = field(default_factory=Credentials)
+    send_indices: bool = False

@@ -40,6 +40,8 @@ class SplitTrainer:
         lr: Adam learning rate for part 1.
         batch_size: training batch size.
         seed: seeds the per-epoch shuffling.
+        send_indices: send each batch's sample indices (an evaluation harness scoring an attack
+            needs them; a real data holder never reveals which samples it sent).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class SplitTrainer:
         lr: float,
         batch_size: int,
         seed: int,
+        send_indices: bool = False,
     ) -> None:
         self.body = body
         self.link = link
@@ -61,6 +64,7 @@ class SplitTrainer:
         self.nopeek = nopeek
         self.batch_size = batch_size
         self.seed = seed
+        self.send_indices = send_indices
         self.optimizer = make_optimizer(body, lr)
         self.step_seconds: list[float] = []  # every training step's duration, for reports
 
@@ -128,9 +132,8 @@ class SplitTrainer:
             done = (epoch - 1) * per_epoch + batch + 1
             save = batch == per_epoch - 1 or (save_every > 0 and done % save_every == 0)
             began = time.perf_counter()
-            loss, hits = self.step(
-                step, data.images[idx], data.labels[idx], data.indices[idx], save=save
-            )
+            indices = data.indices[idx] if self.send_indices else None
+            loss, hits = self.step(step, data.images[idx], data.labels[idx], indices, save=save)
             seconds = time.perf_counter() - began
             self.step_seconds.append(seconds)
             progress.add_step(loss=loss, correct=hits, samples=len(idx), seconds=seconds)
@@ -155,7 +158,7 @@ class SplitTrainer:
         for batch, start in enumerate(range(0, len(data), batch_size)):
             images = data.images[start : start + batch_size]
             labels = data.labels[start : start + batch_size]
-            indices = data.indices[start : start + batch_size]
+            indices = data.indices[start : start + batch_size] if self.send_indices else None
             sent = noise(self.body(images))
             reply = self.link.evaluate(
                 StepId(self.run, tag, batch), sent, split=split, labels=labels, indices=indices

@@ -194,6 +194,7 @@ class TrainingRun:
         path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
         manifest = {
             "part": "body",
+            "run": self.trainer.run,
             "dataset": cfg.dataset,
             "noise": cfg.noise,
             "nopeek": cfg.nopeek,

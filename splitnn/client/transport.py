@@ -18,6 +18,7 @@ import grpc
 import torch
 
 from splitnn.common.codec import StepId, step_to_proto, tensor_from_proto, tensor_to_proto
+from splitnn.common.credentials import Credentials, open_channel
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.rpc_options import grpc_options, message_limit
 from splitnn.proto import splitnn_pb2 as pb
@@ -214,6 +215,10 @@ class ServerLink:
         reconnect_timeout: seconds to keep retrying once the server stopped answering.
         resume_at: with `settings.resume`, the step this holder saved last (None: the newest
             state the server holds).
+        credentials: TLS files and/or token; default: plaintext, anonymous.
+
+    Raises:
+        CredentialError: a TLS or token file cannot be read.
     """
 
     def __init__(
@@ -225,18 +230,19 @@ class ServerLink:
         step_timeout: float = 60.0,
         reconnect_timeout: float = 120.0,
         resume_at: StepId | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.address = address
         self.settings = settings
         self._step_timeout = step_timeout
         self._reconnect_timeout = reconnect_timeout
         limit = message_limit(max_batch_size=settings.max_batch_size, cut_shape=CUT_SHAPE)
-        self._channel = grpc.insecure_channel(
-            address, options=grpc_options(max_message_bytes=limit)
+        self._channel = open_channel(
+            address, credentials or Credentials(), options=grpc_options(max_message_bytes=limit)
         )
         self._stub = pb_grpc.SplitLearningStub(self._channel)
         self._streams: dict[str, _Stream] = {}
-        self._restored: str | None = None
+        self._restored: tuple[str, str] | None = None  # (head label, run) last restored
         self.session_id = ""
         self.resumed = False
         self.last_applied: StepId | None = None
@@ -316,14 +322,15 @@ class ServerLink:
         reply = self._call(lambda: self._unary(self._stub.Checkpoint, request))
         return str(reply.path)
 
-    def restore(self, name: str) -> int:
-        """Asks the server to load head ``<name>``; returns the steps it had been trained for.
+    def restore(self, name: str, *, run: str = "") -> int:
+        """Asks the server to load head `name` that run `run` (default: this one) wrote.
 
-        Remembered until the next training step: a session reopened in between loads it again.
+        Returns the steps the head had been trained for. Remembered until the next training
+        step: a session reopened in between loads it again.
         """
-        request = pb.RestoreRequest(name=name)
+        request = pb.RestoreRequest(name=name, run=run)
         reply = self._call(lambda: self._unary(self._stub.Restore, request))
-        self._restored = name
+        self._restored = (name, run)
         return int(reply.steps_applied)
 
     def close(self, *, finished: bool = False) -> None:
@@ -399,6 +406,10 @@ class ServerLink:
                     ) from None
                 self._back_off(attempt, f"opening the session: {code.name}", deadline)
                 attempt += 1
+        if reply.replaced:
+            logger.warning(
+                "run %s had a live session (another process of this party?): it was replaced", s.run
+            )
         self.session_id = reply.session_id
         self.resumed = reply.resumed
         self.last_applied = None
@@ -428,7 +439,8 @@ class ServerLink:
             self.position = now_at
             raise RolledBack(now_at)
         if self._restored is not None:
-            self.restore(self._restored)
+            name, run = self._restored
+            self.restore(name, run=run)
 
     def _call(self, attempt: Callable[[], Any], *, pending: StepId | None = None) -> Any:
         """Runs `attempt` until it succeeds, retrying and reopening as the class describes."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}$")
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}")
 
 
 class CheckpointError(Exception):
@@ -37,7 +37,8 @@ def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int, se
 
 def check_stem(stem: str) -> str:
     """Returns `stem` if it is a safe file name (no separators, no leading dot), else raises."""
-    if not _STEM.match(stem) or ".." in stem:
+    # fullmatch: with match and "$", a name ending in a newline would pass.
+    if not _STEM.fullmatch(stem) or ".." in stem:
         raise CheckpointError(f"not a valid checkpoint name: {stem!r}")
     return stem
 

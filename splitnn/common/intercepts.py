@@ -46,7 +46,10 @@ def _decode_record(record: pb.TapRecord) -> tuple[torch.Tensor, torch.Tensor]:
     step = f"{record.step.run}/epoch={record.step.epoch}/batch={record.step.batch}"
     where = f"record {step} ({record.phase}, {record.split})"
     if not record.HasField("indices"):
-        raise ValueError(f"{where} carries no sample indices; the data holder must send them")
+        raise ValueError(
+            f"{where} carries no sample indices: an attack is scored against the true images "
+            "only when the victim runs as an evaluation harness (splitnn-client --send-indices)"
+        )
     wire_dtype = record.activations.dtype
     if wire_dtype not in ("float16", "float32", "float64"):
         raise ValueError(f"{where}: activations of dtype {wire_dtype!r}, not floating point")

@@ -210,7 +210,9 @@ class WireLogWriter:
             raise WireLogError(f"wire log header is not JSON-serialisable: {error}") from error
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            # The holders' cut tensors and labels: readable by this user only, from the start.
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+            self._fd: int | None = os.open(self._path, flags, 0o600)
         except OSError as error:
             raise WireLogError(f"cannot open wire log {self._path}: {error.strerror}") from error
         try:

@@ -156,7 +156,7 @@ def _redeploy(record: dict[str, Any], target: Path, *, scale: float, cfg: Experi
                 client = [
                     "--server", server.address,
                     "--from-checkpoint", record["report"]["checkpoint"],
-                    "--eval-noise", repr(scale), "--deploy",
+                    "--eval-noise", repr(scale), "--deploy", "--send-indices",
                     "--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir),
                     "--json", "-q",
                 ]  # fmt: skip

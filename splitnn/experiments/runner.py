@@ -116,8 +116,9 @@ def client_args(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> list[
         "--model-dir", str(cfg.model_dir),
         "--data-dir", str(cfg.data_dir),
         "--threads", str(cfg.threads_per_job()),
-        # A run the grid starts is started over, even if an interrupted one left its state.
-        "--deploy", "--restart", "--json", "-q",
+        # A run the grid starts is started over, even if an interrupted one left its state;
+        # the grid is an evaluation harness: indices let it score the attacks.
+        "--deploy", "--restart", "--send-indices", "--json", "-q",
     ]  # fmt: skip
     if spec.max_steps is not None:
         args += ["--max-steps", str(spec.max_steps)]

@@ -57,18 +57,20 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., cut_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., resume: _Optional[bool] = ..., resume_from: _Optional[_Iterable[_Union[StepId, _Mapping]]] = ..., resume_from_start: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionReply(_message.Message):
-    __slots__ = ("session_id", "resumed", "last_applied", "has_last_applied", "max_message_bytes")
+    __slots__ = ("session_id", "resumed", "last_applied", "has_last_applied", "max_message_bytes", "replaced")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
     HAS_LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     resumed: bool
     last_applied: StepId
     has_last_applied: bool
     max_message_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_applied: _Optional[_Union[StepId, _Mapping]] = ..., has_last_applied: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    replaced: bool
+    def __init__(self, session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_applied: _Optional[_Union[StepId, _Mapping]] = ..., has_last_applied: _Optional[bool] = ..., max_message_bytes: _Optional[int] = ..., replaced: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("session_id", "step", "activations", "labels", "indices", "save")
@@ -143,12 +145,14 @@ class CheckpointReply(_message.Message):
     def __init__(self, path: _Optional[str] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("session_id", "name")
+    __slots__ = ("session_id", "name", "run")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    run: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
 
 class RestoreReply(_message.Message):
     __slots__ = ("steps_applied",)
@@ -169,7 +173,7 @@ class CloseSessionReply(_message.Message):
     def __init__(self) -> None: ...
 
 class TapRecord(_message.Message):
-    __slots__ = ("step", "phase", "split", "activations", "indices", "labels", "received_at")
+    __slots__ = ("step", "phase", "split", "activations", "indices", "labels", "received_at", "owner")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +181,7 @@ class TapRecord(_message.Message):
     INDICES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     step: StepId
     phase: str
     split: str
@@ -184,7 +189,8 @@ class TapRecord(_message.Message):
     indices: Tensor
     labels: Tensor
     received_at: float
-    def __init__(self, step: _Optional[_Union[StepId, _Mapping]] = ..., phase: _Optional[str] = ..., split: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., received_at: _Optional[float] = ...) -> None: ...
+    owner: str
+    def __init__(self, step: _Optional[_Union[StepId, _Mapping]] = ..., phase: _Optional[str] = ..., split: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Union[Tensor, _Mapping]] = ..., received_at: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class TapRequest(_message.Message):
     __slots__ = ("run",)

@@ -313,7 +313,7 @@ class SplitLearning:
 
 
 class TapStub:
-    """Served only when the server runs in collusion mode.
+    """Served only when the server runs in collusion mode, and only to a party with the tap role.
     """
 
     def __init__(self, channel):
@@ -330,7 +330,7 @@ class TapStub:
 
 
 class TapServicer:
-    """Served only when the server runs in collusion mode.
+    """Served only when the server runs in collusion mode, and only to a party with the tap role.
     """
 
     def Subscribe(self, request, context):
@@ -356,7 +356,7 @@ def add_TapServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Tap:
-    """Served only when the server runs in collusion mode.
+    """Served only when the server runs in collusion mode, and only to a party with the tap role.
     """
 
     @staticmethod

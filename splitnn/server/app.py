@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from splitnn.common import exits
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.rpc_options import grpc_options, message_limit
+from splitnn.server import security
 from splitnn.server.config import ServerConfig
 from splitnn.server.handlers import SplitLearningHandlers, TapSink
 from splitnn.server.servicer import SERVICE_NAME, SplitLearningService
@@ -47,8 +48,11 @@ class RunningServer:
     """
 
     def __init__(self, cfg: ServerConfig, *, tap: TapSink | None) -> None:
+        security.check(cfg)
         self.cfg = cfg
         self.port = 0
+        self._credentials = security.credentials(cfg)
+        self.authenticator = security.authenticator(cfg)
         limit = message_limit(max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE)
         self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
         self.sessions = SessionRegistry(
@@ -73,6 +77,7 @@ class RunningServer:
         )
         self.service = SplitLearningService(
             handlers,
+            authenticator=self.authenticator,
             executor=self.executor,
             max_streams=cfg.max_streams,
             max_inflight=cfg.max_inflight,
@@ -122,10 +127,13 @@ class RunningServer:
         if self.hub is not None and self.cfg.tap:
             from splitnn.server.tap import tap_handler  # collusion mode only
 
-            server.add_generic_rpc_handlers((tap_handler(self.hub),))
+            server.add_generic_rpc_handlers((tap_handler(self.hub, self.authenticator),))
         address = f"{self.cfg.host}:{self.cfg.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if self._credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, self._credentials)
         except RuntimeError:  # grpcio raises where older releases returned 0
             self.port = 0
         if self.port == 0:
@@ -172,6 +180,8 @@ def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningSer
 
     Raises:
         OSError: the address cannot be bound.
+        SecurityError: TLS settings that do not fit together or cannot be read, a tokens file
+            that cannot be used, or plaintext beyond loopback without `insecure`.
     """
     torch.set_num_threads(cfg.threads)
     return RunningServer(cfg, tap=tap)

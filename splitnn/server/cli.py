@@ -11,6 +11,7 @@ from splitnn.common import exits
 from splitnn.common.logs import configure_logging
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
+from splitnn.server.security import SecurityError
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SERVER", "show_default": True})
@@ -66,6 +67,31 @@ from splitnn.server.config import ServerConfig
     help="Seconds idle before a session is saved and forgotten (its holder resumes it).",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The server's certificate (PEM): serve TLS. See splitnn-certs.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The server's private key (PEM).",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Mutual TLS: require client certificates signed by this CA; they name each party.",
+)
+@click.option(
+    "--tokens",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Identities by bearer token: lines of '<name> <holder|tap> <token>'.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow plaintext on an address other than loopback (anyone on the path reads it).",
+)
+@click.option(
     "--tap-log",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -88,6 +114,11 @@ def main(
     max_streams: int,
     max_inflight: int,
     session_ttl: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    tokens: Path | None,
+    insecure: bool,
     tap_log: Path | None,
     tap: bool,
     verbose: int,
@@ -98,6 +129,10 @@ def main(
     Each data holder opens a session, streams its cut-layer tensors with labels, and receives
     the gradient w.r.t. what it sent. Prints "listening on HOST:PORT" once bound; stops
     gracefully on SIGTERM/SIGINT (finishes in-flight steps, saves every session, exits 0).
+
+    Plaintext is served on loopback only (or with --insecure); --tls-cert/--tls-key serve TLS,
+    --client-ca requires client certificates (mutual TLS) and --tokens accepts bearer tokens.
+    A run belongs to the identity that opened it: no other party can touch or see it.
 
     Each run's resume state is saved under MODEL_DIR/server/<run>/ at the save points its data
     holder marks (every epoch end and every --save-every steps), when its session expires or
@@ -116,6 +151,11 @@ def main(
         max_streams=max_streams,
         max_inflight=max_inflight,
         session_ttl=session_ttl,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        client_ca=client_ca,
+        tokens=tokens,
+        insecure=insecure,
         tap_log=tap_log,
         tap=tap,
     )
@@ -132,5 +172,7 @@ def main(
 
     try:
         serve(cfg, on_bound=announce)
+    except SecurityError as error:
+        exits.fail("splitnn-server", str(error), exits.USAGE)
     except OSError as error:
         exits.fail("splitnn-server", str(error), exits.FAILED)

@@ -24,6 +24,11 @@ class ServerConfig:
         max_inflight: requests waiting for or on the compute thread at most.
         session_ttl: seconds of inactivity after which a session is saved and forgotten (its
             data holder resumes it transparently).
+        tls_cert, tls_key: the server's certificate and key (PEM): serve TLS.
+        client_ca: require client certificates signed by this CA (mutual TLS); each party's
+            identity and role come from its certificate.
+        tokens: a file of ``<name> <role> <token>`` lines: identities by bearer token.
+        insecure: allow plaintext on an address other than loopback.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
     """
@@ -39,5 +44,10 @@ class ServerConfig:
     max_streams: int = 256
     max_inflight: int = 64
     session_ttl: float = 600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    tokens: Path | None = None
+    insecure: bool = False
     tap_log: Path | None = None
     tap: bool = False

@@ -19,7 +19,21 @@ class InvalidRequest(ServerError):
 
 
 class UnknownSession(ServerError):
+    """No live session of the caller has this token (the same for someone else's token)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unauthenticated(ServerError):
+    """No valid credential (client certificate or token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Forbidden(ServerError):
+    """The caller's role does not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Busy(ServerError):

@@ -1,8 +1,9 @@
-"""What each RPC does, from the request's bytes to the reply's bytes.
+"""What each RPC does, from the request's bytes and the caller's identity to the reply's bytes.
 
 Every handler parses its own request (gRPC hands over raw bytes), so bytes that are not a valid
-message are refused like any other bad input: INVALID_ARGUMENT, nothing changed. Handlers are
-plain blocking functions; the asyncio servicer runs them on the compute thread.
+message are refused like any other bad input: INVALID_ARGUMENT, nothing changed. Every session
+and run is looked up among the caller's own. Handlers are plain blocking functions; the asyncio
+servicer runs them on the compute thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from splitnn.common.codec import (
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.errors import InvalidRequest
 from splitnn.server.head import HeadSession, SessionSpec
+from splitnn.server.identity import Identity
 from splitnn.server.sessions import SessionRegistry
 
 TapSink = Callable[[pb.TapRecord], None]
@@ -63,7 +65,7 @@ class SplitLearningHandlers:
         self._max_message_bytes = max_message_bytes
         self._tap = tap
 
-    def open_session(self, raw: bytes) -> bytes:
+    def open_session(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.OpenSessionRequest, raw)
         spec = _spec_from_proto(request, self._default_seed)
         resume_from = [step_from_proto(step) for step in request.resume_from]
@@ -72,28 +74,30 @@ class SplitLearningHandlers:
             resume=request.resume,
             resume_from=resume_from,
             from_start=request.resume_from_start,
+            owner=caller.folder,
         )
         reply = pb.OpenSessionReply(
             session_id=session.session_id,
             resumed=resumed,
             max_message_bytes=self._max_message_bytes,
+            replaced=session.replaced,
         )
         if resumed and session.last_step is not None:
             reply.last_applied.CopyFrom(step_to_proto(session.last_step))
             reply.has_last_applied = True
         return reply.SerializeToString()
 
-    def train(self, raw: bytes) -> bytes:
+    def train(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.TrainRequest, raw)
-        session = self.sessions.get(request.session_id)
+        session = self.sessions.get(request.session_id, owner=caller.folder)
         step = step_from_proto(request.step, run=session.spec.run)
         activations, labels, indices = _decode_batch(session, request, need_labels=True)
         assert labels is not None
         result, applied = session.train_step(step, activations, labels)
-        if request.save and (applied or self.sessions.store.find(step) is None):
+        if request.save and (applied or self.sessions.store_of(session.owner).find(step) is None):
             self.sessions.save_point(session)
         if applied:
-            self._publish(step, "train", "train", request, indices)
+            self._publish(session, step, "train", "train", request, indices)
         reply = pb.TrainReply(
             step=request.step,
             gradient=tensor_to_proto(result.gradient),
@@ -102,13 +106,13 @@ class SplitLearningHandlers:
         )
         return reply.SerializeToString()
 
-    def evaluate(self, raw: bytes) -> bytes:
+    def evaluate(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.EvalRequest, raw)
-        session = self.sessions.get(request.session_id)
+        session = self.sessions.get(request.session_id, owner=caller.folder)
         step = step_from_proto(request.step, run=session.spec.run)
         activations, labels, indices = _decode_batch(session, request, need_labels=False)
         result = session.evaluate(activations, labels)
-        self._publish(step, "eval", request.split or "eval", request, indices)
+        self._publish(session, step, "eval", request.split or "eval", request, indices)
         reply = pb.EvalReply(
             step=request.step,
             logits=tensor_to_proto(result.logits),
@@ -117,27 +121,28 @@ class SplitLearningHandlers:
         )
         return reply.SerializeToString()
 
-    def checkpoint(self, raw: bytes) -> bytes:
+    def checkpoint(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.CheckpointRequest, raw)
-        session = self.sessions.get(request.session_id)
+        session = self.sessions.get(request.session_id, owner=caller.folder)
         path = self.sessions.save_head(
             session, request.name, replace_previous=request.replace_previous
         )
         return pb.CheckpointReply(path=str(path)).SerializeToString()
 
-    def restore(self, raw: bytes) -> bytes:
+    def restore(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.RestoreRequest, raw)
-        session = self.sessions.get(request.session_id)
-        steps = self.sessions.load_head(session, request.name)
+        session = self.sessions.get(request.session_id, owner=caller.folder)
+        steps = self.sessions.load_head(session, request.name, run=request.run)
         return pb.RestoreReply(steps_applied=steps).SerializeToString()
 
-    def close_session(self, raw: bytes) -> bytes:
+    def close_session(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.CloseSessionRequest, raw)
-        self.sessions.close(request.session_id, finished=request.finished)
+        self.sessions.close(request.session_id, finished=request.finished, owner=caller.folder)
         return pb.CloseSessionReply().SerializeToString()
 
     def _publish(
         self,
+        session: HeadSession,
         step: StepId,
         phase: str,
         split: str,
@@ -153,6 +158,7 @@ class SplitLearningHandlers:
             activations=request.activations,
             labels=request.labels,
             received_at=time.time(),
+            owner=session.owner,
         )
         if indices is not None:
             record.indices.CopyFrom(request.indices)

@@ -14,6 +14,9 @@ from splitnn.common.codec import StepId
 from splitnn.common.models import build_head, make_optimizer
 from splitnn.server.errors import InvalidRequest, WrongState
 
+# Whose runs these are when the server authenticates nobody (see `identity.py`).
+ANONYMOUS_OWNER = "_anonymous"
+
 
 @dataclass(frozen=True)
 class SessionSpec:
@@ -58,9 +61,11 @@ class HeadSession:
     after `last_step`: such a head is not a resume state of the run.
     """
 
-    def __init__(self, session_id: str, spec: SessionSpec) -> None:
+    def __init__(self, session_id: str, spec: SessionSpec, *, owner: str = ANONYMOUS_OWNER) -> None:
         self.session_id = session_id
         self.spec = spec
+        self.owner = owner  # the folder of the identity that opened it
+        self.replaced = False  # it replaced a live session of the same run
         self.head = build_head(spec.seed, spec.num_classes)
         self.optimizer = make_optimizer(self.head, spec.lr)
         self.lock = threading.Lock()

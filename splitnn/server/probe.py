@@ -1,16 +1,30 @@
-"""Health probe for containers: ``python -m splitnn.server.probe HOST:PORT`` exits 0 if SERVING."""
+"""Health probe for containers: ``python -m splitnn.server.probe HOST:PORT`` exits 0 if SERVING.
+
+With TLS, give the CA (``--tls-ca``); a server that requires client certificates also needs one
+(the server's own certificate serves: its role may call health and nothing else).
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from splitnn.common.credentials import (
+    CredentialError,
+    Credentials,
+    credential_options,
+    credentials_from_cli,
+    open_channel,
+)
 
-def probe(address: str, *, timeout: float = 3.0) -> bool:
+
+def probe(address: str, *, timeout: float = 3.0, credentials: Credentials | None = None) -> bool:
     """True when the server at `address` reports SERVING for the split-learning service."""
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials or Credentials()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
@@ -21,9 +35,33 @@ def probe(address: str, *, timeout: float = 3.0) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def main() -> None:
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
-    sys.exit(0 if probe(address) else 1)
+@click.command()
+@click.argument("address", default="127.0.0.1:50051")
+@click.option("--timeout", type=click.FloatRange(0.1), default=3.0, show_default=True)
+@credential_options
+def main(
+    address: str,
+    timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_server_name: str | None,
+    token_file: Path | None,
+) -> None:
+    """Exit 0 if the splitnn-server at ADDRESS reports SERVING, else 1."""
+    credentials = credentials_from_cli(
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_server_name=tls_server_name,
+        token_file=token_file,
+    )
+    try:
+        serving = probe(address, timeout=timeout, credentials=credentials)
+    except CredentialError as error:
+        click.echo(f"probe: {error}", err=True)
+        sys.exit(1)
+    sys.exit(0 if serving else 1)
 
 
 if __name__ == "__main__":

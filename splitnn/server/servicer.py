@@ -6,7 +6,8 @@ open stream that sends nothing costs a coroutine, not a worker, so no number of 
 peers can starve the others or the health service.
 
 Limits answer RESOURCE_EXHAUSTED at once, never a queue: `max_streams` open calls, and
-`max_inflight` requests waiting for or on the compute thread.
+`max_inflight` requests waiting for or on the compute thread. Every call is first tied to an
+identity with the holder role (see `identity.py`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import NoReturn
 
 import grpc
 
-from splitnn.server.errors import Busy, status_of
+from splitnn.common.certs import HOLDER
+from splitnn.server.errors import Busy, ServerError, status_of
 from splitnn.server.handlers import SplitLearningHandlers
+from splitnn.server.identity import Authenticator, Identity
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "splitnn.v1.SplitLearning"
-Work = Callable[[bytes], bytes]
+Work = Callable[[bytes, Identity], bytes]
+Context = grpc.aio.ServicerContext[bytes, bytes]
 
 
 class SplitLearningService:
@@ -33,6 +37,7 @@ class SplitLearningService:
 
     Args:
         handlers: what each RPC does.
+        authenticator: who is calling.
         executor: where the handlers run (the compute thread).
         max_streams: open SplitLearning calls at most (health and tap calls do not count).
         max_inflight: requests waiting for or running on the executor at most.
@@ -42,11 +47,13 @@ class SplitLearningService:
         self,
         handlers: SplitLearningHandlers,
         *,
+        authenticator: Authenticator,
         executor: Executor,
         max_streams: int,
         max_inflight: int,
     ) -> None:
         self.handlers = handlers
+        self._authenticator = authenticator
         self._executor = executor
         self._max_streams = max_streams
         self._max_inflight = max_inflight
@@ -78,42 +85,36 @@ class SplitLearningService:
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
-    def _unary_rpc(
-        self, work: Work
-    ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], object]:
-        async def rpc(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    def _unary_rpc(self, work: Work) -> Callable[[bytes, Context], object]:
+        async def rpc(raw: bytes, context: Context) -> bytes:
             await self._enter(context)
             try:
-                return await self._run(work, raw, context)
+                caller = await identify(self._authenticator, context, role=HOLDER)
+                return await self._run(work, raw, caller, context)
             finally:
                 self.open_calls -= 1
 
         return rpc
 
-    def _stream_rpc(
-        self, work: Work
-    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], object]:
-        async def rpc(
-            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
-        ) -> AsyncIterator[bytes]:
+    def _stream_rpc(self, work: Work) -> Callable[[AsyncIterator[bytes], Context], object]:
+        async def rpc(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
             await self._enter(context)
             try:
+                caller = await identify(self._authenticator, context, role=HOLDER)
                 async for raw in requests:
-                    yield await self._run(work, raw, context)
+                    yield await self._run(work, raw, caller, context)
             finally:
                 self.open_calls -= 1
 
         return rpc
 
-    async def _enter(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+    async def _enter(self, context: Context) -> None:
         if self.open_calls >= self._max_streams:
             await _abort(context, Busy(f"the server has {self._max_streams} open calls "
                                        "(--max-streams); try again later"))  # fmt: skip
         self.open_calls += 1
 
-    async def _run(
-        self, work: Work, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> bytes:
+    async def _run(self, work: Work, raw: bytes, caller: Identity, context: Context) -> bytes:
         """Runs one request on the executor; a refusal ends the call with its status."""
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -122,14 +123,25 @@ class SplitLearningService:
                                        "flight (--max-inflight); try again later"))  # fmt: skip
         self.inflight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work, raw)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, work, raw, caller)
         except Exception as error:
             await _abort(context, error)
         finally:
             self.inflight -= 1
 
 
-async def _abort(context: grpc.aio.ServicerContext[bytes, bytes], error: Exception) -> NoReturn:
+async def identify(authenticator: Authenticator, context: Context, *, role: str) -> Identity:
+    """The caller's identity, which must hold `role`; otherwise the call ends with its status."""
+    try:
+        caller = authenticator.identify(context.auth_context(), context.invocation_metadata())
+        caller.require(role)
+    except ServerError as error:
+        await _abort(context, error)
+    return caller
+
+
+async def _abort(context: Context, error: Exception) -> NoReturn:
     code, detail = status_of(error)
     if code == grpc.StatusCode.INTERNAL:
         logger.error("internal error while serving a request", exc_info=error)

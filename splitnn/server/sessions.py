@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
@@ -22,7 +21,7 @@ from splitnn.common.checkpoints import (
 from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
-from splitnn.server.head import HeadSession, SessionSpec
+from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec
 from splitnn.server.saves import ResumeStore, Save
 
 logger = logging.getLogger(__name__)
@@ -35,9 +34,13 @@ _RESUME_FIELDS = ("cut_shape", "dtype", "num_classes", "lr", "seed")
 class SessionRegistry:
     """Sessions by token. A run has at most one live session; its resume states live on disk.
 
+    Runs belong to an owner (an identity's folder, see `identity.py`): a run name always means
+    one of the caller's own runs, so no party can open, resume, read or overwrite another's, nor
+    learn whether it exists. A session token is honoured for its owner only.
+
     Args:
-        model_dir: heads are written to ``model_dir/classifiers/<name>.head.ckpt`` on request and
-            the resume states of each run under ``model_dir/server/<run>/`` (see `ResumeStore`).
+        model_dir: each owner's heads are written to ``model_dir/heads/<owner>/<run>/`` on request
+            and its resume states under ``model_dir/server/<owner>/<run>/`` (see `ResumeStore`).
         max_batch_size: the largest batch any session may announce (sizes the message limit).
         max_sessions: live sessions at most; one more is refused with RESOURCE_EXHAUSTED.
     """
@@ -46,11 +49,13 @@ class SessionRegistry:
         self.model_dir = model_dir
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
-        self.store = ResumeStore(model_dir / "server")
         self._sessions: dict[str, HeadSession] = {}
-        self._by_run: dict[str, str] = {}
-        self._saved: dict[str, Path] = {}
+        self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
+
+    def store_of(self, owner: str = ANONYMOUS_OWNER) -> ResumeStore:
+        """The resume states of `owner`'s runs."""
+        return ResumeStore(self.model_dir / "server" / owner)
 
     def __len__(self) -> int:
         with self._lock:
@@ -63,36 +68,43 @@ class SessionRegistry:
         resume: bool,
         resume_from: Sequence[StepId] = (),
         from_start: bool = False,
+        owner: str = ANONYMOUS_OWNER,
     ) -> tuple[HeadSession, bool]:
-        """Opens `spec.run`, fresh or resumed; returns the session and whether it resumed.
+        """Opens `owner`'s run `spec.run`, fresh or resumed; returns it and whether it resumed.
 
         With `resume`, the run continues from the first of `resume_from` the server holds (the
         live session, or a save at that step); none held: a fresh head if `from_start`, else
         FAILED_PRECONDITION. Empty `resume_from` without `from_start`: the newest state held.
-        Without `resume`, the run starts over and its saves are dropped.
+        Without `resume`, the run starts over and its saves are dropped. A live session of the
+        run that is not continued is replaced (saved first when resuming); `session.replaced`
+        says so.
         """
         self._check_spec(spec)
+        store = self.store_of(owner)
         with self._lock:
-            live = self._live(spec.run)
+            live = self._live(owner, spec.run)
             if resume and live is not None and _differs(live.spec, spec):
                 raise WrongState(f"run {spec.run!r} is live with different settings")
             session = None
             if resume:
-                session = self._resumable(spec, live, resume_from, from_start=from_start)
+                session = self._resumable(spec, live, resume_from, store, from_start=from_start)
             resumed = session is not None
             if session is None:
-                session = HeadSession(secrets.token_hex(16), spec)
+                session = HeadSession(secrets.token_hex(16), spec, owner=owner)
             if session is not live:
+                if resume and live is not None:
+                    self.snapshot(live)  # its steps stay resumable
                 self._register(session, replacing=live)
             session.spec = spec  # the same head settings; the batch bound is the newest
             if not resumed:
-                self.store.clear(spec.run)  # a run that starts over has no future to resume
+                store.clear(spec.run)  # a run that starts over has no future to resume
             elif session.last_step is not None:
-                self.store.discard_after(session.last_step)
+                store.discard_after(session.last_step)
         where = session.last_step if resumed else "the start"
         logger.info(
-            "session %s: run %s %s at %s (%d live)",
+            "session %s: %s's run %s %s at %s (%d live)",
             session.session_id[:8],
+            owner,
             spec.run,
             "resumed" if resumed else "opened",
             where,
@@ -100,20 +112,24 @@ class SessionRegistry:
         )
         return session, resumed
 
-    def get(self, session_id: str) -> HeadSession:
-        """The live session with this token (and records activity on it)."""
+    def get(self, session_id: str, *, owner: str | None = None) -> HeadSession:
+        """The live session with this token (and records activity on it).
+
+        `owner`: the caller's; a token of someone else's session is refused exactly like an
+        unknown one. None skips the check (in-process callers only, never a peer's request).
+        """
         with self._lock:
             session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or (owner is not None and session.owner != owner):
             raise UnknownSession("unknown or closed session")
         session.touch()
         return session
 
-    def close(self, session_id: str, *, finished: bool) -> None:
+    def close(self, session_id: str, *, finished: bool, owner: str | None = None) -> None:
         """Forgets the session. A finished run's saves are dropped; otherwise it is saved."""
-        session = self.get(session_id)
+        session = self.get(session_id, owner=owner)
         if finished:
-            self.store.clear(session.spec.run)
+            self.store_of(session.owner).clear(session.spec.run)
         else:
             self.snapshot(session)
         self._drop(session)
@@ -154,7 +170,7 @@ class SessionRegistry:
         """Saves the run's state unless there is nothing to save or the head is not resumable."""
         if session.last_step is None or session.restored:
             return None
-        found = self.store.find(session.last_step)
+        found = self.store_of(session.owner).find(session.last_step)
         if found is not None:
             return found.path  # this very step is saved already
         return self._write(session, point=False)
@@ -170,49 +186,51 @@ class SessionRegistry:
                     "saved run %s (%d steps) to %s", session.spec.run, session.steps_applied, path
                 )
 
-    def save_head(self, session: HeadSession, name: str, *, replace_previous: bool) -> Path:
-        """Writes the head's weights as ``classifiers/<name>.head.ckpt`` (+ manifest)."""
-        path = self._head_path(name)
+    def save_head(self, session: HeadSession, label: str, *, replace_previous: bool) -> Path:
+        """Writes the head's weights as ``heads/<owner>/<run>/<label>.head.ckpt`` (+ manifest).
+
+        The server names the file: two parties, or two runs, never write the same one. With
+        `replace_previous`, the run's other head checkpoints are removed.
+        """
+        path = self._head_path(session.owner, session.spec.run, label)
         state = session.state()
-        manifest = {"part": "head", **asdict(session.spec), "steps_applied": state["steps_applied"]}
+        manifest = {
+            "part": "head",
+            "owner": session.owner,
+            "label": label,
+            **asdict(session.spec),
+            "steps_applied": state["steps_applied"],
+        }
         save_checkpoint(path, state["head"], manifest)
         if replace_previous:
-            for previous in self._heads_of(session.spec.run):
+            for previous in path.parent.glob("*.head.ckpt"):
                 if previous != path:
                     remove_checkpoint(previous)
-        self._saved[session.spec.run] = path
         return path
 
-    def _heads_of(self, run: str) -> list[Path]:
-        """The head checkpoints written for `run`: remembered, or (after a restart) found by
-        their manifests."""
-        if run in self._saved:
-            return [self._saved[run]]
-        found = []
-        for manifest in (self.model_dir / "classifiers").glob("*.head.ckpt.json"):
-            try:
-                written_for = json.loads(manifest.read_text()).get("run")
-            except (OSError, ValueError):
-                continue
-            if written_for == run:
-                found.append(manifest.with_name(manifest.name.removesuffix(".json")))
-        return found
-
-    def load_head(self, session: HeadSession, name: str) -> int:
-        """Loads ``classifiers/<name>.head.ckpt`` into the session's head; returns its step count.
+    def load_head(self, session: HeadSession, label: str, *, run: str = "") -> int:
+        """Loads head `label` of one of the owner's runs (default: the session's) into the
+        session's head; returns its step count.
 
         Only the weights are loaded (not the optimizer): this is for evaluating a chosen epoch.
+        A head the owner never wrote reads as missing, whoever else may have one of that name.
         """
-        path = self._head_path(name)
-        state, manifest = load_checkpoint(path)
+        path = self._head_path(session.owner, run or session.spec.run, label)
+        try:
+            state, manifest = load_checkpoint(path)
+        except CheckpointError:
+            raise WrongState(
+                f"no head checkpoint {label!r} of run {run or session.spec.run!r}"
+            ) from None
         if manifest.get("num_classes") != session.spec.num_classes:
-            raise WrongState(f"{path.name} has {manifest.get('num_classes')} classes")
+            raise WrongState(f"head {label!r} has {manifest.get('num_classes')} classes")
         session.load_weights(state)
         return int(manifest.get("steps_applied", 0))
 
-    def _head_path(self, name: str) -> Path:
+    def _head_path(self, owner: str, run: str, label: str) -> Path:
         try:
-            return self.model_dir / "classifiers" / f"{check_stem(name)}.head.ckpt"
+            check_stem(run)
+            return self.model_dir / "heads" / owner / run / f"{check_stem(label)}.head.ckpt"
         except CheckpointError as error:
             raise InvalidRequest(str(error)) from None
 
@@ -221,12 +239,11 @@ class SessionRegistry:
         assert session.last_step is not None, "a resume state is saved after a step"
         spec = asdict(session.spec)
         state["spec"] = {**spec, "cut_shape": list(session.spec.cut_shape)}
-        return self.store.write(
-            session.last_step, state, {"part": "head-resume", **spec}, point=point
-        )
+        manifest = {"part": "head-resume", "owner": session.owner, **spec}
+        return self.store_of(session.owner).write(session.last_step, state, manifest, point=point)
 
-    def _live(self, run: str) -> HeadSession | None:
-        token = self._by_run.get(run)
+    def _live(self, owner: str, run: str) -> HeadSession | None:
+        token = self._by_run.get((owner, run))
         return self._sessions.get(token) if token else None
 
     def _resumable(
@@ -234,38 +251,41 @@ class SessionRegistry:
         spec: SessionSpec,
         live: HeadSession | None,
         resume_from: Sequence[StepId],
+        store: ResumeStore,
         *,
         from_start: bool,
     ) -> HeadSession | None:
         """The session to continue from (None: start over); see `open`."""
+        owner = store.root.name
         usable = live if live is not None and not live.restored else None
         if not resume_from and not from_start:
             if usable is not None:
                 return usable
-            newest = self.store.newest(spec.run)
-            return self._load(spec, newest) if newest is not None else None
+            newest = store.newest(spec.run)
+            return self._load(spec, newest, store, owner) if newest is not None else None
         for step in resume_from:
             if step.run != spec.run:
                 raise InvalidRequest(f"resume step of run {step.run!r} for run {spec.run!r}")
             if usable is not None and usable.last_step == step:
                 return usable
-            save = self.store.find(step)
+            save = store.find(step)
             if save is not None:
-                return self._load(spec, save)
+                return self._load(spec, save, store, owner)
         if from_start:
             return None
-        held = [str(s.step(spec.run)) for s in self.store.saves(spec.run)] or ["nothing"]
+        held = [str(s.step(spec.run)) for s in store.saves(spec.run)] or ["nothing"]
         wanted = ", ".join(str(s) for s in resume_from)
         raise WrongState(f"cannot resume at {wanted}: the server holds {', '.join(held)}")
 
-    def _load(self, spec: SessionSpec, save: Save) -> HeadSession:
-        state = self.store.load(save)
+    @staticmethod
+    def _load(spec: SessionSpec, save: Save, store: ResumeStore, owner: str) -> HeadSession:
+        state = store.load(save)
         saved: dict[str, Any] = state.get("spec", {})
         ours = {**asdict(spec), "cut_shape": list(spec.cut_shape)}
         if any(saved.get(k) != ours[k] for k in _RESUME_FIELDS):
             kept = {k: saved.get(k) for k in _RESUME_FIELDS}
             raise WrongState(f"run {spec.run!r} was saved with other settings: {kept}")
-        session = HeadSession(secrets.token_hex(16), spec)
+        session = HeadSession(secrets.token_hex(16), spec, owner=owner)
         session.restore(state)
         return session
 
@@ -273,24 +293,27 @@ class SessionRegistry:
         """Makes `session` the live one of its run (call with the lock held)."""
         if replacing is not None:
             logger.warning(
-                "run %s opened again: its previous session %s is replaced",
+                "%s's run %s opened again: its previous session %s is replaced",
+                session.owner,
                 session.spec.run,
                 replacing.session_id[:8],
             )
             self._sessions.pop(replacing.session_id, None)
+            session.replaced = True
         elif len(self._sessions) >= self.max_sessions:
             raise Busy(
                 f"the server holds its limit of {self.max_sessions} live sessions "
                 "(--max-sessions); try again when one closes or expires"
             )
         self._sessions[session.session_id] = session
-        self._by_run[session.spec.run] = session.session_id
+        self._by_run[(session.owner, session.spec.run)] = session.session_id
 
     def _drop(self, session: HeadSession) -> None:
         with self._lock:
             self._sessions.pop(session.session_id, None)
-            if self._by_run.get(session.spec.run) == session.session_id:
-                del self._by_run[session.spec.run]
+            key = (session.owner, session.spec.run)
+            if self._by_run.get(key) == session.session_id:
+                del self._by_run[key]
 
     def _check_spec(self, spec: SessionSpec) -> None:
         try:

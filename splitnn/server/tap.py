@@ -16,11 +16,14 @@ from pathlib import Path
 
 import grpc
 
+from splitnn.common.certs import TAP
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.wirelog import WireLogWriter
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.errors import InvalidRequest
 from splitnn.server.handlers import parse
+from splitnn.server.identity import Authenticator
+from splitnn.server.servicer import identify
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,6 @@ class TapHub:
         with self._lock:
             self._loop = asyncio.get_running_loop()
             self._subscribers.append(entry)
-        logger.warning("tap subscriber attached (run=%s)", run or "*")
         try:
             while (record := await inbox.get()) is not _CLOSED:
                 yield record
@@ -110,17 +112,19 @@ class TapHub:
             logger.warning("tap: %d records dropped for slow subscribers", self.dropped)
 
 
-def tap_handler(hub: TapHub) -> grpc.GenericRpcHandler[bytes, bytes]:
-    """The Tap service on raw bytes; registered only in collusion mode with --tap."""
+def tap_handler(hub: TapHub, authenticator: Authenticator) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """The Tap service on raw bytes, for the tap role only; registered only with --tap."""
 
     async def subscribe(
         raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
+        caller = await identify(authenticator, context, role=TAP)
         try:
             request = parse(pb.TapRequest, raw)
         except InvalidRequest as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             raise AssertionError("unreachable") from None  # context.abort raises
+        logger.warning("tap subscriber %r attached (run=%s)", caller.name, request.run or "*")
         async for record in hub.subscribe(request.run):
             yield record.SerializeToString()
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitnn.common.certs import make_certificates
+from splitnn.common.credentials import Credentials
 from splitnn.common.processes import ServerProcess, run_json
 
 SUMMARY_FROM_VICTIM = ("dataset", "noise", "nopeek", "epochs", "best_epoch", "test_accuracy",
@@ -42,13 +44,30 @@ class SimConfig:
     quiet: bool = False
 
 
+VICTIM = "victim"
+
+
+def certificates(workdir: Path) -> tuple[list[str], Credentials]:
+    """Development certificates for this simulation (made once, then reused): the server's
+    TLS flags, and the victim's credentials. Every party speaks mutual TLS."""
+    out = workdir / "certs"
+    if not all((out / f"{name}.pem").exists() for name in ("server", VICTIM)):
+        make_certificates(out, server_names=["localhost", "127.0.0.1"], holders=[VICTIM], taps=[])
+    server = ["--tls-cert", str(out / "server.pem"), "--tls-key", str(out / "server.key"),
+              "--client-ca", str(out / "ca.pem")]  # fmt: skip
+    victim = Credentials(ca=out / "ca.pem", cert=out / f"{VICTIM}.pem", key=out / f"{VICTIM}.key")
+    return server, victim
+
+
 def victim_args(cfg: SimConfig, *, server: str) -> list[str]:
     batch = cfg.batch_size or (32 if cfg.nopeek > 0 else 128)
     args = [
         "--server", server, "--dataset", cfg.dataset, "--noise", repr(cfg.noise),
         "--nopeek", repr(cfg.nopeek), "--epochs", str(cfg.epochs), "--batch-size", str(batch),
         "--seed", str(cfg.seed), "--model-dir", str(cfg.model_dir), "--deploy", "--json",
-        "--restart",  # a simulation starts its victim over, whatever an interrupted one left
+        # The simulation starts its victim over, whatever an interrupted one left, and, as an
+        # evaluation harness, has it send the sample indices that score the attack.
+        "--restart", "--send-indices",
     ]  # fmt: skip
     if cfg.max_steps:
         args += ["--max-steps", str(cfg.max_steps)]
@@ -73,16 +92,21 @@ def attack_args(cfg: SimConfig, *, classifier: str, log: Path) -> list[str]:
 def run(cfg: SimConfig) -> dict[str, Any]:
     """Runs server (collusion mode), victim and attacker; returns the combined summary.
 
+    Server and victim speak mutual TLS with certificates made under `cfg.workdir`/certs.
+
     Raises:
         ProcessError: a party failed to start or exited with an error.
+        CertificateError: the certificates cannot be made.
     """
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     log = cfg.workdir / "wire.log"
     log.unlink(missing_ok=True)  # this simulation's log only
     began = time.perf_counter()
-    server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log)]
+    tls, victim_credentials = certificates(cfg.workdir)
+    server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *tls]
     with ServerProcess([*server_args, *(["-q"] if cfg.quiet else [])]) as server:
-        victim = run_json("splitnn-client", victim_args(cfg, server=server.address))
+        args = [*victim_args(cfg, server=server.address), *victim_credentials.args()]
+        victim = run_json("splitnn-client", args)
     attack = run_json("splitnn-attack", attack_args(cfg, classifier=victim["checkpoint"], log=log))
     summary = {key: victim[key] for key in SUMMARY_FROM_VICTIM}
     summary.update({key: attack[field] for key, field in SUMMARY_FROM_ATTACK.items()})

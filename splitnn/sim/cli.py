@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from splitnn.common import exits
+from splitnn.common.certs import CertificateError
 from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
 from splitnn.common.processes import ProcessError
@@ -59,11 +60,13 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
        deployment-time images (the attack-evaluation slice) through the split model
     3. splitnn-attack inverts the intercepted deployment tensors and scores them
     Then prints victim accuracy and attack scores and writes the reconstruction figure.
+    Server and victim speak mutual TLS with development certificates made under
+    WORKDIR/certs (see splitnn-certs).
     """
     configure_logging(quiet=quiet or as_json)
     try:
         summary = run(SimConfig(quiet=quiet or as_json, **options))
-    except ProcessError as error:
+    except (ProcessError, CertificateError, OSError) as error:
         exits.fail("splitnn-sim", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-sim", "interrupted", exits.INTERRUPTED)

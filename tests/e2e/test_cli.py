@@ -22,6 +22,7 @@ from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.codec import tensor_to_proto
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+from splitnn.server.head import ANONYMOUS_OWNER
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 60.0
@@ -131,12 +132,12 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     assert 0.0 <= report["test_accuracy"] <= 100.0 and 0.0 <= report["val_accuracy"] <= 100.0
     assert report["samples_per_second"] > 0
     body = client_dir / "classifiers" / f"{STEM}.ckpt"
-    head = server.model_dir / "classifiers" / f"{STEM}.head.ckpt"
+    head = server.model_dir / "heads" / ANONYMOUS_OWNER / report["run"] / f"{STEM}.head.ckpt"
     assert Path(report["checkpoint"]) == body and Path(report["head_checkpoint"]) == head
     assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
     assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
     assert server_code == 0
-    saved = server.model_dir / "server" / "live-at-sigterm" / "1-0.snapshot.ckpt"
+    saved = server.model_dir / "server" / ANONYMOUS_OWNER / "live-at-sigterm" / "1-0.snapshot.ckpt"
     resume_state, manifest = load_checkpoint(saved)
     assert resume_state["steps_applied"] == 1 and manifest["run"] == "live-at-sigterm"
     assert "Traceback" not in server.stderr.read_text()
@@ -167,7 +168,19 @@ USER_ERRORS = {
     "server-port": UserError("splitnn-server", ("--port", "70000"), 2, "--port"),
     # TEST-NET-1: never an address of this machine, so the bind fails.
     "server-host": UserError(
-        "splitnn-server", ("--host", "192.0.2.1", "--port", "0"), 1, "192.0.2.1"
+        "splitnn-server", ("--host", "192.0.2.1", "--port", "0", "--insecure"), 1, "192.0.2.1"
+    ),
+    "server-plaintext-beyond-loopback": UserError(
+        "splitnn-server", ("--host", "0.0.0.0", "--port", "0"), 2, "--insecure"
+    ),
+    "server-cert-without-key": UserError(
+        "splitnn-server", ("--port", "0", "--tls-cert", __file__), 2, "--tls-key"
+    ),
+    "client-cert-without-ca": UserError(
+        "splitnn-client",
+        ("--tls-cert", __file__, "--tls-key", __file__),
+        2,
+        "--tls-ca",
     ),
 }
 

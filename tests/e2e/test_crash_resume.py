@@ -22,6 +22,7 @@ import torch
 
 from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.processes import ServerProcess, child_env, program
+from splitnn.server.head import ANONYMOUS_OWNER
 from tests.conftest import idle_train_streams, send_raw
 
 pytestmark = pytest.mark.slow
@@ -96,7 +97,7 @@ def test_server_killed_at_a_random_step_restarts_and_the_holder_finishes_the_sam
     server = _server(tmp_path)
     port = int(server.address.rsplit(":", 1)[1])
     client = _client(server.address, tmp_path / "client")
-    saves = tmp_path / "server" / "server" / RUN
+    saves = tmp_path / "server" / "server" / ANONYMOUS_OWNER / RUN
     _wait_for(lambda: any(saves.glob("*.point.ckpt")), "the first save point")
     delay = random.uniform(0.0, 1.5)
     time.sleep(delay)
@@ -110,7 +111,7 @@ def test_server_killed_at_a_random_step_restarts_and_the_holder_finishes_the_sam
     assert interrupted, f"the run had ended before the kill ({delay:.2f} s after a save)"
     assert "the server lost the session" in outcome.stderr
     _assert_same_run(outcome, reference)
-    heads = list((tmp_path / "server" / "classifiers").glob("*.head.ckpt"))
+    heads = list((tmp_path / "server" / "heads").rglob("*.head.ckpt"))
     assert heads == [Path(outcome.report["head_checkpoint"])]  # earlier bests removed
 
 
@@ -168,6 +169,6 @@ def test_sigterm_after_garbage_stops_within_grace_and_saves(tmp_path: Path) -> N
 
     assert codes == {grpc.StatusCode.INVALID_ARGUMENT}
     assert code == 0, f"exit {code} after {seconds:.1f} s"
-    saved = list((tmp_path / "m" / "server" / RUN).glob("*.ckpt"))
+    saved = list((tmp_path / "m" / "server" / ANONYMOUS_OWNER / RUN).glob("*.ckpt"))
     assert saved, "the live session was not saved on SIGTERM"
     assert "Traceback" not in (tmp_path / "server.log").read_text()

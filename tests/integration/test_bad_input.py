@@ -28,6 +28,7 @@ from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer
 from splitnn.server.config import ServerConfig
+from splitnn.server.head import ANONYMOUS_OWNER
 from tests.conftest import settings
 
 RUN = "bad-input"
@@ -361,7 +362,8 @@ def test_checkpoint_then_restore_round_trips_inside_the_model_dir(opened: Opened
     restore = pb.RestoreRequest(session_id=opened.session_id, name="good=1")
     steps = opened.stub.Restore(restore, timeout=TIMEOUT).steps_applied
 
-    assert path == opened.server.sessions.model_dir / "classifiers" / "good=1.head.ckpt"
+    heads = opened.server.sessions.model_dir / "heads"
+    assert path == heads / ANONYMOUS_OWNER / RUN / "good=1.head.ckpt"
     assert path.is_file()
     assert steps == before.counters[0]
     assert all(torch.equal(_snapshot(opened).weights[k], v) for k, v in before.weights.items())

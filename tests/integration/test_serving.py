@@ -28,6 +28,7 @@ from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
+from splitnn.server.head import ANONYMOUS_OWNER
 from tests.conftest import idle_train_streams, send_raw, settings
 from tests.proxy import CuttingProxy
 
@@ -100,9 +101,9 @@ def test_sixteen_holders_at_once_all_finish(server: RunningServer) -> None:
         done = list(pool.map(lambda run: _holder(_address(server), run, steps=6), runs))
 
     assert done == [6] * 16
-    heads = server.sessions.model_dir / "classifiers"
-    assert sorted(p.name for p in heads.glob("*.head.ckpt")) == sorted(
-        f"{run}-head.head.ckpt" for run in runs
+    heads = server.sessions.model_dir / "heads" / ANONYMOUS_OWNER
+    assert sorted(str(p.relative_to(heads)) for p in heads.rglob("*.head.ckpt")) == sorted(
+        f"{run}/{run}-head.head.ckpt" for run in runs
     )
     assert len(server.sessions) == 0
 
@@ -253,7 +254,7 @@ def test_idle_session_expires_saved_and_its_holder_resumes(tmp_path: Path) -> No
             while len(running.sessions) and time.monotonic() < deadline:
                 time.sleep(0.05)
             expired = len(running.sessions) == 0
-            saves = [s.path.name for s in running.sessions.store.saves(run)]
+            saves = [s.path.name for s in running.sessions.store_of().saves(run)]
             link.train_step(StepId(run, 1, 2), *_batch(2))  # the link reopens the session
             session = running.sessions.get(link.session_id)
             resumed_id, steps = link.session_id, session.steps_applied
@@ -291,7 +292,7 @@ def test_shutdown_is_not_held_by_idle_streams(tmp_path: Path) -> None:
         release.set()
 
     assert stopped
-    assert [s.path.name for s in running.sessions.store.saves("live")] == ["1-0.snapshot.ckpt"]
+    assert [s.path.name for s in running.sessions.store_of().saves("live")] == ["1-0.snapshot.ckpt"]
 
 
 def test_a_step_past_its_timeout_is_sent_again_and_applied_once(

@@ -50,7 +50,7 @@ def apply(session: HeadSession, epoch: int, batch: int) -> None:
 
 
 def saved_steps(registry: SessionRegistry, run: str = RUN) -> list[tuple[int, int, bool]]:
-    return [(s.epoch, s.batch, s.snapshot) for s in registry.store.saves(run)]
+    return [(s.epoch, s.batch, s.snapshot) for s in registry.store_of().saves(run)]
 
 
 def assert_same_head(a: HeadSession, b: HeadSession) -> None:
@@ -433,7 +433,7 @@ def test_a_step_already_saved_as_a_point_is_not_saved_again(tmp_path: Path) -> N
     registry.expire(30.0)
 
     assert saved_steps(registry) == [(1, 1, False)]
-    assert registry.store.find(StepId(RUN, 1, 1)) is not None
+    assert registry.store_of().find(StepId(RUN, 1, 1)) is not None
     assert point.exists()
 
 
@@ -559,9 +559,9 @@ def test_a_spec_is_recorded_with_the_save(tmp_path: Path) -> None:
     apply(session, 1, 1)
 
     path = registry.save_point(session)
-    save = registry.store.find(StepId(RUN, 1, 1))
+    save = registry.store_of().find(StepId(RUN, 1, 1))
 
     assert save is not None and save.path == path
-    state = registry.store.load(save)
+    state = registry.store_of().load(save)
     assert state["spec"] == {**dataclasses.asdict(make_spec()), "cut_shape": [500]}
     assert state["last_step"] == [1, 1]
