@@ -1,4 +1,4 @@
-"""A TCP proxy on loopback that cuts every connection through it at random moments."""
+"""A TCP proxy on loopback that cuts every connection at random moments and/or records bytes."""
 
 from __future__ import annotations
 
@@ -15,24 +15,31 @@ class CuttingProxy:
     Args:
         upstream: "host:port" of the real server.
         seed: seeds the moments of the cuts.
-        every: (shortest, longest) seconds between cuts.
+        every: (shortest, longest) seconds between cuts; None never cuts.
+
+    `recorded` holds every byte that went through, both ways (a passive observer's view).
     """
 
     def __init__(
-        self, upstream: str, *, seed: int = 0, every: tuple[float, float] = (0.3, 1.2)
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        every: tuple[float, float] | None = (0.3, 1.2),
     ) -> None:
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._random = random.Random(seed)
-        self._every = every
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.cuts = 0
+        self.recorded = bytearray()
         threading.Thread(target=self._accept, daemon=True).start()
-        threading.Thread(target=self._cut, daemon=True).start()
+        if every is not None:
+            threading.Thread(target=self._cut, args=(every,), daemon=True).start()
 
     @property
     def address(self) -> str:
@@ -50,18 +57,19 @@ class CuttingProxy:
             for source, sink in ((downstream, upstream), (upstream, downstream)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(1 << 16):
+                with self._lock:
+                    self.recorded += data
                 sink.sendall(data)
         except OSError:
             pass
         for end in (source, sink):
             end.close()
 
-    def _cut(self) -> None:
-        while not self._stop.wait(self._random.uniform(*self._every)):
+    def _cut(self, every: tuple[float, float]) -> None:
+        while not self._stop.wait(self._random.uniform(*every)):
             with self._lock:
                 ends, self._open = self._open, []
             for end in ends:

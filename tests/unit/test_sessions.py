@@ -565,3 +565,35 @@ def test_a_spec_is_recorded_with_the_save(tmp_path: Path) -> None:
     state = registry.store_of().load(save)
     assert state["spec"] == {**dataclasses.asdict(make_spec()), "cut_shape": [500]}
     assert state["last_step"] == [1, 1]
+
+
+def test_reopening_a_live_run_with_resume_saves_it_first_and_says_so(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    live, _ = registry.open(make_spec(), resume=False)
+    apply(live, 1, 1)
+    registry.save_point(live)
+    apply(live, 1, 2)
+
+    again, resumed = registry.open(make_spec(), resume=True, resume_from=[StepId(RUN, 1, 1)])
+
+    assert resumed and again is not live and again.replaced
+    assert not live.replaced
+    # The live session's newer step was saved before it was replaced (and then, resuming at an
+    # older step, that newer save was dropped as abandoned).
+    assert saved_steps(registry) == [(1, 1, False)]
+
+
+def test_owners_do_not_share_runs(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    alice, _ = registry.open(make_spec(), resume=False, owner="alice")
+    apply(alice, 1, 1)
+    registry.save_point(alice)
+
+    bob, resumed = registry.open(make_spec(), resume=True, owner="bob")
+
+    assert not resumed and bob is not alice and not bob.replaced
+    assert registry.get(alice.session_id, owner="alice") is alice
+    with pytest.raises(UnknownSession):
+        registry.get(alice.session_id, owner="bob")
+    assert saved_steps(registry) == []  # the anonymous owner holds nothing
+    assert [s.path.parent.parent.name for s in registry.store_of("alice").saves(RUN)] == ["alice"]
