@@ -237,8 +237,15 @@ class ServerLink:
         self._step_timeout = step_timeout
         self._reconnect_timeout = reconnect_timeout
         limit = message_limit(max_batch_size=settings.max_batch_size, cut_shape=CUT_SHAPE)
+        credentials = credentials or Credentials()
         self._channel = open_channel(
-            address, credentials or Credentials(), options=grpc_options(max_message_bytes=limit)
+            address, credentials, options=grpc_options(max_message_bytes=limit)
+        )
+        # A TLS mismatch looks like silence from here: the handshake fails before any reply.
+        self._tls_hint = (
+            " (or its TLS did not accept this party: check --tls-ca, --tls-cert, --tls-key)"
+            if credentials.tls
+            else " (or it speaks TLS: give --tls-ca)"
         )
         self._stub = pb_grpc.SplitLearningStub(self._channel)
         self._streams: dict[str, _Stream] = {}
@@ -402,7 +409,7 @@ class ServerLink:
                         else (f"the connection kept failing ({error.details()})")
                     )
                     raise ServerUnreachable(
-                        f"{what} at {self.address} within {timeout:g} s"
+                        f"{what} at {self.address} within {timeout:g} s{self._tls_hint}"
                     ) from None
                 self._back_off(attempt, f"opening the session: {code.name}", deadline)
                 attempt += 1
