@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from splitnn.common.checkpoints import CheckpointError, load_checkpoint
+from splitnn.common.checkpoints import CheckpointError, load_checkpoint, manifest_path
 from splitnn.common.models import Body
 from splitnn.common.noise import LaplaceNoise
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """`path` itself, or the newest file matching it when it holds a ``*`` pattern."""
+    """`path` itself, or, for a ``*`` pattern, the newest match that is a data holder's part 1.
+
+    Matches are chosen by their manifest (``part`` = ``body``), never by their names: a pattern
+    may also match other checkpoints (a server's head, an attacker's decoder).
+
+    Raises:
+        CheckpointError: nothing usable matches; the message lists what was found and why not.
+    """
     if path.exists() or "*" not in path.name:
         return path
-    matches = sorted(path.parent.glob(path.name), key=lambda p: p.stat().st_mtime)
-    matches = [m for m in matches if m.suffix == ".ckpt"]
-    if not matches:
-        raise CheckpointError(f"no checkpoint matches {path}")
-    return matches[-1]
+    usable: list[Path] = []
+    passed: list[str] = []
+    for match in sorted(path.parent.glob(path.name), key=lambda p: p.stat().st_mtime):
+        if match.suffix != ".ckpt":
+            continue
+        part = _manifest_part(match)
+        if part == "body":
+            usable.append(match)
+        else:
+            passed.append(f"{match.name} ({'no manifest' if part is None else f'part {part}'})")
+    if not usable:
+        found = f"; found only: {', '.join(passed)}" if passed else ""
+        raise CheckpointError(f"no data holder's part-1 checkpoint matches {path}{found}")
+    return usable[-1]
+
+
+def _manifest_part(path: Path) -> str | None:
+    try:
+        return str(json.loads(manifest_path(path).read_text()).get("part"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class BodyOracle:
