@@ -138,8 +138,15 @@ def inspect(log: Path) -> None:
 )
 @credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the scores as one JSON object to this file.",
+)
 @click.pass_context
-def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
+def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **options: Any) -> None:
     """Train an inversion decoder and attack the victim's intercepted tensors.
 
     \b
@@ -163,6 +170,12 @@ def run(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
         exits.fail("splitnn-attack", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-attack", "interrupted", exits.INTERRUPTED)
+    if report_path is not None:
+        try:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as error:
+            exits.fail("splitnn-attack", f"cannot write {report_path}: {error}", exits.FAILED)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

@@ -141,10 +141,13 @@ class RunningServer:
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        expiry = asyncio.create_task(self._expire_idle_sessions())
+        watchers = [asyncio.create_task(self._expire_idle_sessions())]
+        if self.cfg.stop_after_runs is not None:
+            watchers.append(asyncio.create_task(self._stop_after_runs(self.cfg.stop_after_runs)))
         self._started.set()
         await self._stop.wait()
-        expiry.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         await self._shut_down(server, health_servicer)
 
     async def _shut_down(self, server: grpc.aio.Server, health_servicer: Any) -> None:
@@ -165,6 +168,14 @@ class RunningServer:
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+
+    async def _stop_after_runs(self, runs: int) -> None:
+        sessions = self.sessions
+        while sessions.finished_runs < runs or len(sessions) > 0:
+            await asyncio.sleep(0.2)
+        logger.info("%d runs finished and no session is live: stopping", sessions.finished_runs)
+        assert self._stop is not None
+        self._stop.set()
 
     async def _expire_idle_sessions(self) -> None:
         ttl = self.cfg.session_ttl

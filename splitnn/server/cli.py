@@ -92,6 +92,13 @@ from splitnn.server.security import SecurityError
     help="Allow plaintext on an address other than loopback (anyone on the path reads it).",
 )
 @click.option(
+    "--stop-after-runs",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop (gracefully, exit 0) once N runs have finished and no session is live: "
+    "one-shot deployments such as docker compose end by themselves.",
+)
+@click.option(
     "--tap-log",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -119,6 +126,7 @@ def main(
     client_ca: Path | None,
     tokens: Path | None,
     insecure: bool,
+    stop_after_runs: int | None,
     tap_log: Path | None,
     tap: bool,
     verbose: int,
@@ -156,6 +164,7 @@ def main(
         client_ca=client_ca,
         tokens=tokens,
         insecure=insecure,
+        stop_after_runs=stop_after_runs,
         tap_log=tap_log,
         tap=tap,
     )

@@ -29,6 +29,8 @@ class ServerConfig:
             identity and role come from its certificate.
         tokens: a file of ``<name> <role> <token>`` lines: identities by bearer token.
         insecure: allow plaintext on an address other than loopback.
+        stop_after_runs: stop (gracefully) once this many runs have finished and no session is
+            live: a one-shot deployment such as docker compose ends by itself. None: never.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
     """
@@ -49,5 +51,6 @@ class ServerConfig:
     client_ca: Path | None = None
     tokens: Path | None = None
     insecure: bool = False
+    stop_after_runs: int | None = None
     tap_log: Path | None = None
     tap: bool = False

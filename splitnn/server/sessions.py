@@ -52,6 +52,7 @@ class SessionRegistry:
         self._sessions: dict[str, HeadSession] = {}
         self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
+        self.finished_runs = 0  # closed as finished by their data holders
 
     def store_of(self, owner: str = ANONYMOUS_OWNER) -> ResumeStore:
         """The resume states of `owner`'s runs."""
@@ -130,6 +131,7 @@ class SessionRegistry:
         session = self.get(session_id, owner=owner)
         if finished:
             self.store_of(session.owner).clear(session.spec.run)
+            self.finished_runs += 1
         else:
             self.snapshot(session)
         self._drop(session)
