@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format proto check-protos bench clean
+.PHONY: demo test compose-test lint format proto check-protos bench clean
 
 # The virtualenv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# `docker compose up` for real (needs a Docker engine; set TORCH_INDEX_URL to build elsewhere).
+compose-test: $(STAMP)
+	$(BIN)/python -m pytest -m docker tests/e2e/test_compose.py
 
 lint: $(STAMP) check-protos
 	$(BIN)/ruff check .
