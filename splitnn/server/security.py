@@ -48,8 +48,13 @@ def check(cfg: ServerConfig) -> None:
 def credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
     """TLS (mutual with `client_ca`) server credentials; None for plaintext."""
     if cfg.tls_cert is None or cfg.tls_key is None:
-        where = "on loopback" if is_loopback(cfg.host) else "beyond loopback (--insecure)"
-        logger.warning("no TLS: traffic is plaintext %s", where)
+        if is_loopback(cfg.host):
+            logger.info("no TLS: plaintext on loopback")
+        else:
+            logger.warning(
+                "no TLS: plaintext beyond loopback (--insecure): anyone on the path "
+                "reads the cut tensors, the labels and the session tokens"
+            )
         return None
     ca = _read(cfg.client_ca) if cfg.client_ca is not None else None
     return grpc.ssl_server_credentials(
@@ -67,7 +72,8 @@ def authenticator(cfg: ServerConfig) -> Authenticator:
         raise SecurityError(str(error)) from None
     found = Authenticator(certificates=cfg.client_ca is not None, tokens=tokens)
     if found.anonymous:
-        logger.warning("no authentication: every caller is one anonymous party with every role")
+        log = logger.info if is_loopback(cfg.host) else logger.warning
+        log("no authentication: every caller is one anonymous party with every role")
     return found
 
 
