@@ -146,16 +146,21 @@ def test_roles_a_tap_cannot_train_a_holder_cannot_subscribe(mtls: RunningServer,
     assert subscribe("attacker") == Code.DEADLINE_EXCEEDED  # subscribed; nothing was sent
 
 
-def test_tokens_name_parties_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_tokens_name_parties_and_unknown_ones_are_refused(
+    tmp_path: Path, pki: Pki, tls: bool
+) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("# name role token\nalice holder alices-token-0123456789\n")
-    running = _serve(tmp_path, tokens=tokens)
+    tls_files = {"tls_cert": pki.certs / "server.pem", "tls_key": pki.certs / "server.key"}
+    running = _serve(tmp_path, tokens=tokens, **(tls_files if tls else {}))
     (tmp_path / "good").write_text("alices-token-0123456789\n")
     (tmp_path / "bad").write_text("someone-elses-token-000\n")
+    ca = pki.certs / "ca.pem" if tls else None
     try:
-        unknown = _code(lambda: _link(running, Credentials(token_file=tmp_path / "bad")))
-        missing = _code(lambda: _link(running, Credentials()))
-        with _link(running, Credentials(token_file=tmp_path / "good")) as link:
+        unknown = _code(lambda: _link(running, Credentials(ca=ca, token_file=tmp_path / "bad")))
+        missing = _code(lambda: _link(running, Credentials(ca=ca)))
+        with _link(running, Credentials(ca=ca, token_file=tmp_path / "good")) as link:
             link.train_step(StepId(RUN, 1, 0), *_batch(0))
             owner = running.sessions.get(link.session_id).owner
     finally:
