@@ -136,8 +136,9 @@ class SessionRegistry:
             self.snapshot(session)
         self._drop(session)
         logger.info(
-            "session %s: run %s closed%s",
+            "session %s: %s's run %s closed%s",
             session_id[:8],
+            session.owner,
             session.spec.run,
             " (finished)" if finished else "",
         )
@@ -156,8 +157,9 @@ class SessionRegistry:
             self._drop(session)
             dropped += 1
             logger.info(
-                "session %s: run %s expired after %.0f s idle (saved at %s)",
+                "session %s: %s's run %s expired after %.0f s idle (saved at %s)",
                 session.session_id[:8],
+                session.owner,
                 session.spec.run,
                 ttl,
                 session.last_step,
