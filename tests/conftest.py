@@ -9,8 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 
 from splitnn.client.transport import SessionSettings
+from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
@@ -69,3 +71,20 @@ def idle_train_streams(channel: grpc.Channel, count: int) -> tuple[list[Any], th
         SERVICE + "Train", request_serializer=None, response_deserializer=None
     )
     return [train(nothing(), timeout=300) for _ in range(count)], release
+
+
+def start_server(model_dir: Path, **changes: Any) -> RunningServer:
+    """A real server on a free loopback port, the CLI's defaults but for `changes`."""
+    settings = {"port": 0, "model_dir": model_dir, "grace": 0.5, **changes}
+    return build_server(ServerConfig(**settings))
+
+
+def address_of(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def seeded_batch(seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cut tensor float32 [size, 500] in [-1, 1] and its labels int64 [size], from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    activations = torch.rand(size, *CUT_SHAPE, generator=generator) * 2 - 1
+    return activations, torch.randint(0, 10, (size,), generator=generator)

@@ -16,7 +16,7 @@ from splitnn.attacker.intercept import InterceptError
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
-from splitnn.common.credentials import CredentialError, credential_options, credentials_from_cli
+from splitnn.common.credentials import CredentialError, credential_options
 from splitnn.common.datasets import DATASETS, DatasetError, load_splits
 from splitnn.common.logs import configure_logging
 from splitnn.common.wirelog import WireLogError, read_wirelog
@@ -156,11 +156,8 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
     """
     if (options["from_log"] is None) == (options["live"] is None):
         raise click.UsageError("give exactly one of --from-log FILE or --live HOST:PORT")
-    names = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")
-    credentials = credentials_from_cli(**{name: options.pop(name) for name in names})
     cfg = AttackConfig(
         run=options.pop("run_name"),
-        credentials=credentials,
         progress=not ctx.obj["quiet"] and sys.stderr.isatty(),
         **options,
     )

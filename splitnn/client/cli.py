@@ -14,7 +14,7 @@ from splitnn.client.resume import ResumeError
 from splitnn.client.transport import ServerRefused, ServerUnreachable
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
-from splitnn.common.credentials import CredentialError, credential_options, credentials_from_cli
+from splitnn.common.credentials import CredentialError, Credentials, credential_options
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
 
@@ -145,11 +145,7 @@ def main(
     resume: bool,
     restart: bool,
     send_indices: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_server_name: str | None,
-    token_file: Path | None,
+    credentials: Credentials,
     from_checkpoint: Path | None,
     as_json: bool,
     quiet: bool,
@@ -202,13 +198,7 @@ def main(
         resume=resume,
         restart=restart,
         send_indices=send_indices,
-        credentials=credentials_from_cli(
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_server_name=tls_server_name,
-            token_file=token_file,
-        ),
+        credentials=credentials,
         from_checkpoint=from_checkpoint,
         progress=not quiet and sys.stderr.isatty(),
     )

@@ -8,10 +8,11 @@ With a CA the channel is TLS and the server's certificate must name the address'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import click
 import grpc
@@ -88,38 +89,46 @@ def open_channel(
     return grpc.secure_channel(address, ssl, options=options)
 
 
+_OPTION_NAMES = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")
+
+
 def credential_options(function: F) -> F:
-    """The TLS and token options of every program that calls the server, as `credentials`."""
+    """Adds the TLS and token options of every program that calls the server; the command
+    receives them as one argument, ``credentials: Credentials`` (a usage error if unusable)."""
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = [kwargs.pop(name) for name in _OPTION_NAMES]
+        try:
+            credentials = Credentials(*given)
+        except CredentialError as error:
+            raise click.UsageError(str(error)) from None
+        return function(*args, credentials=credentials, **kwargs)
+
+    file = click.Path(dir_okay=False, exists=True, path_type=Path)
     options = [
-        click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     help="CA certificate (PEM) that signed the server's: use TLS."),
-        click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     help="This party's certificate (PEM), for mutual TLS."),
-        click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     help="This party's private key (PEM), for mutual TLS."),
-        click.option("--tls-server-name", default=None,
-                     help="Name the server's certificate must carry. Default: the host."),
-        click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     help="File whose first line is this party's bearer token."),
-    ]  # fmt: skip
+        click.option(
+            "--tls-ca", type=file, help="CA certificate (PEM) that signed the server's: use TLS."
+        ),
+        click.option(
+            "--tls-cert", type=file, help="This party's certificate (PEM), for mutual TLS."
+        ),
+        click.option(
+            "--tls-key", type=file, help="This party's private key (PEM), for mutual TLS."
+        ),
+        click.option(
+            "--tls-server-name",
+            default=None,
+            help="Name the server's certificate must carry. Default: the host.",
+        ),
+        click.option(
+            "--token-file", type=file, help="File whose first line is this party's bearer token."
+        ),
+    ]
+    wrapped: Any = command
     for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def credentials_from_cli(
-    *,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_server_name: str | None,
-    token_file: Path | None,
-) -> Credentials:
-    """The `Credentials` of the options `credential_options` adds (a usage error if unusable)."""
-    try:
-        return Credentials(tls_ca, tls_cert, tls_key, tls_server_name, token_file)
-    except CredentialError as error:
-        raise click.UsageError(str(error)) from None
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
 
 
 def _read(path: Path | None) -> bytes:

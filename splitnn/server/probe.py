@@ -7,7 +7,6 @@ With TLS, give the CA (``--tls-ca``); a server that requires client certificates
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 import grpc
@@ -17,7 +16,6 @@ from splitnn.common.credentials import (
     CredentialError,
     Credentials,
     credential_options,
-    credentials_from_cli,
     open_channel,
 )
 
@@ -42,20 +40,9 @@ def probe(address: str, *, timeout: float = 3.0, credentials: Credentials | None
 def main(
     address: str,
     timeout: float,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_server_name: str | None,
-    token_file: Path | None,
+    credentials: Credentials,
 ) -> None:
     """Exit 0 if the splitnn-server at ADDRESS reports SERVING, else 1."""
-    credentials = credentials_from_cli(
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_server_name=tls_server_name,
-        token_file=token_file,
-    )
     try:
         serving = probe(address, timeout=timeout, credentials=credentials)
     except CredentialError as error:

@@ -21,12 +21,10 @@ from splitnn.client.transport import ServerLink, ServerRefused, ServerUnreachabl
 from splitnn.common.certs import make_certificates
 from splitnn.common.codec import StepId, tensor_to_proto
 from splitnn.common.credentials import Credentials, open_channel
-from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
-from splitnn.server.app import RunningServer, build_server
-from splitnn.server.config import ServerConfig
-from tests.conftest import settings
+from splitnn.server.app import RunningServer
+from tests.conftest import address_of, seeded_batch, settings, start_server
 from tests.proxy import CuttingProxy
 
 B = 8
@@ -56,8 +54,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _serve(tmp_path: Path, **changes: Any) -> RunningServer:
-    base = {"port": 0, "model_dir": tmp_path / "models", "grace": 0.5}
-    return build_server(ServerConfig(**{**base, **changes}))
+    return start_server(tmp_path / "models", **changes)
 
 
 @pytest.fixture
@@ -74,19 +71,9 @@ def mtls(tmp_path: Path, pki: Pki) -> Iterator[RunningServer]:
     running.shutdown(grace=0.0)
 
 
-def _address(server: RunningServer) -> str:
-    return f"127.0.0.1:{server.port}"
-
-
-def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    activations = torch.rand(B, *CUT_SHAPE, generator=generator) * 2 - 1
-    return activations, torch.randint(0, 10, (B,), generator=generator)
-
-
 def _link(server: RunningServer, credentials: Credentials, **changes: Any) -> ServerLink:
     spec = dataclasses.replace(settings(RUN, max_batch_size=B), **changes)
-    return ServerLink(_address(server), spec, connect_timeout=3.0, credentials=credentials)
+    return ServerLink(address_of(server), spec, connect_timeout=3.0, credentials=credentials)
 
 
 def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -132,7 +119,7 @@ def test_roles_a_tap_cannot_train_a_holder_cannot_subscribe(mtls: RunningServer,
     tap_refused = _code(lambda: _link(mtls, pki.party("attacker")))
 
     def subscribe(name: str) -> grpc.StatusCode:
-        with open_channel(_address(mtls), pki.party(name)) as channel:
+        with open_channel(address_of(mtls), pki.party(name)) as channel:
             stream = pb_grpc.TapStub(channel).Subscribe(pb.TapRequest(), timeout=2.0)
             try:
                 next(stream)
@@ -161,7 +148,7 @@ def test_tokens_name_parties_and_unknown_ones_are_refused(
         unknown = _code(lambda: _link(running, Credentials(ca=ca, token_file=tmp_path / "bad")))
         missing = _code(lambda: _link(running, Credentials(ca=ca)))
         with _link(running, Credentials(ca=ca, token_file=tmp_path / "good")) as link:
-            link.train_step(StepId(RUN, 1, 0), *_batch(0))
+            link.train_step(StepId(RUN, 1, 0), *seeded_batch(0))
             owner = running.sessions.get(link.session_id).owner
     finally:
         running.shutdown(grace=0.0)
@@ -174,7 +161,7 @@ def _alice_trains(server: RunningServer, pki: Pki, between: Callable[[str], None
     """Alice's 4 steps; `between(session_id)` runs after each. Her head's weights after."""
     with _link(server, pki.party("alice")) as link:
         for batch in range(4):
-            link.train_step(StepId(RUN, 1, batch), *_batch(batch))
+            link.train_step(StepId(RUN, 1, batch), *seeded_batch(batch))
             link.checkpoint(f"epoch={batch}", replace_previous=True)
             between(link.session_id)
         session = server.sessions.get(link.session_id)
@@ -207,7 +194,7 @@ def test_holder_b_cannot_touch_holder_as_run(tmp_path: Path, pki: Pki) -> None:
         with _link(server, pki.party("bob"), resume=True) as bob:  # Alice's run name
             outcomes.append(("bob's own session", (bob.session_id != alices_session, bob.resumed)))
             stub = pb_grpc.SplitLearningStub(bob._channel)
-            activations, labels = _batch(99)
+            activations, labels = seeded_batch(99)
             foreign = pb.TrainRequest(
                 session_id=alices_session,
                 step=pb.StepId(run=RUN, epoch=9, batch=0),
@@ -232,7 +219,7 @@ def test_holder_b_cannot_touch_holder_as_run(tmp_path: Path, pki: Pki) -> None:
                 outcomes.append((name, _code(call)))
             outcomes.append(("restore alice's label", _code(lambda: bob.restore("epoch=0"))))
             outcomes.append(("restore a label nobody wrote", _code(lambda: bob.restore("nope"))))
-            bob.train_step(StepId(RUN, 1, 0), *_batch(50))
+            bob.train_step(StepId(RUN, 1, 0), *seeded_batch(50))
             bob.checkpoint("epoch=0", replace_previous=True)  # Alice's label, Bob's file
         with _link(server, pki.party("bob"), resume=False):  # starting "her" run over
             pass
@@ -268,11 +255,11 @@ def test_holder_b_cannot_touch_holder_as_run(tmp_path: Path, pki: Pki) -> None:
 def test_a_passive_observer_sees_neither_session_ids_nor_labels(
     tmp_path: Path, mtls: RunningServer, pki: Pki
 ) -> None:
-    activations, labels = _batch(7)
+    activations, labels = seeded_batch(7)
     label_bytes = tensor_to_proto(labels).data
 
     def observe(server: RunningServer, credentials: Credentials) -> tuple[bytes, str]:
-        with CuttingProxy(_address(server), every=None) as proxy:
+        with CuttingProxy(address_of(server), every=None) as proxy:
             spec = settings(RUN, max_batch_size=B)
             credentials = dataclasses.replace(credentials, server_name="localhost")
             with ServerLink(proxy.address, spec, credentials=credentials) as link:
@@ -311,7 +298,7 @@ def test_tap_with_a_tap_certificate_receives_what_alice_sent(mtls: RunningServer
     ready = threading.Event()
 
     def listen() -> None:
-        with open_channel(_address(mtls), pki.party("attacker")) as channel:
+        with open_channel(address_of(mtls), pki.party("attacker")) as channel:
             stream = pb_grpc.TapStub(channel).Subscribe(pb.TapRequest(), timeout=30)
             ready.set()
             received.append(next(stream))
@@ -324,7 +311,7 @@ def test_tap_with_a_tap_certificate_receives_what_alice_sent(mtls: RunningServer
     while mtls.hub.subscribers == 0:
         threading.Event().wait(0.01)
     with _link(mtls, pki.party("alice")) as link:
-        link.train_step(StepId(RUN, 1, 0), *_batch(0))
+        link.train_step(StepId(RUN, 1, 0), *seeded_batch(0))
     thread.join(timeout=30)
 
     assert len(received) == 1 and received[0].owner == "alice"
@@ -338,6 +325,6 @@ def test_the_health_probe_speaks_tls(mtls: RunningServer, pki: Pki) -> None:
         ca=pki.certs / "ca.pem", cert=pki.certs / "server.pem", key=pki.certs / "server.key"
     )
 
-    assert probe(_address(mtls), credentials=server_itself)
-    assert not probe(_address(mtls), credentials=Credentials(ca=pki.certs / "ca.pem"))
-    assert not probe(_address(mtls), timeout=1.0)
+    assert probe(address_of(mtls), credentials=server_itself)
+    assert not probe(address_of(mtls), credentials=Credentials(ca=pki.certs / "ca.pem"))
+    assert not probe(address_of(mtls), timeout=1.0)

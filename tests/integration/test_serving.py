@@ -29,7 +29,14 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from splitnn.server.head import ANONYMOUS_OWNER
-from tests.conftest import idle_train_streams, send_raw, settings
+from tests.conftest import (
+    address_of,
+    idle_train_streams,
+    seeded_batch,
+    send_raw,
+    settings,
+    start_server,
+)
 from tests.proxy import CuttingProxy
 
 B = 8
@@ -38,8 +45,7 @@ Code = grpc.StatusCode
 
 
 def _serve(tmp_path: Path, **changes: Any) -> RunningServer:
-    settings = {"port": 0, "model_dir": tmp_path / "models", "grace": 1.0, **changes}
-    return build_server(ServerConfig(**settings))
+    return start_server(tmp_path / "models", **changes)
 
 
 @pytest.fixture
@@ -49,16 +55,6 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     running.shutdown(grace=0.0)
 
 
-def _address(server: RunningServer) -> str:
-    return f"127.0.0.1:{server.port}"
-
-
-def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    activations = torch.rand(B, *CUT_SHAPE, generator=generator) * 2 - 1
-    return activations, torch.randint(0, 10, (B,), generator=generator)
-
-
 def _holder(address: str, run: str, steps: int) -> int:
     """A data holder's session: trains, evaluates, checkpoints, restores; returns steps done.
 
@@ -66,8 +62,8 @@ def _holder(address: str, run: str, steps: int) -> int:
     """
     with ServerLink(address, settings(run, max_batch_size=B), step_timeout=TIMEOUT) as link:
         for batch in range(steps):
-            link.train_step(StepId(run, 1, batch), *_batch(batch))
-            link.evaluate(StepId(run, 1, batch), _batch(100 + batch)[0], split="val")
+            link.train_step(StepId(run, 1, batch), *seeded_batch(batch))
+            link.evaluate(StepId(run, 1, batch), seeded_batch(100 + batch)[0], split="val")
         link.checkpoint(f"{run}-head", replace_previous=True)
         link.restore(f"{run}-head")
         link.close(finished=True)
@@ -80,7 +76,7 @@ def _reference_head(steps: int) -> dict[str, torch.Tensor]:
     head = build_head(spec.seed, spec.num_classes)
     optimizer = make_optimizer(head, spec.lr)
     for batch in range(steps):
-        activations, labels = _batch(batch)
+        activations, labels = seeded_batch(batch)
         optimizer.zero_grad()
         F.cross_entropy(head(activations), labels).backward()
         optimizer.step()
@@ -98,7 +94,7 @@ def test_sixteen_holders_at_once_all_finish(server: RunningServer) -> None:
     runs = [f"holder-{k}" for k in range(16)]
 
     with ThreadPoolExecutor(len(runs)) as pool:
-        done = list(pool.map(lambda run: _holder(_address(server), run, steps=6), runs))
+        done = list(pool.map(lambda run: _holder(address_of(server), run, steps=6), runs))
 
     assert done == [6] * 16
     heads = server.sessions.model_dir / "heads" / ANONYMOUS_OWNER
@@ -109,7 +105,7 @@ def test_sixteen_holders_at_once_all_finish(server: RunningServer) -> None:
 
 
 def test_health_and_a_holder_are_served_beside_64_idle_streams(server: RunningServer) -> None:
-    address = _address(server)
+    address = address_of(server)
     with grpc.insecure_channel(address) as channel:
         streams, release = idle_train_streams(channel, 64)
         try:
@@ -141,20 +137,20 @@ def test_undecodable_bytes_are_invalid_argument(
     server: RunningServer, method: str, payload: bytes
 ) -> None:
     with (
-        grpc.insecure_channel(_address(server)) as channel,
+        grpc.insecure_channel(address_of(server)) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
         send_raw(channel, method, payload)
 
     assert refused.value.code() == Code.INVALID_ARGUMENT
     assert "not a valid" in str(refused.value.details())
-    assert _holder(_address(server), "after-garbage", steps=2) == 2  # still trains
+    assert _holder(address_of(server), "after-garbage", steps=2) == 2  # still trains
 
 
 def test_tap_refuses_undecodable_bytes(tmp_path: Path) -> None:
     running = build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap=True))
     try:
-        with grpc.insecure_channel(_address(running)) as channel:
+        with grpc.insecure_channel(address_of(running)) as channel:
             subscribe = channel.unary_stream(
                 "/splitnn.v1.Tap/Subscribe", request_serializer=None, response_deserializer=None
             )
@@ -189,7 +185,7 @@ def _refusal(call: Callable[[], object]) -> grpc.RpcError:
 def test_one_session_over_the_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
     running = _serve(tmp_path, max_sessions=2)
     try:
-        with grpc.insecure_channel(_address(running)) as channel:
+        with grpc.insecure_channel(address_of(running)) as channel:
             _open(channel, "first")
             _open(channel, "second")
             # A deadline, so a hang would read DEADLINE_EXCEEDED, not RESOURCE_EXHAUSTED.
@@ -206,13 +202,13 @@ def test_one_session_over_the_limit_is_resource_exhausted_at_once(tmp_path: Path
 def test_one_call_over_the_stream_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
     running = _serve(tmp_path, max_streams=4)
     try:
-        with grpc.insecure_channel(_address(running)) as channel:
+        with grpc.insecure_channel(address_of(running)) as channel:
             _, release = idle_train_streams(channel, 4)
             deadline = time.monotonic() + 10
             while running.service.open_calls < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
             refused = _refusal(lambda: _open(channel, "fifth"))
-            status = _health(_address(running))
+            status = _health(address_of(running))
             release.set()
     finally:
         running.shutdown(grace=0.0)
@@ -226,7 +222,7 @@ def test_a_request_over_the_inflight_limit_is_resource_exhausted_at_once(tmp_pat
     busy = threading.Event()
     running.executor.submit(busy.wait, 30)  # the compute thread is taken
     try:
-        with grpc.insecure_channel(_address(running)) as channel, ThreadPoolExecutor(1) as pool:
+        with grpc.insecure_channel(address_of(running)) as channel, ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(_open, channel, "queued")  # takes the one place in flight
             deadline = time.monotonic() + 10
             while running.service.inflight < 1 and time.monotonic() < deadline:
@@ -246,16 +242,16 @@ def test_idle_session_expires_saved_and_its_holder_resumes(tmp_path: Path) -> No
     running = _serve(tmp_path, session_ttl=0.5)
     run = settings().run
     try:
-        with ServerLink(_address(running), settings(max_batch_size=B)) as link:
+        with ServerLink(address_of(running), settings(max_batch_size=B)) as link:
             for batch in range(2):
-                link.train_step(StepId(run, 1, batch), *_batch(batch))
+                link.train_step(StepId(run, 1, batch), *seeded_batch(batch))
             first_id = link.session_id
             deadline = time.monotonic() + 20
             while len(running.sessions) and time.monotonic() < deadline:
                 time.sleep(0.05)
             expired = len(running.sessions) == 0
             saves = [s.path.name for s in running.sessions.store_of().saves(run)]
-            link.train_step(StepId(run, 1, 2), *_batch(2))  # the link reopens the session
+            link.train_step(StepId(run, 1, 2), *seeded_batch(2))  # the link reopens the session
             session = running.sessions.get(link.session_id)
             resumed_id, steps = link.session_id, session.steps_applied
             weights = {k: v.clone() for k, v in session.head.state_dict().items()}
@@ -270,7 +266,7 @@ def test_idle_session_expires_saved_and_its_holder_resumes(tmp_path: Path) -> No
 
 def test_shutdown_is_not_held_by_idle_streams(tmp_path: Path) -> None:
     running = _serve(tmp_path, grace=30.0)
-    with grpc.insecure_channel(_address(running)) as channel:
+    with grpc.insecure_channel(address_of(running)) as channel:
         _, release = idle_train_streams(channel, 8)
         opened = _open(channel, "live")
         train = channel.stream_stream(
@@ -278,7 +274,7 @@ def test_shutdown_is_not_held_by_idle_streams(tmp_path: Path) -> None:
             request_serializer=pb.TrainRequest.SerializeToString,
             response_deserializer=pb.TrainReply.FromString,
         )
-        activations, labels = _batch(0)
+        activations, labels = seeded_batch(0)
         request = pb.TrainRequest(
             session_id=opened.session_id, step=pb.StepId(run="live", epoch=1, batch=0),
             activations=tensor_to_proto(activations), labels=tensor_to_proto(labels),
@@ -303,11 +299,11 @@ def test_a_step_past_its_timeout_is_sent_again_and_applied_once(
     run = settings().run
     try:
         with ServerLink(
-            _address(running), settings(max_batch_size=B), step_timeout=0.5, reconnect_timeout=30
+            address_of(running), settings(max_batch_size=B), step_timeout=0.5, reconnect_timeout=30
         ) as link:
             running.executor.submit(busy.wait, 30)  # the head is stuck for a while
             threading.Timer(1.5, busy.set).start()
-            reply = link.train_step(StepId(run, 1, 0), *_batch(0))
+            reply = link.train_step(StepId(run, 1, 0), *seeded_batch(0))
             session = running.sessions.get(link.session_id)
             steps = session.steps_applied
             weights = {k: v.clone() for k, v in session.head.state_dict().items()}
@@ -353,8 +349,8 @@ def test_open_session_cut_once_is_retried(
     monkeypatch.setattr(pb_grpc, "SplitLearningStub", stub_cutting_the_first_open)
     run = settings().run
 
-    with ServerLink(_address(server), settings(max_batch_size=B), connect_timeout=30) as link:
-        link.train_step(StepId(run, 1, 0), *_batch(0))
+    with ServerLink(address_of(server), settings(max_batch_size=B), connect_timeout=30) as link:
+        link.train_step(StepId(run, 1, 0), *seeded_batch(0))
         live = len(server.sessions)
 
     assert len(calls) == 2 and live == 1
@@ -395,8 +391,8 @@ def _train_through(address: str, server: RunningServer, steps: int) -> Trained:
 def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:
     uncut, cut = _serve(tmp_path / "uncut"), _serve(tmp_path / "cut")
     try:
-        reference = _train_through(_address(uncut), uncut, 80)
-        with CuttingProxy(_address(cut), seed=5) as proxy:
+        reference = _train_through(address_of(uncut), uncut, 80)
+        with CuttingProxy(address_of(cut), seed=5) as proxy:
             trained = _train_through(proxy.address, cut, 80)
             cuts = proxy.cuts
     finally:
