@@ -29,6 +29,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from splitnn.common.processes import listening_address
+
 BATCH = 128
 TIMEOUT_S = 900.0
 
@@ -123,7 +125,11 @@ def one_round(n: int, steps: int, tmp: Path) -> Round:
             str(tmp / f"server-{n}"),
         ]
     )
-    address = read_line(server).removeprefix("listening on ")
+    line = read_line(server)
+    address = listening_address(line)
+    if address is None:
+        server.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
     threads = max(1, (os.cpu_count() or 1) // n)
     holders = [
         start(

@@ -30,6 +30,7 @@ from splitnn.client.transport import ServerLink, SessionSettings
 from splitnn.common.codec import StepId
 from splitnn.common.models import build_body, build_head, make_optimizer
 from splitnn.common.noise import LaplaceNoise
+from splitnn.common.processes import listening_address
 
 BATCH = 128
 
@@ -42,11 +43,12 @@ def start_server(model_dir: Path) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("listening on "):
+    line = process.stdout.readline()
+    address = listening_address(line)
+    if address is None:
         process.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return process, line.removeprefix("listening on ")
+        raise RuntimeError(f"server did not start: {line.strip()!r}")
+    return process, address
 
 
 def main() -> None:

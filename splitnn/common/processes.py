@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +21,20 @@ from typing import IO, Any
 logger = logging.getLogger(__name__)
 
 _TAIL_LINES = 15
+# The line `splitnn-server` prints on stdout once bound, e.g. "listening on 127.0.0.1:50051".
+_LISTENING = re.compile(r"listening on (\S+:\d+)")
 # Settings of the children come from the flags we pass, never from the caller's environment.
 _CHILD_PREFIXES = ("SPLITNN_SERVER_", "SPLITNN_CLIENT_", "SPLITNN_ATTACK_")
 
 
 class ProcessError(RuntimeError):
     """A program failed; the message carries the end of its log."""
+
+
+def listening_address(line: str) -> str | None:
+    """The HOST:PORT of the server's startup line ``listening on HOST:PORT``; None for any other."""
+    found = _LISTENING.fullmatch(line.strip())
+    return found.group(1) if found else None
 
 
 def program(name: str) -> str:
@@ -86,8 +95,8 @@ class ServerProcess:
             assert self.process.stdout is not None
             # Reads to the end, so a chatty server never blocks on a full pipe.
             for line in self.process.stdout:
-                if not found and line.startswith("listening on "):
-                    found.append(line.strip().removeprefix("listening on "))
+                if not found and (address := listening_address(line)) is not None:
+                    found.append(address)
                     ready.set()
             ready.set()  # end of output: the server has exited
 

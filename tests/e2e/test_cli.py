@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import torch
 
 from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.codec import tensor_to_proto
+from splitnn.common.processes import listening_address
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.head import ANONYMOUS_OWNER
@@ -28,7 +28,6 @@ BIN = Path(sys.executable).parent
 STARTUP_S = 60.0
 RUN_S = 180.0
 STEM = "mnist5k_00noise_00nopeek_epoch=1"  # the study's name for noise 0, NoPeek 0, epoch 1
-LISTENING = re.compile(r"^listening on (\S+:\d+)$")
 # Settings must come from the flags under test, not from the caller's environment.
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
 
@@ -64,8 +63,8 @@ def _start_server(model_dir: Path, *args: str) -> ServerProcess:
     threading.Thread(target=read, daemon=True).start()
     try:
         while (line := lines.get(timeout=STARTUP_S)) is not None:
-            if found := LISTENING.match(line):
-                return ServerProcess(process, found.group(1), model_dir, stderr)
+            if address := listening_address(line):
+                return ServerProcess(process, address, model_dir, stderr)
     except queue.Empty:
         process.kill()
         pytest.fail(f"splitnn-server said nothing for {STARTUP_S} s")
