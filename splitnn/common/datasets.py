@@ -180,14 +180,23 @@ def _idx_files(prefix: str, train: str, test: str) -> tuple[str, ...]:
     )
 
 
+# name -> (folder under the data root, the raw IDX files torchvision reads in its raw/ folder).
+# A data set without an entry ships inside a package (mnist5k).
+_RAW_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mnist": ("MNIST", _idx_files("", "train", "t10k")),
+    "fashion-mnist": ("FashionMNIST", _idx_files("", "train", "t10k")),
+    "emnist-letters": ("EMNIST", _idx_files("emnist-letters-", "train", "test")),
+}
+
+
 def _mnist_like(name: str, cls_name: str, text: str) -> _Reader:
     def read(root: Path, download: bool) -> _Source:
-        files = _idx_files("", "train", "t10k")
+        folder, files = _RAW_FILES[name]
         arrays = _read_torchvision(
-            _tv(cls_name), folder=cls_name, files=files, root=root, download=download
+            _tv(cls_name), folder=folder, files=files, root=root, download=download
         )
         _check_labels(name, arrays, 10)
-        description = f"{name}: {text} (torchvision, {root / cls_name})"
+        description = f"{name}: {text} (torchvision, {root / folder})"
         return _Source(10, description, arrays, _study_layout(arrays))
 
     return read
@@ -199,14 +208,14 @@ _register("fashion-mnist")(_mnist_like("fashion-mnist", "FashionMNIST", "Fashion
 
 @_register("emnist-letters")
 def _emnist_letters(root: Path, download: bool) -> _Source:
-    files = _idx_files("emnist-letters-", "train", "test")
+    folder, files = _RAW_FILES["emnist-letters"]
     make = _tv("EMNIST", split="letters")
-    arrays = _read_torchvision(make, folder="EMNIST", files=files, root=root, download=download)
+    arrays = _read_torchvision(make, folder=folder, files=files, root=root, download=download)
     # The source files store EMNIST images transposed, and letters as 1..26.
     arrays = {k: (x.transpose(1, 2).contiguous(), y - 1) for k, (x, y) in arrays.items()}
     _check_labels("emnist-letters", arrays, 26)
     text = "EMNIST letters a-z as classes 0-25, upright"
-    description = f"emnist-letters: {text} (torchvision, {root / 'EMNIST'})"
+    description = f"emnist-letters: {text} (torchvision, {root / folder})"
     return _Source(26, description, arrays, _study_layout(arrays))
 
 
@@ -230,6 +239,18 @@ def _mnist5k(root: Path, download: bool) -> _Source:
 
 
 DATASETS: tuple[str, ...] = tuple(sorted(_REGISTRY, key=lambda n: n != "mnist5k"))
+
+
+def locally_available(name: str, root: Path = Path("data")) -> bool:
+    """True if data set `name` loads without a download: its raw files are under `root`, or it
+    ships inside a package (mnist5k). False for an unknown name."""
+    if name not in _REGISTRY:
+        return False
+    if name not in _RAW_FILES:
+        return True
+    folder, files = _RAW_FILES[name]
+    raw = root / folder / "raw"
+    return all((raw / file).is_file() for file in files)
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from splitnn.common.datasets import load_splits
+from splitnn.common.datasets import load_splits, locally_available
 from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import run_attacks
-from splitnn.experiments.config import ExperimentConfig, locally_available
+from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, train_specs
 from splitnn.experiments.performance import write_classifier_tables
 from splitnn.experiments.records import fingerprint

@@ -6,15 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Raw IDX files torchvision needs per data set: a data set counts as available when they are there.
-_LOCAL_FILES = {
-    "mnist": ("MNIST", ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
-    "fashion-mnist": ("FashionMNIST", ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
-    "emnist-letters": (
-        "EMNIST",
-        ("emnist-letters-train-images-idx3-ubyte", "emnist-letters-test-images-idx3-ubyte"),
-    ),
-}
+# Re-exported: splitnn.experiments.attacks imports it from here.
+from splitnn.common.datasets import locally_available as locally_available
 
 
 @dataclass(frozen=True)
@@ -69,15 +62,6 @@ class ExperimentConfig:
     def threads_per_job(self) -> int:
         """Torch threads for each of `jobs` concurrent runs: the cores shared out, at least 1."""
         return max(1, (os.cpu_count() or 1) // self.jobs)
-
-
-def locally_available(dataset: str, data_dir: Path) -> bool:
-    """True if `dataset` can be loaded without a download (mnist5k always can)."""
-    if dataset not in _LOCAL_FILES:
-        return dataset == "mnist5k"
-    folder, files = _LOCAL_FILES[dataset]
-    raw = data_dir / folder / "raw"
-    return all((raw / name).is_file() for name in files)
 
 
 def default_dataset(data_dir: Path) -> str:
