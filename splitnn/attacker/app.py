@@ -17,6 +17,7 @@ from splitnn.attacker.validator import accuracy, load_or_train_validator
 from splitnn.common.checkpoints import save_checkpoint, setting_tag
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import load_splits
+from splitnn.common.seeds import SEEDING, seed_for
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def attacker_stem(cfg: AttackConfig, *, classifier: Path, aux: str) -> str:
 
 def run_attack(cfg: AttackConfig) -> AttackReport:
     """Runs the attack end to end; see `AttackConfig`."""
-    oracle = BodyOracle(cfg.classifier, set_noise=cfg.set_noise, seed=cfg.seed + 17)
+    oracle = BodyOracle(
+        cfg.classifier, set_noise=cfg.set_noise, seed=seed_for(cfg.seed, "oracle_noise")
+    )
     dataset = cfg.dataset or str(oracle.manifest.get("dataset", "mnist5k"))
     victim = load_splits(dataset, root=cfg.data_dir)
     aux_name = cfg.aux or dataset
@@ -121,7 +124,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
     # victim's images, as the reference did.
     cuts = intercepted.activations if noisy else oracle.query(originals, noisy=False)
 
-    decoder = build_decoder(cfg.decoder, seed=cfg.seed)
+    decoder = build_decoder(cfg.decoder, seed=seed_for(cfg.seed, "decoder"))
     train_decoder(
         decoder,
         oracle=oracle,
@@ -130,7 +133,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        seed=cfg.seed,
+        seed=seed_for(cfg.seed, "decoder_order"),
         progress=cfg.progress,
     )
     stem = attacker_stem(cfg, classifier=oracle.path, aux=aux_name)
@@ -197,4 +200,5 @@ def _manifest(cfg: AttackConfig, oracle: BodyOracle) -> dict[str, Any]:
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
+        "seeding": SEEDING,
     }

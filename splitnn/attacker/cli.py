@@ -19,6 +19,7 @@ from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.credentials import CredentialError, credential_options
 from splitnn.common.datasets import DATASETS, DatasetError, load_splits
 from splitnn.common.logs import configure_logging
+from splitnn.common.seeds import SEED_TYPE
 from splitnn.common.wirelog import WireLogError, read_wirelog
 
 _USER_ERRORS = (
@@ -117,7 +118,7 @@ def inspect(log: Path) -> None:
 @click.option("--epochs", type=click.IntRange(1), default=30)
 @click.option("--batch-size", type=click.IntRange(1), default=64)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3)
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED_TYPE, default=0)
 @click.option("--split", default="attack", help="Which intercepted split to invert.")
 @click.option("--run", "run_name", default=None, help="Which run of the log. Default: the last.")
 @click.option(
@@ -181,7 +182,7 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
 
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="mnist5k")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED_TYPE, default=0)
 @click.option(
     "--model-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models")
 )

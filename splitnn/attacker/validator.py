@@ -17,13 +17,18 @@ from tqdm import tqdm
 
 from splitnn.common.checkpoints import load_checkpoint, save_checkpoint
 from splitnn.common.datasets import DatasetSplits, epoch_permutation
-from splitnn.common.models import build_body, build_head
+from splitnn.common.models import Body, Head
+from splitnn.common.seeds import SEEDING, seed_for
 
 logger = logging.getLogger(__name__)
 
 
 def build_validator(seed: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(build_body(seed), build_head(seed + 1, num_classes))
+    """Part 1 and part 2 in one piece, initial weights from the validator's own stream of `seed`
+    (never the victim's: the victim of the same seed starts elsewhere)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, "validator"))
+        return nn.Sequential(Body(), Head(num_classes))
 
 
 def validator_path(model_dir: Path, dataset: str, seed: int, epochs: int = 5) -> Path:
@@ -37,16 +42,20 @@ def load_or_train_validator(
     path = validator_path(model_dir, splits.name, seed, epochs)
     model = build_validator(seed, splits.num_classes)
     if path.exists():
-        state, _ = load_checkpoint(path)
-        model.load_state_dict(state)
-        return model.eval()
+        state, manifest = load_checkpoint(path)
+        if manifest.get("seeding") == SEEDING:
+            model.load_state_dict(state)
+            return model.eval()
+        logger.info("%s was made under another seeding scheme: training it again", path)
     logger.info(
         "training the validation classifier on %s (%d images)", splits.name, len(splits.train)
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in tqdm(range(1, epochs + 1), desc="validator", disable=not progress, leave=False):
         model.train()
-        order = epoch_permutation(len(splits.train), seed=seed + 1000, epoch=epoch)
+        order = epoch_permutation(
+            len(splits.train), seed=seed_for(seed, "validator_order"), epoch=epoch
+        )
         for start in range(0, len(order), 128):
             idx = order[start : start + 128]
             optimizer.zero_grad(set_to_none=True)
@@ -61,6 +70,7 @@ def load_or_train_validator(
             "part": "validator",
             "dataset": splits.name,
             "seed": seed,
+            "seeding": SEEDING,
             "epochs": epochs,
             "test_accuracy": test_accuracy,
         },

@@ -15,9 +15,8 @@ import torch
 from splitnn.client.config import ClientConfig
 from splitnn.client.progress import EpochRecord
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.trainer import EVAL_BATCH_SIZE, SplitTrainer
 from splitnn.client.training import (
-    HEAD_SEED_OFFSET,
     TrainingRun,
     eval_noise,
     resume_settings,
@@ -34,6 +33,7 @@ from splitnn.common.checkpoints import (
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
+from splitnn.common.seeds import seed_for
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def run(cfg: ClientConfig) -> RunReport:
         run=name,
         num_classes=splits.num_classes,
         lr=cfg.lr,
-        seed=cfg.seed + HEAD_SEED_OFFSET,
-        max_batch_size=max(cfg.batch_size, 500),
+        seed=seed_for(cfg.seed, "head"),
+        max_batch_size=max(cfg.batch_size, EVAL_BATCH_SIZE),
         resume=saved is not None,
     )
     with ServerLink(
@@ -110,14 +110,14 @@ def run(cfg: ClientConfig) -> RunReport:
         credentials=cfg.credentials,
     ) as link:
         trainer = SplitTrainer(
-            body=build_body(cfg.seed),
+            body=build_body(seed_for(cfg.seed, "body")),
             link=link,
             run=name,
             noise=training_noise(cfg),
             nopeek=cfg.nopeek,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
-            seed=cfg.seed,
+            seed=seed_for(cfg.seed, "batch_order"),
             send_indices=cfg.send_indices,
         )
         if trained is not None:

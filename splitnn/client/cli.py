@@ -17,6 +17,8 @@ from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.credentials import CredentialError, Credentials, credential_options
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
+from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.seeds import SEED_TYPE
 
 _NONNEG = click.FloatRange(min=0.0, max=1e6)
 
@@ -41,11 +43,11 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
 @click.option(
     "--batch-size",
     type=click.IntRange(2, 1024),
-    default=128,
-    help="The study used 128, and 32 with NoPeek.",
+    default=PLAIN_BATCH_SIZE,
+    help=f"The study used {PLAIN_BATCH_SIZE}, and {NOPEEK_BATCH_SIZE} with NoPeek.",
 )
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True, max=1.0), default=1e-4)
-@click.option("--seed", type=int, default=0, help="Seeds weights, shuffling and noise.")
+@click.option("--seed", type=SEED_TYPE, default=0, help="Seeds weights, shuffling and noise.")
 @click.option(
     "--max-steps",
     type=click.IntRange(1),

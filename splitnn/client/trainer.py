@@ -17,6 +17,10 @@ from splitnn.common.distcorr import distance_correlation
 from splitnn.common.models import Body, make_optimizer
 from splitnn.common.noise import LaplaceNoise
 
+# Validation, test and deployment batches; the session admits batches up to
+# max(training batch, EVAL_BATCH_SIZE).
+EVAL_BATCH_SIZE = 500
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -88,7 +92,9 @@ class SplitTrainer:
         sent = self.noise(cut.detach())
         reply = self.link.train_step(step, sent, labels, indices, save=save)
         # The noise is additive, so d loss / d cut equals the gradient w.r.t. what was sent.
-        if self.nopeek > 0.0:
+        # Distance correlation needs two samples: a one-sample batch (an epoch's last, say)
+        # trains on the task loss alone.
+        if self.nopeek > 0.0 and len(images) >= 2:
             penalty = self.nopeek * distance_correlation(images, cut)
             torch.autograd.backward((cut, penalty), (reply.gradient, torch.ones_like(penalty)))
         else:
@@ -147,7 +153,13 @@ class SplitTrainer:
 
     @torch.no_grad()
     def evaluate(
-        self, split: str, data: Subset, *, noise: LaplaceNoise, tag: int = 0, batch_size: int = 500
+        self,
+        split: str,
+        data: Subset,
+        *,
+        noise: LaplaceNoise,
+        tag: int = 0,
+        batch_size: int = EVAL_BATCH_SIZE,
     ) -> EvalResult:
         """Accuracy of the split model on `data`, the cut tensor noised by `noise`.
 

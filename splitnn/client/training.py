@@ -31,13 +31,10 @@ from splitnn.common.codec import StepId
 from splitnn.common.datasets import DatasetSplits
 from splitnn.common.models import build_body, make_optimizer
 from splitnn.common.noise import LaplaceNoise
+from splitnn.common.seeds import SEEDING, seed_for
 
 logger = logging.getLogger(__name__)
 
-# Independent random streams derived from one --seed.
-HEAD_SEED_OFFSET = 1
-NOISE_SEED_OFFSET = 2
-EVAL_NOISE_SEED_OFFSET = 3
 # What must not change between a run and its resumption.
 _RESUME_SETTINGS = (
     "dataset",
@@ -53,13 +50,18 @@ _RESUME_SETTINGS = (
 
 
 def training_noise(cfg: ClientConfig) -> LaplaceNoise:
-    return LaplaceNoise(cfg.noise, seed=cfg.seed + NOISE_SEED_OFFSET)
+    return LaplaceNoise(cfg.noise, seed=seed_for(cfg.seed, "train_noise"))
 
 
 def eval_noise(cfg: ClientConfig) -> LaplaceNoise:
     """Noise for testing and deployment: --eval-noise if given, else the training noise."""
     scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
-    return LaplaceNoise(scale, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+    return LaplaceNoise(scale, seed=seed_for(cfg.seed, "eval_noise"))
+
+
+def validation_noise(cfg: ClientConfig) -> LaplaceNoise:
+    """Noise of the per-epoch validation: the training scale, on the evaluation stream."""
+    return LaplaceNoise(cfg.noise, seed=seed_for(cfg.seed, "eval_noise"))
 
 
 def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
@@ -84,7 +86,7 @@ class TrainingRun:
         self.trainer = trainer
         self.state_path = state_path
         self.progress = Progress()
-        self.val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+        self.val_noise = validation_noise(cfg)
 
     def load(self, state: HolderState) -> None:
         """Continues from a saved state (the server continues from the same step)."""
@@ -174,10 +176,10 @@ class TrainingRun:
 
     def _reset(self) -> None:
         cfg, trainer = self.cfg, self.trainer
-        trainer.body.load_state_dict(build_body(cfg.seed).state_dict())
+        trainer.body.load_state_dict(build_body(seed_for(cfg.seed, "body")).state_dict())
         trainer.optimizer = make_optimizer(trainer.body, cfg.lr)
         trainer.noise = training_noise(cfg)
-        self.val_noise = LaplaceNoise(cfg.noise, seed=cfg.seed + EVAL_NOISE_SEED_OFFSET)
+        self.val_noise = validation_noise(cfg)
         self.progress = Progress()
         trainer.link.position = trainer.link.saved = None
 
@@ -203,7 +205,7 @@ class TrainingRun:
             "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
-            "noise_seed": cfg.seed + NOISE_SEED_OFFSET,
+            "seeding": SEEDING,
             "server": cfg.server,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -31,6 +31,7 @@ from splitnn.common.processes import (
     run_checked,
     run_json,
 )
+from splitnn.common.seeds import SEEDING
 from splitnn.experiments import wirelogs
 from splitnn.experiments.config import ExperimentConfig, locally_available
 from splitnn.experiments.grid import (
@@ -125,6 +126,7 @@ def attack_settings(
         "decoder": cfg.decoder,
         "epochs": cfg.attack_epochs,
         "seed": ATTACK_SEED,
+        "seeding": SEEDING,
     }
 
 

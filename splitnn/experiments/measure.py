@@ -20,6 +20,7 @@ from splitnn.common.datasets import DatasetSplits
 from splitnn.common.distcorr import distance_correlation
 from splitnn.common.models import CUT_SHAPE, Body, Head
 from splitnn.common.noise import LaplaceNoise
+from splitnn.common.seeds import seed_for
 
 # tanh bounds every one of the 500 cut values to [-1, 1]: one sample moves each by at most 2.
 L1_SENSITIVITY = 2.0 * CUT_SHAPE[0]
@@ -29,7 +30,6 @@ DCOR_SAMPLES = 1000
 # longer to evaluate than the rest of the measurement together.
 TRAIN_SAMPLES = 10_000
 _BATCH = 256  # faster than 500 on a 2-core CPU
-_NOISE_SEED = 1_000  # measurement noise, independent of the training run's streams
 
 EPSILON_NOTE = f"""\
 epsilon (column `epsilon`) is the nominal privacy loss of ONE release of one sample's cut tensor
@@ -120,7 +120,7 @@ def measure_classifier(
 ) -> Measurement:
     """Accuracies with the training noise, dCor on (a subsample of) the test slice, and the test
     accuracy with each of `posttrain_levels` as the noise instead (post-training noise)."""
-    draw = LaplaceNoise(noise, seed=_NOISE_SEED + seed)
+    draw = LaplaceNoise(noise, seed=seed_for(seed, "measure_noise"))
     train = splits.train.take(TRAIN_SAMPLES)
     train_acc, val_acc = (
         accuracy(head, cuts(body, subset.images), subset.labels, draw)
@@ -133,7 +133,12 @@ def measure_classifier(
     clean = test_cut[:n].double()
     sent = draw(clean)
     posttrain = {
-        b: accuracy(head, test_cut, splits.test.labels, LaplaceNoise(b, seed=_NOISE_SEED + seed))
+        b: accuracy(
+            head,
+            test_cut,
+            splits.test.labels,
+            LaplaceNoise(b, seed=seed_for(seed, "measure_noise")),
+        )
         for b in posttrain_levels
     }
     return Measurement(

@@ -20,6 +20,7 @@ from typing import Any
 
 from splitnn.common.checkpoints import load_checkpoint, manifest_path
 from splitnn.common.datasets import DatasetSplits
+from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
 
@@ -99,6 +100,7 @@ def train_settings(spec: TrainSpec, *, lr: float, data: str) -> dict[str, Any]:
         "max_steps": spec.max_steps,
         "lr": lr,
         "data": data,
+        "seeding": SEEDING,
     }
 
 

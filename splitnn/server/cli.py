@@ -9,6 +9,7 @@ import click
 
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
+from splitnn.common.seeds import SEED_TYPE
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
 from splitnn.server.security import SecurityError
@@ -35,7 +36,9 @@ from splitnn.server.security import SecurityError
     default=1,
     help="Torch threads for the head; 1 leaves the cores to the data holder.",
 )
-@click.option("--seed", type=int, default=0, help="Head seed when the data holder sends none.")
+@click.option(
+    "--seed", type=SEED_TYPE, default=0, help="Head seed when the data holder sends none."
+)
 @click.option(
     "--grace",
     type=click.FloatRange(0, 3600),

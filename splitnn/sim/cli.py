@@ -12,7 +12,9 @@ from splitnn.common import exits
 from splitnn.common.certs import CertificateError
 from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
+from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 from splitnn.common.processes import ProcessError
+from splitnn.common.seeds import SEED_TYPE
 from splitnn.sim.app import SimConfig, run
 
 
@@ -25,14 +27,16 @@ from splitnn.sim.app import SimConfig, run
     "--batch-size",
     type=click.IntRange(2),
     default=None,
-    help="Victim's batch size. Default: 128, or 32 with NoPeek.",
+    help=f"Victim's batch size. Default: {PLAIN_BATCH_SIZE}, or {NOPEEK_BATCH_SIZE} with NoPeek.",
 )
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Smoke runs.")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED_TYPE, default=0)
 @click.option("--aux", type=click.Choice(DATASETS), default=None, help="Attacker's data set.")
 @click.option("--aux-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
 @click.option("--set-noise", type=click.FloatRange(0), default=None)
-@click.option("--decoder", default="deep", help="Attacker's decoder (splitnn-attack run --help).")
+@click.option(
+    "--decoder", type=click.Choice(DECODER_NAMES), default="deep", help="Attacker's decoder."
+)
 @click.option("--attack-epochs", type=click.IntRange(1), default=30)
 @click.option("--validator-epochs", type=click.IntRange(1), default=5)
 @click.option(
