@@ -17,7 +17,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from splitnn.common.models import CUT_SHAPE, IMAGE_SHAPE
+from splitnn.common.models import CUT_SHAPE, DECODER_NAMES, IMAGE_SHAPE
 
 
 class DecoderError(ValueError):
@@ -99,9 +99,11 @@ class DeepDecoder(nn.Module):
         return out
 
 
-# Name -> constructor. Read-only; iterating it gives the names.
+_CONSTRUCTORS: dict[str, Callable[[], nn.Module]] = {"study": StudyDecoder, "deep": DeepDecoder}
+# Name -> constructor, for each of `DECODER_NAMES` in its order. Read-only; iterating it gives
+# the names.
 DECODERS: Mapping[str, Callable[[], nn.Module]] = MappingProxyType(
-    {"study": StudyDecoder, "deep": DeepDecoder}
+    {name: _CONSTRUCTORS[name] for name in DECODER_NAMES}
 )
 
 

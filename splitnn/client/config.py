@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitnn.common.credentials import Credentials
+from splitnn.common.models import PLAIN_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class ClientConfig:
     nopeek: float = 0.0
     eval_noise: float | None = None
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = PLAIN_BATCH_SIZE
     lr: float = 1e-4
     seed: int = 0
     max_steps: int | None = None

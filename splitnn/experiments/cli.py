@@ -11,14 +11,13 @@ from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
+from splitnn.common.models import DECODER_NAMES
 from splitnn.common.processes import ProcessError
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments.app import Summary, run
 from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
 
-# The attacker's decoders (splitnn-attack run --decoder); listed here, not imported from it.
-DECODERS = ("deep", "study")
 _DIR = click.Path(file_okay=False, path_type=Path)
 _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.items())
 
@@ -51,7 +50,9 @@ _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.i
 @click.option(
     "--attack-epochs", type=click.IntRange(1), default=10, help="Decoder epochs (the study's 10)."
 )
-@click.option("--decoder", type=click.Choice(DECODERS), default="deep", help="Attackers' decoder.")
+@click.option(
+    "--decoder", type=click.Choice(DECODER_NAMES), default="deep", help="Attackers' decoder."
+)
 @click.option(
     "--clean-comparison/--no-clean-comparison",
     default=True,

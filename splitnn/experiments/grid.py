@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from splitnn.common.checkpoints import setting_tag
+from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 
 NOISE_LEVELS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 NOPEEK_WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)
 COMBO_NOISE = (0.1, 0.2, 0.5, 1.0)
 COMBO_NOPEEK = (0.1, 0.25, 0.5)
-PLAIN_BATCH = 128
-NOPEEK_BATCH = 32  # the study's batch size whenever the NoPeek loss is on
 # Noise added after training to the plain and NoPeek models (STUDY.md, Table B).
 POSTTRAIN_NOISE = (0.0, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0)
 # The attacker side (issue 4).
@@ -67,19 +66,19 @@ class TrainSpec:
 
 
 def _plain() -> list[Setting]:
-    return [Setting(0.0, 0.0, PLAIN_BATCH)]
+    return [Setting(0.0, 0.0, PLAIN_BATCH_SIZE)]
 
 
 def _noise() -> list[Setting]:
-    return [Setting(b, 0.0, PLAIN_BATCH) for b in NOISE_LEVELS]
+    return [Setting(b, 0.0, PLAIN_BATCH_SIZE) for b in NOISE_LEVELS]
 
 
 def _nopeek() -> list[Setting]:
-    return [Setting(0.0, w, NOPEEK_BATCH) for w in NOPEEK_WEIGHTS]
+    return [Setting(0.0, w, NOPEEK_BATCH_SIZE) for w in NOPEEK_WEIGHTS]
 
 
 def _combo() -> list[Setting]:
-    return [Setting(b, w, NOPEEK_BATCH) for b in COMBO_NOISE for w in COMBO_NOPEEK]
+    return [Setting(b, w, NOPEEK_BATCH_SIZE) for b in COMBO_NOISE for w in COMBO_NOPEEK]
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,12 @@ def _train_group(make: Callable[[], list[Setting]], text: str) -> Group:
 
 
 GROUPS: dict[str, Group] = {
-    "plain": _train_group(_plain, "b=0, W=0, batch 128"),
-    "noise": _train_group(_noise, "b in 0.1 0.2 0.5 1.0 2.0 5.0, batch 128"),
-    "nopeek": _train_group(_nopeek, "W in 0.05 0.1 0.25 0.5 1.0, batch 32"),
-    "combo": _train_group(_combo, "b in 0.1 0.2 0.5 1.0 x W in 0.1 0.25 0.5, batch 32"),
+    "plain": _train_group(_plain, f"b=0, W=0, batch {PLAIN_BATCH_SIZE}"),
+    "noise": _train_group(_noise, f"b in 0.1 0.2 0.5 1.0 2.0 5.0, batch {PLAIN_BATCH_SIZE}"),
+    "nopeek": _train_group(_nopeek, f"W in 0.05 0.1 0.25 0.5 1.0, batch {NOPEEK_BATCH_SIZE}"),
+    "combo": _train_group(
+        _combo, f"b in 0.1 0.2 0.5 1.0 x W in 0.1 0.25 0.5, batch {NOPEEK_BATCH_SIZE}"
+    ),
     "attacks": Group(kind="attack", help="an attacker for every classifier, and the variants"),
     "performance": Group(kind="report", help="measure everything, write the CSVs and figures"),
 }
