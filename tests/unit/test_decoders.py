@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from splitnn.attacker.decoders import DECODERS, DecoderError, build_decoder
 
@@ -89,13 +90,45 @@ def test_seeded_builds_are_identical_and_leave_global_rng_alone(name: str) -> No
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
-def test_parameter_counts_stay_small_enough_for_cpu_training() -> None:
-    counts = {
-        name: sum(p.numel() for p in build_decoder(name, seed=0).parameters()) for name in DECODERS
-    }
+def _shapes_after_each_stage(decoder: nn.Module, batch: int) -> list[tuple[int, ...]]:
+    """Output shapes of `project` and of each layer of `upsample`, in order, for `batch` cuts."""
+    shapes: list[tuple[int, ...]] = []
+    stages = [decoder.get_submodule("project"), *decoder.get_submodule("upsample").children()]
+    hooks = [
+        stage.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+        for stage in stages
+    ]
+    with torch.no_grad():
+        decoder.eval()(torch.zeros(batch, 500))
+    for hook in hooks:
+        hook.remove()
+    return shapes
 
-    assert (
-        counts["study"]
-        == 500 * 9216 + 9216 + 64 * 64 * 4 + 64 + 64 * 32 * 9 + 32 + 32 * 8 * 9 + 8 + 8 + 1
-    )
-    assert all(count < 5_000_000 for count in counts.values())
+
+def test_study_decoder_upsamples_12_24_26_28_as_documented() -> None:
+    shapes = _shapes_after_each_stage(build_decoder("study", seed=0), batch=2)
+
+    assert shapes == [
+        (2, 64 * 12 * 12),
+        (2, 64, 24, 24),
+        (2, 32, 26, 26),
+        (2, 8, 28, 28),
+        (2, 1, 28, 28),
+    ]
+
+
+def test_deep_decoder_upsamples_7_14_28_as_documented() -> None:
+    decoder = build_decoder("deep", seed=0)
+
+    project, *rest = _shapes_after_each_stage(decoder, batch=2)
+
+    assert project == (2, 128 * 7 * 7)
+    steps = [s[1:3] for i, s in enumerate(rest) if i == 0 or s != rest[i - 1]]
+    assert steps == [(128, 7), (64, 14), (32, 28), (1, 28)]
+    assert isinstance(list(decoder.get_submodule("upsample").children())[-1], nn.Sigmoid)
+
+
+def test_both_decoders_stay_small_enough_for_cpu_training() -> None:
+    for name in DECODERS:
+        count = sum(p.numel() for p in build_decoder(name, seed=0).parameters())
+        assert 1_000_000 < count < 5_000_000, (name, count)

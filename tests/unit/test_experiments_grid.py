@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def test_emnist_attacker_when_its_files_exist(tmp_path: Path) -> None:
     raw = tmp_path / "EMNIST" / "raw"
     raw.mkdir(parents=True)
     for split in ("train", "test"):
-        (raw / f"emnist-letters-{split}-images-idx3-ubyte").write_bytes(b"")
+        for kind in ("images-idx3", "labels-idx1"):
+            (raw / f"emnist-letters-{split}-{kind}-ubyte").write_bytes(b"")
     plain = train_specs("plain", dataset="mnist5k", seeds=1, epochs=1)
 
     specs = attack_specs(plain, _cfg(tmp_path, clean_comparison=False))
@@ -91,7 +93,21 @@ def test_attack_keys_name_what_differs() -> None:
     assert AttackSpec(plain, "clean", protocol="clean").key.endswith("_clean")
 
 
-def test_threads_are_shared_out_between_jobs(tmp_path: Path) -> None:
-    assert _cfg(tmp_path, jobs=1).threads_per_job() >= 1
-    assert _cfg(tmp_path, jobs=10_000).threads_per_job() == 1
+@pytest.mark.parametrize(
+    ("cores", "jobs", "threads"),
+    [(8, 1, 8), (8, 2, 4), (8, 3, 2), (8, 8, 1), (8, 10_000, 1), (2, 1, 2), (None, 1, 1)],
+)
+def test_threads_are_shared_out_between_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int | None, jobs: int, threads: int
+) -> None:
+    """The cores are divided among the jobs, rounding down, never below one thread."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+
+    assert _cfg(tmp_path, jobs=jobs).threads_per_job() == threads
+
+
+def test_setting_tags_drop_the_decimal_point() -> None:
     assert Setting(0.5, 0.1, 32).tag == "05noise_01nopeek"
+    assert Setting(0.0, 0.0, 128).tag == "00noise_00nopeek"
+    assert Setting(5.0, 0.25, 32).tag == "50noise_025nopeek"
+    assert Setting(1.0, 0.05, 32).tag == "10noise_005nopeek"
