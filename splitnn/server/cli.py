@@ -171,13 +171,6 @@ def main(
         tap_log=tap_log,
         tap=tap,
     )
-    if tap_log is not None or tap:
-        click.echo(
-            "splitnn-server: COLLUSION MODE: received cut tensors are shared with an attacker "
-            f"(log: {tap_log or 'none'}, live tap: {'on' if tap else 'off'})",
-            err=True,
-        )
-
     def announce(bound_host: str, bound_port: int) -> None:
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         sys.stdout.flush()
