@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import struct
 import threading
-import time as real_time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from splitnn.common import wirelog
+from splitnn.attacker.intercept import stack_records
 from splitnn.common.codec import tensor_to_proto
-from splitnn.common.intercepts import stack_records
 from splitnn.common.wirelog import (
     MAGIC,
     SYNC,
     WireLogError,
     WireLogWriter,
-    follow_wirelog,
     read_wirelog,
 )
 from splitnn.proto import splitnn_pb2 as pb
@@ -244,120 +240,6 @@ def test_writer_rejects_writes_after_close_and_bad_headers(tmp_path: Path) -> No
         writer.write(make_record(0))
     with pytest.raises(WireLogError, match="JSON"):
         WireLogWriter(tmp_path / "other.log", header={"bad": object()})
-
-
-class FakeClock:
-    """Stands in for the wire log module's `time`: sleeping advances a virtual clock and runs
-    the writes scheduled up to the new time, so a follower is driven without real waiting."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._events: list[tuple[float, Callable[[], None]]] = []
-
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        self._events.append((when, action))
-        self._events.sort(key=lambda event: event[0])
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        while self._events and self._events[0][0] <= self.now:
-            self._events.pop(0)[1]()
-
-    def time(self) -> float:
-        return real_time.time()  # the header's created_at
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(wirelog, "time", fake)
-    return fake
-
-
-def test_follow_waits_for_the_file_follows_pauses_and_ends_after_idle_timeout(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    path = tmp_path / "wire.log"
-    writers: list[WireLogWriter] = []
-
-    def create_and_write(*batches: int) -> None:
-        writers.append(WireLogWriter(path, header={"run": "r"}))
-        write(*batches)
-
-    def write(*batches: int) -> None:
-        for batch in batches:
-            writers[0].write(make_record(batch))
-
-    def tear() -> None:
-        data = path.read_bytes()
-        path.write_bytes(data + data[len(MAGIC) : len(MAGIC) + 7])  # a torn frame at the end
-
-    clock.at(0.5, lambda: create_and_write(0, 1))  # the follower starts before the log exists
-    clock.at(0.6, lambda: write(2))
-    clock.at(1.4, lambda: write(3))  # 0.8 s quiet: less than the idle timeout
-    clock.at(2.3, lambda: write(4))  # 0.9 s quiet; 2.3 s since the follower began
-    clock.at(2.35, tear)
-
-    followed = list(follow_wirelog(path, poll_interval=0.01, idle_timeout=1.0))
-    writers[0].close()
-
-    assert batches(followed) == [0, 1, 2, 3, 4]
-    # It ends one idle timeout after the last growth (the torn tail), not before.
-    assert 2.35 + 1.0 <= clock.now <= 2.35 + 1.0 + 0.05
-
-
-def test_follow_yields_each_record_before_the_file_goes_quiet(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    path = tmp_path / "wire.log"
-    writer = WireLogWriter(path, header={})
-    stream = follow_wirelog(path, poll_interval=0.01, idle_timeout=30.0)
-
-    writer.write(make_record(0))
-    first = next(stream)
-    writer.write(make_record(1))
-    second = next(stream)
-    waited = clock.now
-    stream.close()
-    writer.close()
-
-    assert (first.step.batch, second.step.batch) == (0, 1)
-    assert waited < 30.0  # each came as it was written, not once the idle timeout had run out
-
-
-def test_follow_gives_up_when_no_file_appears_within_the_idle_timeout(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    with pytest.raises(WireLogError, match=r"no wire log appeared at .* within 2 s"):
-        list(follow_wirelog(tmp_path / "missing", poll_interval=0.25, idle_timeout=2.0))
-
-    assert 2.0 <= clock.now <= 2.25
-
-
-def test_follow_refuses_a_file_that_is_not_a_log(tmp_path: Path) -> None:
-    path = tmp_path / "not-a-log"
-    path.write_bytes(b"certainly not a wire log")
-
-    with pytest.raises(WireLogError, match="wrong file magic"):
-        list(follow_wirelog(path, poll_interval=0.01, idle_timeout=0.05))
-
-
-def test_follow_skips_damage_like_read(tmp_path: Path) -> None:
-    path = tmp_path / "wire.log"
-    starts = write_log(path, [make_record(i) for i in range(5)])
-    flip_bit(path, starts[2] + FRAME_HEADER + 50)
-
-    followed = list(follow_wirelog(path, poll_interval=0.01, idle_timeout=0.05))
-
-    assert batches(followed) == [0, 1, 3, 4]
-
-
-def test_follow_without_a_file_raises(tmp_path: Path) -> None:
-    with pytest.raises(WireLogError, match="no wire log appeared"):
-        list(follow_wirelog(tmp_path / "missing", poll_interval=0.01, idle_timeout=0.05))
 
 
 def test_stack_records_filters_and_decodes(tmp_path: Path) -> None:
