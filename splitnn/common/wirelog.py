@@ -3,8 +3,7 @@
 Layout: the file magic ``SPLITNNLOG1\\n``, then frames of
 ``[4-byte sync marker][u32 LE payload length][u32 LE CRC-32 of the payload][payload]``. The first
 frame's payload is a UTF-8 JSON object describing the run; every later payload is one serialized
-``TapRecord``. The server appends; the attacker reads the whole file (`read_wirelog`) or follows
-it while training runs (`follow_wirelog`).
+``TapRecord``. The server appends; the attacker reads the whole file (`read_wirelog`).
 
 A crash can leave a torn last frame, and a disk can flip bits. Reading never gives up on damaged
 content: a bad frame is skipped and the reader resynchronises at the next sync marker whose frame
@@ -13,7 +12,6 @@ checks out, so every intact record is kept and the damage is described in words.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import logging
@@ -23,10 +21,10 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -80,9 +78,8 @@ class _Damage:
 @dataclass(frozen=True)
 class _Scan:
     frames: list[tuple[int, int]]  # (payload start, payload end) of each intact frame
-    end: int  # where the next scan resumes
     damage: list[_Damage]
-    tail: _Damage | None  # a torn last frame (final scans only)
+    tail: _Damage | None  # a torn last frame
 
 
 def _check_frame(buf: _Buffer, pos: int) -> tuple[_Check, str]:
@@ -116,12 +113,9 @@ def _resync(buf: _Buffer, start: int) -> int | None:
     return None
 
 
-def _scan(buf: _Buffer, pos: int, *, final: bool) -> _Scan:
-    """Finds the intact frames of buf[pos:].
-
-    With ``final=False`` (following a growing file) scanning stops before anything that might
-    still be completed by a later write; with ``final=True`` the rest is damage or a torn tail.
-    """
+def _scan(buf: _Buffer, pos: int) -> _Scan:
+    """Finds the intact frames of buf[pos:]; what cannot be resynchronised after is damage, or a
+    torn tail when it is an incomplete frame."""
     frames: list[tuple[int, int]] = []
     damage: list[_Damage] = []
     tail: _Damage | None = None
@@ -137,14 +131,12 @@ def _scan(buf: _Buffer, pos: int, *, final: bool) -> _Scan:
             damage.append(_Damage(pos, after, reason))
             pos = after
             continue
-        if not final:
-            break
         if check is _Check.INCOMPLETE:
             tail = _Damage(pos, len(buf), reason)
         else:
             damage.append(_Damage(pos, len(buf), reason))
         pos = len(buf)
-    return _Scan(frames=frames, end=pos, damage=damage, tail=tail)
+    return _Scan(frames=frames, damage=damage, tail=tail)
 
 
 def _frame_bytes(payload: bytes) -> bytes:
@@ -162,20 +154,19 @@ def _parse_header(payload: bytes) -> dict[str, Any] | None:
     return header if isinstance(header, dict) else None
 
 
-def _describe(damage: list[_Damage], tail: _Damage | None, *, shift: int = 0) -> str | None:
-    """The problem sentence; `shift` turns buffer positions into file offsets."""
+def _describe(damage: list[_Damage], tail: _Damage | None) -> str | None:
+    """The problem sentence."""
     parts: list[str] = []
     if damage:
         listed = ", ".join(
-            f"{d.reason} at byte {d.start + shift} ({d.end - d.start} bytes)"
-            for d in damage[:_MAX_LISTED]
+            f"{d.reason} at byte {d.start} ({d.end - d.start} bytes)" for d in damage[:_MAX_LISTED]
         )
         more = f", and {len(damage) - _MAX_LISTED} more" if len(damage) > _MAX_LISTED else ""
         noun = "region" if len(damage) == 1 else "regions"
         parts.append(f"{len(damage)} damaged {noun} skipped: {listed}{more}")
     if tail is not None:
         parts.append(
-            f"truncated tail at byte {tail.start + shift}: "
+            f"truncated tail at byte {tail.start}: "
             f"{tail.end - tail.start} bytes of an incomplete frame ignored"
         )
     return "; ".join(parts) or None
@@ -234,7 +225,7 @@ class WireLogWriter:
                 self._write_all(MAGIC + header_frame)
                 return
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                scan = _scan(buf, len(MAGIC), final=True)
+                scan = _scan(buf, len(MAGIC))
                 size = len(buf)
         valid_end = scan.frames[-1][1] if scan.frames else len(MAGIC)
         if valid_end < size:
@@ -310,7 +301,7 @@ def read_wirelog(path: str | os.PathLike[str]) -> WireLog:
                 torn = f"file of {len(prefix)} bytes holds no complete file magic"
                 return WireLog(header={}, records=[], problem=torn)
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                scan = _scan(buf, len(MAGIC), final=True)
+                scan = _scan(buf, len(MAGIC))
                 payloads = [buf[start:end] for start, end in scan.frames]
     except FileNotFoundError:
         raise WireLogError(f"no wire log at {path}") from None
@@ -341,85 +332,3 @@ def _decode_records(payloads: Iterable[bytes]) -> tuple[list[pb.TapRecord], list
         except DecodeError:
             bad.append(i)
     return records, bad
-
-
-def follow_wirelog(
-    path: str | os.PathLike[str], *, poll_interval: float = 0.2, idle_timeout: float = 10.0
-) -> Generator[pb.TapRecord, None, None]:
-    """Yields records as they are appended to a wire log, e.g. to attack while training runs.
-
-    Waits up to `idle_timeout` seconds for the file to appear, and ends once the file has not
-    grown for `idle_timeout` seconds. Damage is skipped as in `read_wirelog` and logged as a
-    warning. The header frame is not yielded.
-
-    Raises:
-        WireLogError: if the file does not appear in time or is not a wire log.
-    """
-    path = Path(path)
-    with _wait_for(path, poll_interval=poll_interval, idle_timeout=idle_timeout) as handle:
-        buffer = bytearray()
-        base = 0  # file offset of buffer[0]
-        first_frame = True
-        last_growth = time.monotonic()
-        while True:
-            grew = _refill(handle, buffer, base)
-            now = time.monotonic()
-            last_growth = now if grew else last_growth
-            final = not grew and now - last_growth >= idle_timeout
-            if base == 0 and (len(buffer) >= len(MAGIC) or final):
-                if not _check_magic(bytes(buffer[: len(MAGIC)]), path):
-                    logger.warning("wire log %s never got its complete file magic", path)
-                    return
-                del buffer[: len(MAGIC)]
-                base = len(MAGIC)
-            if base:
-                scan = _scan(buffer, 0, final=final)
-                yield from _records_in(path, buffer, scan, base=base, first_frame=first_frame)
-                first_frame = first_frame and not scan.frames
-                del buffer[: scan.end]
-                base += scan.end
-            if final:
-                return
-            if not grew:
-                time.sleep(poll_interval)
-
-
-def _records_in(
-    path: Path, buffer: bytearray, scan: _Scan, *, base: int, first_frame: bool
-) -> list[pb.TapRecord]:
-    """The records of a follower's scan (header skipped); damage is logged, not raised."""
-    payloads = [bytes(buffer[start:end]) for start, end in scan.frames]
-    if first_frame and payloads and _parse_header(payloads[0]) is not None:
-        payloads = payloads[1:]
-    records, bad = _decode_records(payloads)
-    if bad:
-        logger.warning("wire log %s: %d undecodable records skipped", path, len(bad))
-    problem = _describe(scan.damage, scan.tail, shift=base)
-    if problem:
-        logger.warning("wire log %s: %s", path, problem)
-    return records
-
-
-def _wait_for(path: Path, *, poll_interval: float, idle_timeout: float) -> BinaryIO:
-    """Opens `path` for binary reading once it exists."""
-    deadline = time.monotonic() + idle_timeout
-    while True:
-        with contextlib.suppress(FileNotFoundError):
-            return path.open("rb")
-        if time.monotonic() >= deadline:
-            raise WireLogError(f"no wire log appeared at {path} within {idle_timeout:g} s")
-        time.sleep(poll_interval)
-
-
-def _refill(handle: BinaryIO, buffer: bytearray, base: int) -> int:
-    """Appends what the file gained since the last read to `buffer`; returns how many bytes.
-
-    If the writer restarted and cut off a torn tail, the bytes past the new end are dropped.
-    """
-    size = os.fstat(handle.fileno()).st_size
-    if size < base + len(buffer):
-        del buffer[max(size - base, 0) :]
-        handle.seek(base + len(buffer))
-    chunk = handle.read()
-    buffer += chunk
-    return len(chunk)
