@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from splitnn.common.files import PRIVATE, SHARED, write_atomic
 
 SERVER = "server"
 HOLDER = "holder"
@@ -383,28 +383,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new(path, pem, 0o600)
+    write_atomic(path, pem, mode=PRIVATE)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    _write_new(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Writes `data` to a fresh file created with `mode`, then renames it over `path`.
-
-    A fresh file has `mode` from its first byte, whatever mode an older `path` had, and the
-    rename means a reader never sees half a file.
-    """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(temporary, flags, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), mode=SHARED)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from splitnn.common.files import PRIVATE, write_atomic, write_json_atomic
 
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}")
 
@@ -47,29 +47,14 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, state: Mapping[str, Any], manifest: Mapping[str, Any]) -> Path:
     """Writes `state` (tensors, numbers, strings) to `path` and `manifest` to `path`.json.
 
-    Both are written to a temporary file, fsynced and renamed, so a crash leaves either the old
-    file or the new one, never a torn one.
+    Both are replaced atomically (`splitnn.common.files`), readable by their owner only: a crash
+    leaves either the old file or the new one, never a torn one.
     """
-    _write_atomic(path, lambda handle: torch.save(dict(state), handle))
-    text = json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n"
-    _write_atomic(manifest_path(path), lambda handle: handle.write(text.encode()))
+    write_atomic(path, lambda handle: torch.save(dict(state), handle), mode=PRIVATE)
+    write_json_atomic(manifest_path(path), manifest, mode=PRIVATE)
     return path
 
 

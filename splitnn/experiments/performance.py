@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from splitnn.common.datasets import DatasetSplits, load_splits
+from splitnn.common.files import write_json_atomic
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import POSTTRAIN_NOISE, TrainSpec, grid_specs
 from splitnn.experiments.measure import (
@@ -24,7 +25,7 @@ from splitnn.experiments.measure import (
     measure_classifier,
 )
 from splitnn.experiments.plots import line_plot
-from splitnn.experiments.records import classifier_record, read_json, write_json_atomic
+from splitnn.experiments.records import classifier_record, read_json
 from splitnn.experiments.tables import aggregate, upsert_rows
 
 logger = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from splitnn.common.files import SHARED, write_atomic
 
 Row = dict[str, str]
 
@@ -105,13 +105,4 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[Row]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(fields), restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(buffer.getvalue())
-        Path(tmp).chmod(0o644)  # mkstemp makes it private; these are shared results
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, buffer.getvalue().encode(), mode=SHARED)

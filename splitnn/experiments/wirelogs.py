@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from splitnn.common.files import replacing
 from splitnn.common.wirelog import WireLogError, WireLogWriter, read_wirelog
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,9 @@ def _rewrite(source: Path, target: Path, *, header: dict[str, Any]) -> int:
     kept = [record for record in log.records if record.split == DEPLOY_SPLIT]
     if not kept:
         raise WireLogError(f"{source} holds no {DEPLOY_SPLIT!r} batches (client without --deploy?)")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with WireLogWriter(tmp, header={**log.header, **header}) as writer:
+    with replacing(target) as tmp, WireLogWriter(tmp, header={**log.header, **header}) as writer:
         for record in kept:
             writer.write(record)
-    tmp.replace(target)
     return len(kept)
 
 
