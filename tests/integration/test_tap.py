@@ -20,6 +20,8 @@ from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from tests.conftest import settings
 
+SUBSCRIBER_DEADLINE_S = 60.0
+
 
 @pytest.fixture
 def colluding(tmp_path: Path) -> Iterator[RunningServer]:
@@ -46,6 +48,19 @@ def _subscribe(address: str, into: list[pb.TapRecord], count: int) -> threading.
     return thread
 
 
+def _wait_for_a_subscriber(server: RunningServer) -> None:
+    """Returns once the server counts a live tap subscriber; fails the test if none ever does.
+
+    The deadline only bounds a broken run: a working one gets its subscriber in milliseconds.
+    """
+    assert server.hub is not None
+    deadline = time.monotonic() + SUBSCRIBER_DEADLINE_S
+    while server.hub.subscribers == 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no tap subscriber registered within {SUBSCRIBER_DEADLINE_S:g} s")
+        time.sleep(0.01)
+
+
 def test_tap_and_log_deliver_exactly_the_received_tensors(
     colluding: RunningServer, tmp_path: Path
 ) -> None:
@@ -53,10 +68,7 @@ def test_tap_and_log_deliver_exactly_the_received_tensors(
     address = f"127.0.0.1:{colluding.port}"
     received: list[pb.TapRecord] = []
     subscriber = _subscribe(address, received, count=4)
-    assert colluding.hub is not None
-    deadline = time.monotonic() + 10
-    while colluding.hub.subscribers == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for_a_subscriber(colluding)
     generator = torch.Generator().manual_seed(3)
     sent = [torch.randn(8, 500, generator=generator).tanh() for _ in range(4)]
     labels = torch.arange(8) % 10
@@ -72,6 +84,7 @@ def test_tap_and_log_deliver_exactly_the_received_tensors(
         # A retried step is answered from the cache and must not be logged twice.
         link.train_step(StepId("tapped", 1, 2), sent[2], labels, torch.arange(8) + 16)
     subscriber.join(timeout=30)
+    assert not subscriber.is_alive(), f"the subscriber got {len(received)} of 4 records"
     colluding.shutdown(grace=1.0)
     log = read_wirelog(tmp_path / "wire.log")
     # Assert
@@ -99,10 +112,7 @@ def test_attacker_live_interception_collects_the_deployment_split(colluding: Run
         daemon=True,
     )
     thread.start()
-    assert colluding.hub is not None
-    deadline = time.monotonic() + 10
-    while colluding.hub.subscribers == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for_a_subscriber(colluding)
     deployed = torch.rand(16, 500) * 2 - 1
     # Execute
     with ServerLink(address, settings("victim", max_batch_size=8)) as link:
@@ -116,6 +126,7 @@ def test_attacker_live_interception_collects_the_deployment_split(colluding: Run
                 indices=torch.arange(16)[rows] + 40,
             )
     thread.join(timeout=30)
+    assert not thread.is_alive(), "the live interception never ended"
     # Assert: only the deployment split, all of it, in order, bit for bit
     assert len(result) == 1
     assert torch.equal(result[0].indices, torch.arange(16) + 40)
