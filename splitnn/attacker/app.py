@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,9 +14,10 @@ from splitnn.attacker.inversion import reconstruct, train_decoder
 from splitnn.attacker.metrics import score
 from splitnn.attacker.oracle import BodyOracle
 from splitnn.attacker.validator import accuracy, load_or_train_validator
-from splitnn.common.checkpoints import save_checkpoint, setting_tag
+from splitnn.common.checkpoints import attacker_stem, save_checkpoint
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import load_splits
+from splitnn.common.reports import AttackReport
 from splitnn.common.seeds import SEEDING, seed_for
 
 logger = logging.getLogger(__name__)
@@ -63,50 +64,6 @@ class AttackConfig:
     credentials: Credentials = field(default_factory=Credentials)
 
 
-@dataclass(frozen=True)
-class AttackReport:
-    """Scores of the reconstructions against the true images (pixels in [0,1])."""
-
-    classifier: str
-    attacker: str
-    dataset: str
-    deployed_noise: float
-    set_noise: float
-    aux: str
-    aux_fraction: float
-    aux_images: int
-    decoder: str
-    protocol: str
-    images: int
-    mse: float
-    psnr: float
-    ssim: float
-    dcor: float
-    validator_accuracy: float
-    validator_accuracy_originals: float
-    figure: str
-    source: str
-    log_problem: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def attacker_stem(cfg: AttackConfig, *, classifier: Path, aux: str) -> str:
-    """The study's attacker name, extended with what makes our variants distinct."""
-    prefix = "emnist" if aux.startswith("emnist") else aux.split("-")[0].removesuffix("5k")
-    stem = f"{prefix}_attacker_model{classifier.name.removesuffix('.ckpt')}"
-    if cfg.set_noise is not None:
-        stem += f"_set{setting_tag(cfg.set_noise)}noise"
-    if cfg.aux_fraction != 1.0:
-        stem += f"_aux{setting_tag(cfg.aux_fraction)}"
-    if cfg.decoder != "study":
-        stem += f"_{cfg.decoder}"
-    if cfg.protocol == "clean":
-        stem += "_clean"
-    return stem
-
-
 def run_attack(cfg: AttackConfig) -> AttackReport:
     """Runs the attack end to end; see `AttackConfig`."""
     oracle = BodyOracle(
@@ -136,7 +93,14 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         seed=seed_for(cfg.seed, "decoder_order"),
         progress=cfg.progress,
     )
-    stem = attacker_stem(cfg, classifier=oracle.path, aux=aux_name)
+    stem = attacker_stem(
+        classifier=oracle.path.name.removesuffix(".ckpt"),
+        aux=aux_name,
+        set_noise=cfg.set_noise,
+        aux_fraction=cfg.aux_fraction,
+        decoder=cfg.decoder,
+        protocol=cfg.protocol,
+    )
     path = cfg.model_dir / "attackers" / f"{stem}.ckpt"
     save_checkpoint(path, decoder.state_dict(), {"part": "attacker", **_manifest(cfg, oracle)})
     recon = reconstruct(decoder, cuts)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from splitnn.attacker.app import AttackConfig, AttackReport, run_attack
+from splitnn.attacker.app import AttackConfig, run_attack
 from splitnn.attacker.decoders import DECODERS, DecoderError
 from splitnn.attacker.intercept import InterceptError
 from splitnn.attacker.validator import load_or_train_validator, validator_path
@@ -19,6 +19,7 @@ from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.credentials import CredentialError, credential_options
 from splitnn.common.datasets import DATASETS, DatasetError, load_splits
 from splitnn.common.logs import configure_logging
+from splitnn.common.reports import AttackReport
 from splitnn.common.seeds import SEED_TYPE
 from splitnn.common.wirelog import WireLogError, read_wirelog
 

@@ -6,14 +6,13 @@ import json
 import logging
 import os
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from splitnn.client.config import ClientConfig
-from splitnn.client.progress import EpochRecord
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
 from splitnn.client.trainer import EVAL_BATCH_SIZE, SplitTrainer
 from splitnn.client.training import (
@@ -33,40 +32,10 @@ from splitnn.common.checkpoints import (
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
+from splitnn.common.reports import RunReport
 from splitnn.common.seeds import seed_for
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What a run measured; the CLI prints it, `--json` as one object."""
-
-    run: str
-    dataset: str
-    dataset_description: str
-    noise: float
-    nopeek: float
-    eval_noise: float
-    epochs: int
-    batch_size: int
-    seed: int
-    best_epoch: int
-    train_accuracy: float | None  # None when a trained model was only evaluated
-    val_accuracy: float
-    test_accuracy: float
-    samples_per_second: float
-    train_seconds: float
-    checkpoint: str
-    head_checkpoint: str
-    deploy_accuracy: float | None = None
-    resumed_from: str | None = None  # the step a --resume run continued after
-    step_ms_p50: float | None = None  # training steps of this process, median
-    step_ms_p95: float | None = None
-    history: list[EpochRecord] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def default_run_name(cfg: ClientConfig) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from splitnn.client.app import RunReport, run
+from splitnn.client.app import run
 from splitnn.client.config import ClientConfig
 from splitnn.client.resume import ResumeError
 from splitnn.client.transport import ServerRefused, ServerUnreachable
@@ -18,6 +18,7 @@ from splitnn.common.credentials import CredentialError, Credentials, credential_
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.reports import RunReport
 from splitnn.common.seeds import SEED_TYPE
 
 _NONNEG = click.FloatRange(min=0.0, max=1e6)

@@ -9,17 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from splitnn.common.reports import EpochRecord
 
-@dataclass(frozen=True)
-class EpochRecord:
-    """One epoch's numbers; accuracies in percent."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_accuracy: float
-    seconds: float  # in training steps
-    samples: int
+__all__ = ["Best", "EpochRecord", "Progress"]
 
 
 @dataclass(frozen=True)

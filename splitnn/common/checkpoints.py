@@ -35,6 +35,35 @@ def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int, se
     return f"{dataset}_{tags}{seed_part}_epoch={epoch}"
 
 
+def attacker_stem(
+    *,
+    classifier: str,
+    aux: str,
+    set_noise: float | None = None,
+    aux_fraction: float = 1.0,
+    decoder: str = "deep",
+    protocol: str = "noisy",
+) -> str:
+    """The study's attacker name, e.g. ``mnist_attacker_model<classifier>_set05noise_deep``.
+
+    `classifier` names the attacked part 1 (a checkpoint stem, or a run's name before its epoch
+    is known); the prefix is the auxiliary data set's family; what distinguishes our variants
+    follows: oracle noise, a fraction of the auxiliary data, the decoder unless it is the study's,
+    and the reference's noise-free protocol.
+    """
+    prefix = "emnist" if aux.startswith("emnist") else aux.split("-")[0].removesuffix("5k")
+    stem = f"{prefix}_attacker_model{classifier}"
+    if set_noise is not None:
+        stem += f"_set{setting_tag(set_noise)}noise"
+    if aux_fraction != 1.0:
+        stem += f"_aux{setting_tag(aux_fraction)}"
+    if decoder != "study":
+        stem += f"_{decoder}"
+    if protocol == "clean":
+        stem += "_clean"
+    return stem
+
+
 def check_stem(stem: str) -> str:
     """Returns `stem` if it is a safe file name (no separators, no leading dot), else raises."""
     # fullmatch: with match and "$", a name ending in a newline would pass.

@@ -6,14 +6,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from splitnn.common.datasets import load_splits, locally_available
 from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import run_attacks
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, train_specs
-from splitnn.experiments.performance import write_classifier_tables
+from splitnn.experiments.performance import NothingToMeasure, write_classifier_tables
 from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all
 
@@ -31,7 +31,7 @@ class Summary:
     lines: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, outcomes: Sequence[Outcome[T]], label: Callable[[T], str]) -> None:
+    def add(self, outcomes: Sequence[Outcome[T, Any]], label: Callable[[T], str]) -> None:
         for outcome in outcomes:
             self.counts[outcome.status] += 1
             if outcome.status == "failed":
@@ -52,7 +52,10 @@ def _attack_group(cfg: ExperimentConfig, summary: Summary) -> None:
 
 
 def _report_group(cfg: ExperimentConfig, summary: Summary) -> None:
-    summary.lines += write_classifier_tables(cfg)
+    try:
+        summary.lines += write_classifier_tables(cfg)
+    except NothingToMeasure as nothing:
+        summary.failures.append(f"performance: {nothing}")
     summary.lines += ["", *write_attack_tables(cfg)]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from splitnn.experiments.attacks import attack_records
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.plots import line_plot, stack_images
+from splitnn.experiments.records import AttackRecord
 from splitnn.experiments.tables import upsert_rows
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ PROTOCOL_COLUMNS = (
     *(f"{score}_{protocol}" for score in _SCORES for protocol in ("noisy", "clean")),
 )
 
-Record = dict[str, Any]
+Record = AttackRecord
 
 
 def _stem(path: str) -> str:
@@ -42,86 +43,86 @@ def _stem(path: str) -> str:
 
 def attack_row(record: Record) -> dict[str, Any]:
     """One row of attack_performances.csv from an attack's run record."""
-    report, settings = record["report"], record["settings"]
+    report, settings = record.report, record.settings
     return {
-        "classifier": _stem(report["classifier"]),
-        "attacker": _stem(report["attacker"]),
+        "classifier": _stem(report.classifier),
+        "attacker": _stem(report.attacker),
         "set_noise": settings["set_noise"],
-        "aux": report["aux"],
-        "aux_fraction": report["aux_fraction"],
-        "decoder": report["decoder"],
-        "protocol": report["protocol"],
-        **{score: report[score] for score in (*_SCORES, "validator_accuracy_originals")},
-        "family": record["family"],
-        "model": record["model"],
-        "dataset": report["dataset"],
-        "classifier_seed": record["classifier_seed"],
-        "noise": record["noise"],
-        "nopeek": record["nopeek"],
-        "deployed_noise": report["deployed_noise"],
-        "oracle_noise": report["set_noise"],
-        "aux_images": report["aux_images"],
-        "images": report["images"],
+        "aux": report.aux,
+        "aux_fraction": report.aux_fraction,
+        "decoder": report.decoder,
+        "protocol": report.protocol,
+        **{score: getattr(report, score) for score in (*_SCORES, "validator_accuracy_originals")},
+        "family": record.family,
+        "model": record.model,
+        "dataset": report.dataset,
+        "classifier_seed": record.classifier_seed,
+        "noise": record.noise,
+        "nopeek": record.nopeek,
+        "deployed_noise": report.deployed_noise,
+        "oracle_noise": report.set_noise,
+        "aux_images": report.aux_images,
+        "images": report.images,
         "epochs": settings["epochs"],
-        "figure": report["figure"],
+        "figure": report.figure,
     }
 
 
 def protocol_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """The honest and the noise-free attacker of the same (seed-0) model, side by side."""
-    honest = {r["model"]: r for r in records if _is(r, "grid") and r["classifier_seed"] == 0}
+    honest = {r.model: r for r in records if _is(r, "grid") and r.classifier_seed == 0}
     rows = []
     for clean in (r for r in records if _is(r, "clean")):
-        noisy = honest.get(clean["model"])
+        noisy = honest.get(clean.model)
         if noisy is None:
             continue
         row: dict[str, Any] = {
-            "model": clean["model"],
-            "noise": clean["noise"],
-            "decoder": clean["settings"]["decoder"],
+            "model": clean.model,
+            "noise": clean.noise,
+            "decoder": clean.report.decoder,
         }
         for score in _SCORES:
-            row[f"{score}_noisy"] = noisy["report"][score]
-            row[f"{score}_clean"] = clean["report"][score]
+            row[f"{score}_noisy"] = getattr(noisy.report, score)
+            row[f"{score}_clean"] = getattr(clean.report, score)
         rows.append(row)
     return sorted(rows, key=lambda row: float(row["noise"]))
 
 
 def _is(record: Record, family: str) -> bool:
-    return bool(record["family"] == family)
+    return record.family == family
 
 
 def _panel(record: Record, label: str) -> tuple[str, Path]:
-    report = record["report"]
+    report = record.report
     text = (
-        f"{label}: SSIM {report['ssim']:.3f}, PSNR {report['psnr']:.1f} dB, "
-        f"validator {report['validator_accuracy']:.1f}%"
+        f"{label}: SSIM {report.ssim:.3f}, PSNR {report.psnr:.1f} dB, "
+        f"validator {report.validator_accuracy:.1f}%"
     )
-    return text, Path(report["figure"])
+    return text, Path(report.figure)
 
 
 def _setting(record: Record) -> str:
-    return f"b={record['noise']:g}, W={record['nopeek']:g}"
+    return f"b={record.noise:g}, W={record.nopeek:g}"
 
 
 def _grid(record: Record) -> bool:
-    return _is(record, "grid") and record["classifier_seed"] == 0
+    return _is(record, "grid") and record.classifier_seed == 0
 
 
 def _plain(record: Record) -> bool:
-    return _grid(record) and record["noise"] == 0 and record["nopeek"] == 0
+    return _grid(record) and record.noise == 0 and record.nopeek == 0
 
 
 def _by_setting(record: Record) -> Any:
-    return (record["noise"], record["nopeek"])
+    return (record.noise, record.nopeek)
 
 
 def _set_noise(record: Record) -> float:
-    return float(record["settings"]["set_noise"] or 0.0)
+    return float(record.settings["set_noise"] or 0.0)
 
 
 def _aux_images(record: Record) -> str:
-    return f"{record['report']['aux_images']} auxiliary images ({record['report']['aux']})"
+    return f"{record.report.aux_images} auxiliary images ({record.report.aux})"
 
 
 @dataclass(frozen=True)
@@ -141,20 +142,20 @@ class FigureSpec:
 FIGURES: dict[str, FigureSpec] = {
     "reconstructions_noise.png": FigureSpec(
         "Reconstructions across noise levels",
-        lambda r: _grid(r) and r["nopeek"] == 0, _by_setting, _setting,
+        lambda r: _grid(r) and r.nopeek == 0, _by_setting, _setting,
     ),
     "reconstructions_nopeek.png": FigureSpec(
         "Reconstructions across NoPeek weights",
-        lambda r: _grid(r) and r["noise"] == 0, _by_setting, _setting,
+        lambda r: _grid(r) and r.noise == 0, _by_setting, _setting,
     ),
     "reconstructions_combo.png": FigureSpec(
         "Reconstructions with noise and NoPeek",
-        lambda r: _grid(r) and r["noise"] > 0 and r["nopeek"] > 0, _by_setting, _setting,
+        lambda r: _grid(r) and r.noise > 0 and r.nopeek > 0, _by_setting, _setting,
     ),
     "reconstructions_volume.png": FigureSpec(
         "Reconstructions across attacker data volume (plain model)",
         lambda r: _plain(r) or _is(r, "volume"),
-        lambda r: r["settings"]["aux_fraction"], _aux_images, needs="volume",
+        lambda r: r.settings["aux_fraction"], _aux_images, needs="volume",
     ),
     "reconstructions_posttrain.png": FigureSpec(
         "Reconstructions with noise added after training (plain model)",
@@ -168,9 +169,9 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "reconstructions_protocol.png": FigureSpec(
         "Honest attacker (noisy tensors) vs the reference's noise-free shortcut",
-        lambda r: (_grid(r) and r["nopeek"] == 0 and r["noise"] > 0) or _is(r, "clean"),
-        lambda r: (r["noise"], r["report"]["protocol"] == "clean"),
-        lambda r: f"{_setting(r)}, {r['report']['protocol']} protocol", needs="clean",
+        lambda r: (_grid(r) and r.nopeek == 0 and r.noise > 0) or _is(r, "clean"),
+        lambda r: (r.noise, r.report.protocol == "clean"),
+        lambda r: f"{_setting(r)}, {r.report.protocol} protocol", needs="clean",
     ),
 }  # fmt: skip
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitnn.common.checkpoints import setting_tag
+from splitnn.common.checkpoints import attacker_stem, setting_tag
+from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.processes import (
     ProcessError,
     ServerProcess,
     log_tail,
     run_checked,
-    run_json,
 )
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments import wirelogs
@@ -42,6 +42,8 @@ from splitnn.experiments.grid import (
     grid_specs,
 )
 from splitnn.experiments.records import (
+    AttackRecord,
+    ClassifierRecord,
     attack_record_path,
     classifier_record,
     load_attack_record,
@@ -66,43 +68,52 @@ class AttackSpec:
     aux: str | None = None
     aux_fraction: float = 1.0
     protocol: str = "noisy"
+    decoder: str = "deep"
 
     @property
     def key(self) -> str:
-        """Unique per attacker of a data set, e.g. ``mnist5k_00noise_00nopeek_aux01``."""
-        key = self.classifier.name
-        if self.set_noise is not None:
-            key += f"_set{setting_tag(self.set_noise)}noise"
-        if self.aux is not None:
-            key += f"_{self.aux}"
-        if self.aux_fraction != 1.0:
-            key += f"_aux{setting_tag(self.aux_fraction)}"
-        if self.protocol != "noisy":
-            key += f"_{self.protocol}"
-        return key
+        """Unique per attacker of a data set: the attacker's name (`attacker_stem`) with the
+        classifier's run name in place of its checkpoint, e.g.
+        ``mnist_attacker_modelmnist5k_00noise_00nopeek_aux01_deep``."""
+        return attacker_stem(
+            classifier=self.classifier.name,
+            aux=self.aux or self.classifier.dataset,
+            set_noise=self.set_noise,
+            aux_fraction=self.aux_fraction,
+            decoder=self.decoder,
+            protocol=self.protocol,
+        )
 
 
 def attack_specs(classifiers: Sequence[TrainSpec], cfg: ExperimentConfig) -> list[AttackSpec]:
     """The attackers of the given (trained) classifiers; see the module docstring."""
-    specs = [AttackSpec(c, "grid") for c in classifiers]
+    decoder = cfg.decoder
+    specs = [AttackSpec(c, "grid", decoder=decoder) for c in classifiers]
     plain = GROUPS["plain"].settings[0]
     noise_settings = set(GROUPS["noise"].settings)
     for c in classifiers:
         if c.seed != 0:
             continue
         if c.setting == plain:
-            specs += [AttackSpec(c, "posttrain", set_noise=b) for b in POSTTRAIN_ATTACK_NOISE]
-            specs += [AttackSpec(c, "volume", aux_fraction=f) for f in AUX_FRACTIONS if f != 1.0]
+            specs += [
+                AttackSpec(c, "posttrain", set_noise=b, decoder=decoder)
+                for b in POSTTRAIN_ATTACK_NOISE
+            ]
+            specs += [
+                AttackSpec(c, "volume", aux_fraction=f, decoder=decoder)
+                for f in AUX_FRACTIONS
+                if f != 1.0
+            ]
             if locally_available(EMNIST, cfg.data_dir):
-                specs.append(AttackSpec(c, "emnist", aux=EMNIST))
+                specs.append(AttackSpec(c, "emnist", aux=EMNIST, decoder=decoder))
             else:
                 logger.info("no %s in %s: its attacker is skipped", EMNIST, cfg.data_dir)
         if cfg.clean_comparison and c.setting in noise_settings:
-            specs.append(AttackSpec(c, "clean", protocol="clean"))
+            specs.append(AttackSpec(c, "clean", protocol="clean", decoder=decoder))
     return specs
 
 
-def trained_classifiers(cfg: ExperimentConfig) -> dict[TrainSpec, dict[str, Any]]:
+def trained_classifiers(cfg: ExperimentConfig) -> dict[TrainSpec, ClassifierRecord]:
     """The grid's classifiers that are done, with their records."""
     specs = grid_specs(
         dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
@@ -112,18 +123,18 @@ def trained_classifiers(cfg: ExperimentConfig) -> dict[TrainSpec, dict[str, Any]
 
 
 def attack_settings(
-    spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig
+    spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig
 ) -> dict[str, Any]:
     """What makes two attacks the same; includes when its classifier finished training."""
     return {
-        "classifier": record["report"]["checkpoint"],
-        "classifier_finished_at": record["finished_at"],
-        "wirelog": record["wirelog"],
+        "classifier": record.report.checkpoint,
+        "classifier_finished_at": record.finished_at,
+        "wirelog": record.wirelog,
         "set_noise": spec.set_noise,
         "aux": spec.aux,
         "aux_fraction": spec.aux_fraction,
         "protocol": spec.protocol,
-        "decoder": cfg.decoder,
+        "decoder": spec.decoder,
         "epochs": cfg.attack_epochs,
         "seed": ATTACK_SEED,
         "seeding": SEEDING,
@@ -131,23 +142,30 @@ def attack_settings(
 
 
 def figure_path(spec: AttackSpec, cfg: ExperimentConfig) -> Path:
-    return cfg.figures_dir / "attacks" / f"{spec.key}_{cfg.decoder}.png"
+    return cfg.figures_dir / "attacks" / f"{spec.key}.png"
 
 
-def _victim_log(spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig) -> Path:
-    """The wire log to attack: the classifier's, or a post-training-noise redeployment's."""
-    source = Path(record["wirelog"])
+def deployment_log(spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig) -> Path:
+    """The wire log to attack: the classifier's own, or for a post-training-noise attacker a
+    redeployment's (see `redeploy_with_noise`), made here when the attacker runs."""
+    source = Path(record.wirelog)
     if spec.set_noise is None:
         return source
     target = source.with_name(f"{spec.classifier.name}_deploy{setting_tag(spec.set_noise)}.wirelog")
-    return _redeploy(record, target, scale=spec.set_noise, cfg=cfg)
+    return redeploy_with_noise(record, target, scale=spec.set_noise, cfg=cfg)
 
 
-def _redeploy(record: dict[str, Any], target: Path, *, scale: float, cfg: ExperimentConfig) -> Path:
-    """Deploys a trained classifier again with noise `scale`, through a collusion-mode server.
+def redeploy_with_noise(
+    record: ClassifierRecord, target: Path, *, scale: float, cfg: ExperimentConfig
+) -> Path:
+    """Deploys a trained classifier again with noise `scale` through a collusion-mode server
+    logging to `target`; returns `target`.
 
     A real server and data-holder pair: the data holder serves its checkpoint with
     ``--from-checkpoint --eval-noise scale --deploy`` and the server logs what arrives.
+
+    Raises:
+        ProcessError: the server or the data holder failed (the message ends with their log).
     """
     target.unlink(missing_ok=True)
     log_path = target.with_suffix(".log")
@@ -155,14 +173,17 @@ def _redeploy(record: dict[str, Any], target: Path, *, scale: float, cfg: Experi
     with log_path.open("w") as log:
         try:
             with ServerProcess(server_args, log=log) as server:
-                client = [
-                    "--server", server.address,
-                    "--from-checkpoint", record["report"]["checkpoint"],
-                    "--eval-noise", repr(scale), "--deploy", "--send-indices",
-                    "--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir),
-                    "--json", "-q",
-                ]  # fmt: skip
-                run_json("splitnn-client", client, log=log)
+                command = ClientCommand(
+                    server=server.address,
+                    from_checkpoint=Path(record.report.checkpoint),
+                    eval_noise=scale,
+                    model_dir=cfg.model_dir,
+                    data_dir=cfg.data_dir,
+                    deploy=True,
+                    send_indices=True,
+                    quiet=True,
+                )
+                run_client(command, log=log)
         except ProcessError as error:
             log.flush()
             raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None
@@ -170,62 +191,58 @@ def _redeploy(record: dict[str, Any], target: Path, *, scale: float, cfg: Experi
     return target
 
 
-def attack_args(spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
-    """The `splitnn-attack` command line of one attacker (the victim's log made if needed)."""
-    args = [
-        "-q", "run",
-        "--classifier", record["report"]["checkpoint"],
-        "--from-log", str(_victim_log(spec, record, cfg)),
-        "--decoder", cfg.decoder,
-        "--protocol", spec.protocol,
-        "--epochs", str(cfg.attack_epochs),
-        "--seed", str(ATTACK_SEED),
-        "--model-dir", str(cfg.model_dir),
-        "--data-dir", str(cfg.data_dir),
-        "--figure", str(figure_path(spec, cfg)),
-        "--json",
-    ]  # fmt: skip
-    if spec.set_noise is not None:
-        args += ["--set-noise", repr(spec.set_noise)]
-    if spec.aux is not None:
-        args += ["--aux", spec.aux]
-    if spec.aux_fraction != 1.0:
-        args += ["--aux-fraction", repr(spec.aux_fraction)]
-    return args
+def attack_command(
+    spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig, *, log: Path
+) -> AttackCommand:
+    """The `splitnn-attack run` command of one attacker, attacking wire log `log`."""
+    return AttackCommand(
+        classifier=Path(record.report.checkpoint),
+        from_log=log,
+        aux=spec.aux,
+        aux_fraction=spec.aux_fraction if spec.aux_fraction != 1.0 else None,
+        set_noise=spec.set_noise,
+        decoder=spec.decoder,
+        protocol=spec.protocol,
+        epochs=cfg.attack_epochs,
+        seed=ATTACK_SEED,
+        model_dir=cfg.model_dir,
+        data_dir=cfg.data_dir,
+        figure=figure_path(spec, cfg),
+        quiet=True,
+    )
 
 
-def attack_one(spec: AttackSpec, record: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
-    """Runs one attacker process; writes and returns its record.
+def attack_one(spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig) -> AttackRecord:
+    """Runs one attacker process (after a redeployment, for post-training noise); writes and
+    returns its record.
 
     Raises:
-        ProcessError: the attacker failed (the message ends with its log).
+        ProcessError: the attacker or the redeployment failed (the message ends with its log).
     """
     path = attack_record_path(cfg.runs_dir, spec.classifier.dataset, spec.key)
     log_path = path.with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     threads = {"OMP_NUM_THREADS": str(cfg.threads_per_job())}
+    command = attack_command(spec, record, cfg, log=deployment_log(spec, record, cfg))
     with log_path.open("w") as log:
         try:
-            report = run_json(
-                "splitnn-attack", attack_args(spec, record, cfg), log=log, env=threads
-            )
+            report = run_attacker(command, log=log, env=threads)
         except ProcessError as error:
             log.flush()
             raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None
-    result = {
-        "kind": "attack",
-        "family": spec.family,
-        "model": spec.classifier.model,
-        "classifier_seed": spec.classifier.seed,
-        "noise": spec.classifier.setting.noise,
-        "nopeek": spec.classifier.setting.nopeek,
-        "settings": attack_settings(spec, record, cfg),
-        "report": report,
-        "wall_seconds": time.monotonic() - started,
-        "finished_at": now(),
-    }
-    write_json_atomic(path, result)
+    result = AttackRecord(
+        family=spec.family,
+        model=spec.classifier.model,
+        classifier_seed=spec.classifier.seed,
+        noise=spec.classifier.setting.noise,
+        nopeek=spec.classifier.setting.nopeek,
+        settings=attack_settings(spec, record, cfg),
+        report=report,
+        wall_seconds=time.monotonic() - started,
+        finished_at=now(),
+    )
+    write_json_atomic(path, result.to_json())
     return result
 
 
@@ -239,7 +256,7 @@ def _prepare_validator(cfg: ExperimentConfig) -> None:
         run_checked("splitnn-attack", args, log=log)
 
 
-def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec]]:
+def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec, AttackRecord]]:
     """Runs every attacker of the trained classifiers that is not done yet."""
     classifiers = trained_classifiers(cfg)
     if not classifiers:
@@ -251,7 +268,7 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec]]:
         return []
     specs = attack_specs(list(classifiers), cfg)
 
-    def done(spec: AttackSpec) -> dict[str, Any] | None:
+    def done(spec: AttackSpec) -> AttackRecord | None:
         settings = attack_settings(spec, classifiers[spec.classifier], cfg)
         return load_attack_record(cfg.runs_dir, cfg.dataset, spec.key, settings=settings)
 
@@ -267,7 +284,7 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec]]:
     )
 
 
-def attack_records(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+def attack_records(cfg: ExperimentConfig) -> list[AttackRecord]:
     """The records of every attacker that is done, for the tables and figures."""
     classifiers = trained_classifiers(cfg)
     out = []

@@ -7,7 +7,7 @@ once per training run (cached beside its run record); the tables aggregate over 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.files import write_json_atomic
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import POSTTRAIN_NOISE, TrainSpec, grid_specs
+from splitnn.experiments.grid import POSTTRAIN_NOISE, Setting, TrainSpec, grid_specs
 from splitnn.experiments.measure import (
     EPSILON_NOTE,
     epsilon,
@@ -25,7 +25,13 @@ from splitnn.experiments.measure import (
     measure_classifier,
 )
 from splitnn.experiments.plots import line_plot
-from splitnn.experiments.records import classifier_record, read_json
+from splitnn.experiments.records import (
+    ClassifierRecord,
+    classifier_record,
+    load_train_record,
+    read_json,
+    train_settings,
+)
 from splitnn.experiments.tables import aggregate, upsert_rows
 
 logger = logging.getLogger(__name__)
@@ -60,11 +66,17 @@ POSTTRAIN_COLUMNS = (
 )
 _CACHE_VERSION = 2  # 2: bias-corrected dCor columns
 
-Measured = tuple[TrainSpec, dict[str, Any], dict[str, Any]]  # spec, run record, measurement
+
+class NothingToMeasure(Exception):
+    """No classifier of the grid is trained with the settings asked for; the message says
+    which settings the run records hold and the flags that select them."""
+
+
+Measured = tuple[TrainSpec, ClassifierRecord, dict[str, Any]]  # spec, run record, measurement
 
 
 def _measure_one(
-    spec: TrainSpec, record: dict[str, Any], cfg: ExperimentConfig, *, splits: DatasetSplits
+    spec: TrainSpec, record: ClassifierRecord, cfg: ExperimentConfig, *, splits: DatasetSplits
 ) -> dict[str, Any]:
     """The measurement of one run, from its cache unless the run changed (or --force)."""
     cache = cfg.runs_dir / spec.dataset / f"{spec.name}.measure.json"
@@ -73,11 +85,11 @@ def _measure_one(
         not cfg.force
         and cached is not None
         and cached.get("version") == _CACHE_VERSION
-        and cached.get("finished_at") == record["finished_at"]
+        and cached.get("finished_at") == record.finished_at
     ):
         return cached
-    report = record["report"]
-    body, head = load_classifier(Path(report["checkpoint"]), Path(report["head_checkpoint"]))
+    report = record.report
+    body, head = load_classifier(Path(report.checkpoint), Path(report.head_checkpoint))
     result = measure_classifier(
         body,
         head,
@@ -90,7 +102,7 @@ def _measure_one(
     posttrain = {repr(b): acc for b, acc in measurement.pop("posttrain").items()}
     data = {
         "version": _CACHE_VERSION,
-        "finished_at": record["finished_at"],
+        "finished_at": record.finished_at,
         "measurement": measurement,
         "posttrain": posttrain,
     }
@@ -99,20 +111,24 @@ def _measure_one(
 
 
 def measure_all(cfg: ExperimentConfig) -> list[Measured]:
-    """Measures every trained classifier of the grid (all seeds); untrained ones are listed."""
+    """Measures every trained classifier of the grid (all seeds); untrained ones are listed.
+
+    Raises:
+        NothingToMeasure: not one of them is trained with these settings.
+    """
     specs = grid_specs(
         dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
     )
     records = [(s, classifier_record(cfg, s)) for s in specs]
     missing = [s.name for s, r in records if r is None]
+    if len(missing) == len(specs):
+        raise NothingToMeasure(nothing_trained(cfg))
     if missing:
         logger.warning(
             "%d of %d classifiers are not trained with these settings (e.g. %s): left out",
             *(len(missing), len(specs), ", ".join(missing[:3])),
         )
     done = [(s, r) for s, r in records if r is not None]
-    if not done:
-        return []
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     bar = tqdm(done, desc="measure", unit="model", disable=not cfg.progress)
     return [(s, r, _measure_one(s, r, cfg, splits=splits)) for s, r in bar]
@@ -133,9 +149,9 @@ def model_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
         runs = [
             {
                 **data["measurement"],
-                "best_epoch": record["report"]["best_epoch"],
-                "client_test_accuracy": record["report"]["test_accuracy"],
-                "train_seconds": record["report"]["train_seconds"],
+                "best_epoch": record.report.best_epoch,
+                "client_test_accuracy": record.report.test_accuracy,
+                "train_seconds": record.report.train_seconds,
             }
             for _, record, data in items
         ]
@@ -201,10 +217,12 @@ def _posttrain_plot(rows: Sequence[dict[str, Any]], path: Path, *, dataset: str)
 
 
 def write_classifier_tables(cfg: ExperimentConfig) -> list[str]:
-    """Measures, writes both CSVs, the plot and the epsilon note; returns a text summary."""
+    """Measures, writes both CSVs, the plot and the epsilon note; returns a text summary.
+
+    Raises:
+        NothingToMeasure: no classifier of the grid is trained with these settings.
+    """
     measured = measure_all(cfg)
-    if not measured:
-        return ["no trained classifiers to measure: run a training group first"]
     rows = model_rows(measured)
     model_csv = cfg.results_dir / MODEL_CSV
     upsert_rows(model_csv, rows, key=("model",), columns=MODEL_COLUMNS)
@@ -230,3 +248,86 @@ def _summary(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['dcor']:>6.3f} {row['dcor_sent']:>9.3f} {eps:>8}"
         )
     return "\n".join(out)
+
+
+def nothing_trained(cfg: ExperimentConfig) -> str:
+    """Why nothing is measured: the settings asked for, and those the run records hold, each
+    with the flags of `splitnn-experiments` that select it."""
+    folder = cfg.runs_dir / cfg.dataset
+    asked = _flags(cfg.epochs, cfg.max_steps, cfg.lr, cfg.seeds, cfg)
+    lines = [f"no classifier of the grid is trained with these settings ({asked}) in {folder}"]
+    usable, stale = _trained(cfg)
+    groups: dict[tuple[int, int | None, float], set[int]] = {}
+    counts: dict[tuple[int, int | None, float], int] = {}
+    for settings in usable:
+        key = (settings["epochs"], settings["max_steps"], settings["lr"])
+        groups.setdefault(key, set()).add(settings["seed"])
+        counts[key] = counts.get(key, 0) + 1
+    if groups:
+        lines.append("trained there (select them with these flags):")
+    for (epochs, max_steps, lr), seeds in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        flags = _flags(epochs, max_steps, lr, max(seeds) + 1, cfg)
+        runs = counts[epochs, max_steps, lr]
+        lines.append(f"  {flags}: {runs} run{'s' if runs > 1 else ''}, {_seeds(seeds)}")
+    if stale:
+        lines.append(
+            f"{stale} more trained on other data or by another version of splitnn: "
+            "their training groups train them again"
+        )
+    if not groups and not stale:
+        lines.append(
+            f"run a training group first, e.g. splitnn-experiments plain --epochs {cfg.epochs}"
+        )
+    return "\n".join(lines)
+
+
+def _trained(cfg: ExperimentConfig) -> tuple[list[dict[str, Any]], int]:
+    """The settings of the usable training runs recorded for `cfg.dataset` (their files are
+    there), and how many more were made with settings no flag selects (data, seeding)."""
+    usable: list[dict[str, Any]] = []
+    stale = 0
+    for path in sorted((cfg.runs_dir / cfg.dataset).glob("*.json")):
+        data = read_json(path)
+        settings = data.get("settings") if data is not None else None
+        if path.name.endswith(".measure.json") or not isinstance(settings, dict):
+            continue
+        try:
+            spec = TrainSpec(
+                dataset=str(settings["dataset"]),
+                setting=Setting(
+                    float(settings["noise"]),
+                    float(settings["nopeek"]),
+                    int(settings["batch_size"]),
+                ),
+                seed=int(settings["seed"]),
+                epochs=int(settings["epochs"]),
+                max_steps=settings["max_steps"],
+            )
+            lr, data_hash = float(settings["lr"]), str(settings["data"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if load_train_record(cfg.runs_dir, spec, lr=lr, data=data_hash) is None:
+            continue  # its files are gone, or it is of an older format
+        if train_settings(spec, lr=lr, data=cfg.data_fingerprint) == settings:
+            usable.append(settings)
+        else:
+            stale += 1
+    return usable, stale
+
+
+def _flags(epochs: int, max_steps: int | None, lr: float, seeds: int, cfg: ExperimentConfig) -> str:
+    """The flags that select training runs of these settings, as a user would type them."""
+    flags = [f"--dataset {cfg.dataset}", f"--epochs {epochs}"]
+    if max_steps is not None:
+        flags.append(f"--max-steps {max_steps}")
+    elif cfg.max_steps is not None:
+        flags.append("without --max-steps")
+    flags.append(f"--lr {lr!r}")
+    if seeds > 1:
+        flags.append(f"--seeds {seeds}")
+    return " ".join(flags)
+
+
+def _seeds(seeds: Iterable[int]) -> str:
+    ordered = sorted(seeds)
+    return f"seed{'s' if len(ordered) > 1 else ''} {', '.join(map(str, ordered))}"

@@ -14,20 +14,89 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from splitnn.common.checkpoints import load_checkpoint, manifest_path
 from splitnn.common.datasets import DatasetSplits
+from splitnn.common.reports import AttackReport, ReportError, RunReport
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
 
 logger = logging.getLogger(__name__)
 
+_Record = TypeVar("_Record", "ClassifierRecord", "AttackRecord")
+
 # Manifest keys of the part-1 checkpoint that must agree with the run's settings.
 _MANIFEST_KEYS = ("dataset", "noise", "nopeek", "seed", "batch_size")
+
+
+@dataclass(frozen=True)
+class ClassifierRecord:
+    """A finished training run: its settings, the data holder's report, its wire log."""
+
+    settings: dict[str, Any]
+    report: RunReport
+    wirelog: str
+    wall_seconds: float
+    finished_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "classifier", **asdict(self), "report": self.report.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClassifierRecord:
+        """Raises ReportError (also for a missing or mistyped field of the record)."""
+        try:
+            return cls(
+                settings=dict(data["settings"]),
+                report=RunReport.from_json(data["report"]),
+                wirelog=str(data["wirelog"]),
+                wall_seconds=float(data["wall_seconds"]),
+                finished_at=str(data["finished_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReportError(f"classifier record: {error}") from None
+
+
+@dataclass(frozen=True)
+class AttackRecord:
+    """A finished attack: which classifier family and setting it attacked, its settings, the
+    attacker's report."""
+
+    family: str
+    model: str
+    classifier_seed: int
+    noise: float
+    nopeek: float
+    settings: dict[str, Any]
+    report: AttackReport
+    wall_seconds: float
+    finished_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "attack", **asdict(self), "report": self.report.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AttackRecord:
+        """Raises ReportError (also for a missing or mistyped field of the record)."""
+        try:
+            return cls(
+                family=str(data["family"]),
+                model=str(data["model"]),
+                classifier_seed=int(data["classifier_seed"]),
+                noise=float(data["noise"]),
+                nopeek=float(data["nopeek"]),
+                settings=dict(data["settings"]),
+                report=AttackReport.from_json(data["report"]),
+                wall_seconds=float(data["wall_seconds"]),
+                finished_at=str(data["finished_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReportError(f"attack record: {error}") from None
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -106,32 +175,42 @@ def train_settings(spec: TrainSpec, *, lr: float, data: str) -> dict[str, Any]:
 
 def load_train_record(
     runs_dir: Path, spec: TrainSpec, *, lr: float, data: str
-) -> dict[str, Any] | None:
+) -> ClassifierRecord | None:
     """The record of `spec` if that run is done (see the module docstring), else None."""
     path = train_record_path(runs_dir, spec)
-    record = read_json(path)
+    record = _parse(ClassifierRecord, path)
     if record is None:
         return None
-    if record.get("settings") != train_settings(spec, lr=lr, data=data):
+    if record.settings != train_settings(spec, lr=lr, data=data):
         logger.debug("%s: recorded with other settings", path)
         return None
-    report = record.get("report", {})
-    files = [Path(report.get("checkpoint", "")), Path(report.get("head_checkpoint", ""))]
+    files = [Path(record.report.checkpoint), Path(record.report.head_checkpoint)]
     missing = [f for f in files if not f.is_file() or not manifest_path(f).is_file()]
-    if not Path(record.get("wirelog", "")).is_file():
-        missing.append(Path(record.get("wirelog", "")))
+    if not Path(record.wirelog).is_file():
+        missing.append(Path(record.wirelog))
     if missing:
         logger.debug("%s: missing %s", path, ", ".join(map(str, missing)))
         return None
     _, manifest = load_checkpoint(files[0])
-    expected = record["settings"]
-    if any(manifest.get(key) != expected[key] for key in _MANIFEST_KEYS):
+    if any(manifest.get(key) != record.settings[key] for key in _MANIFEST_KEYS):
         logger.debug("%s: the checkpoint's manifest disagrees with the record", path)
         return None
     return record
 
 
-def classifier_record(cfg: ExperimentConfig, spec: TrainSpec) -> dict[str, Any] | None:
+def _parse(kind: type[_Record], path: Path) -> _Record | None:
+    """The record in `path`; None if there is none or it is of an older format (logged)."""
+    data = read_json(path)
+    if data is None:
+        return None
+    try:
+        return kind.from_json(data)
+    except ReportError as error:
+        logger.info("%s is not a record of this version (%s): it is run again", path, error)
+        return None
+
+
+def classifier_record(cfg: ExperimentConfig, spec: TrainSpec) -> ClassifierRecord | None:
     """`load_train_record` with the settings of `cfg`."""
     return load_train_record(cfg.runs_dir, spec, lr=cfg.lr, data=cfg.data_fingerprint)
 
@@ -142,12 +221,11 @@ def attack_record_path(runs_dir: Path, dataset: str, key: str) -> Path:
 
 def load_attack_record(
     runs_dir: Path, dataset: str, key: str, *, settings: Mapping[str, Any]
-) -> dict[str, Any] | None:
+) -> AttackRecord | None:
     """The record of attack `key` if it was run with exactly `settings` and its files exist."""
-    record = read_json(attack_record_path(runs_dir, dataset, key))
-    if record is None or record.get("settings") != dict(settings):
+    record = _parse(AttackRecord, attack_record_path(runs_dir, dataset, key))
+    if record is None or record.settings != dict(settings):
         return None
-    report = record.get("report", {})
-    if not Path(report.get("attacker", "")).is_file():
+    if not Path(record.report.attacker).is_file():
         return None
     return record

@@ -18,12 +18,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splitnn.common.checkpoints import remove_checkpoint
-from splitnn.common.processes import ProcessError, ServerProcess, log_tail, run_json
+from splitnn.common.commands import ClientCommand, run_client
+from splitnn.common.processes import ProcessError, ServerProcess, log_tail
+from splitnn.common.reports import RunReport
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments import wirelogs
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec
 from splitnn.experiments.records import (
+    ClassifierRecord,
     classifier_record,
     now,
     process_log_path,
@@ -37,33 +40,34 @@ from splitnn.experiments.records import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class Outcome(Generic[T]):
-    """What became of one run: status "ran", "skipped" or "failed"."""
+class Outcome(Generic[T, R]):
+    """What became of one run: status "ran", "skipped" or "failed"; its record unless failed."""
 
     item: T
     status: Literal["ran", "skipped", "failed"]
-    record: dict[str, Any] | None = None
+    record: R | None = None
     error: str | None = None
 
 
 def run_jobs(
     items: Sequence[T],
     *,
-    work: Callable[[T], dict[str, Any]],
-    done: Callable[[T], dict[str, Any] | None],
+    work: Callable[[T], R],
+    done: Callable[[T], R | None],
     label: Callable[[T], str],
     cfg: ExperimentConfig,
     desc: str,
-) -> list[Outcome[T]]:
+) -> list[Outcome[T, R]]:
     """Runs `work` on every item not yet `done` (all of them with `cfg.force`), `cfg.jobs` at once.
 
     Returns one outcome per item, in the order of `items`. Exceptions of type ProcessError,
     WireLogError and OSError mark the item failed; anything else propagates.
     """
-    outcomes: dict[int, Outcome[T]] = {}
+    outcomes: dict[int, Outcome[T, R]] = {}
     todo: list[int] = []
     for i, item in enumerate(items):
         record = None if cfg.force else done(item)
@@ -85,7 +89,7 @@ def run_jobs(
     )
     started = time.monotonic()
     with bar, logging_redirect_tqdm(), ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        futures: dict[Future[dict[str, Any]], int] = {pool.submit(work, items[i]): i for i in todo}
+        futures: dict[Future[R], int] = {pool.submit(work, items[i]): i for i in todo}
         for count, future in enumerate(as_completed(futures), start=1):
             i = futures[future]
             try:
@@ -102,36 +106,35 @@ def run_jobs(
     return [outcomes[i] for i in range(len(items))]
 
 
-def client_args(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> list[str]:
-    """The `splitnn-client` command line of one training run."""
-    args = [
-        "--server", server,
-        "--dataset", spec.dataset,
-        "--noise", repr(spec.setting.noise),
-        "--nopeek", repr(spec.setting.nopeek),
-        "--epochs", str(spec.epochs),
-        "--batch-size", str(spec.setting.batch_size),
-        "--lr", repr(cfg.lr),
-        "--seed", str(spec.seed),
-        "--model-dir", str(cfg.model_dir),
-        "--data-dir", str(cfg.data_dir),
-        "--threads", str(cfg.threads_per_job()),
-        # A run the grid starts is started over, even if an interrupted one left its state;
-        # the grid is an evaluation harness: indices let it score the attacks.
-        "--deploy", "--restart", "--send-indices", "--json", "-q",
-    ]  # fmt: skip
-    if spec.max_steps is not None:
-        args += ["--max-steps", str(spec.max_steps)]
-    return args
+def client_command(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> ClientCommand:
+    """The `splitnn-client` command of one training run."""
+    return ClientCommand(
+        server=server,
+        dataset=spec.dataset,
+        noise=spec.setting.noise,
+        nopeek=spec.setting.nopeek,
+        epochs=spec.epochs,
+        batch_size=spec.setting.batch_size,
+        lr=cfg.lr,
+        seed=spec.seed,
+        max_steps=spec.max_steps,
+        threads=cfg.threads_per_job(),
+        model_dir=cfg.model_dir,
+        data_dir=cfg.data_dir,
+        deploy=True,
+        restart=True,
+        send_indices=True,
+        quiet=True,
+    )
 
 
-def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> dict[str, Any]:
+def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> ClassifierRecord:
     """Trains one classifier through a fresh collusion-mode server; writes and returns its record.
 
     Raises:
         ProcessError: the server or the client failed (the message ends with their log).
     """
-    previous = read_json(train_record_path(cfg.runs_dir, spec))
+    previous = read_json(train_record_path(cfg.runs_dir, spec))  # any version: its files
     log_path = process_log_path(cfg.runs_dir, spec)
     wirelog = wirelog_path(cfg.runs_dir, spec)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,40 +144,43 @@ def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> dict[str, Any]:
     with log_path.open("w") as log:
         try:
             with ServerProcess(server_args, log=log) as server:
-                report = run_json(
-                    "splitnn-client", client_args(spec, cfg, server=server.address), log=log
-                )
+                report = run_client(client_command(spec, cfg, server=server.address), log=log)
         except ProcessError as error:
             log.flush()
             raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None
     if not cfg.keep_wirelogs:
         wirelogs.compact(wirelog)
-    record = {
-        "kind": "classifier",
-        "settings": train_settings(spec, lr=cfg.lr, data=cfg.data_fingerprint),
-        "report": report,
-        "wirelog": str(wirelog),
-        "wall_seconds": time.monotonic() - started,
-        "finished_at": now(),
-    }
-    write_json_atomic(train_record_path(cfg.runs_dir, spec), record)
+    record = ClassifierRecord(
+        settings=train_settings(spec, lr=cfg.lr, data=cfg.data_fingerprint),
+        report=report,
+        wirelog=str(wirelog),
+        wall_seconds=time.monotonic() - started,
+        finished_at=now(),
+    )
+    write_json_atomic(train_record_path(cfg.runs_dir, spec), record.to_json())
     _drop_stale_checkpoints(previous, report)
     return record
 
 
-def _drop_stale_checkpoints(previous: dict[str, Any] | None, report: dict[str, Any]) -> None:
-    """Removes the checkpoints of a run's earlier record that the new run did not overwrite."""
-    if previous is None:
+def _drop_stale_checkpoints(previous: dict[str, Any] | None, report: RunReport) -> None:
+    """Removes the checkpoints of a run's earlier record that the new run did not overwrite.
+
+    The earlier record is read as plain JSON: one of an older format still names its files.
+    """
+    if previous is None or not isinstance(previous.get("report"), dict):
         return
-    for key in ("checkpoint", "head_checkpoint"):
-        old = previous.get("report", {}).get(key)
-        if old and old != report.get(key):
+    for key, new in (
+        ("checkpoint", report.checkpoint),
+        ("head_checkpoint", report.head_checkpoint),
+    ):
+        old = previous["report"].get(key)
+        if isinstance(old, str) and old and old != new:
             remove_checkpoint(Path(old))
 
 
 def train_all(
     specs: Sequence[TrainSpec], cfg: ExperimentConfig, *, desc: str
-) -> list[Outcome[TrainSpec]]:
+) -> list[Outcome[TrainSpec, ClassifierRecord]]:
     """Trains every spec not yet done; see `run_jobs`."""
     return run_jobs(
         specs,

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from splitnn.common.certs import make_certificates
+from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.credentials import Credentials
-from splitnn.common.processes import ServerProcess, run_json
-
-SUMMARY_FROM_VICTIM = ("dataset", "noise", "nopeek", "epochs", "best_epoch", "test_accuracy",
-                       "val_accuracy")  # fmt: skip
-SUMMARY_FROM_ATTACK = {
-    "attack_mse": "mse", "attack_psnr": "psnr", "attack_ssim": "ssim", "attack_dcor": "dcor",
-    "attack_validator_accuracy": "validator_accuracy",
-    "validator_accuracy_originals": "validator_accuracy_originals",
-    "attack_images": "images", "decoder": "decoder", "figure": "figure", "attacker": "attacker",
-}  # fmt: skip
+from splitnn.common.models import study_batch_size
+from splitnn.common.processes import ServerProcess
+from splitnn.common.reports import AttackReport, RunReport
 
 
 @dataclass(frozen=True)
@@ -47,6 +41,62 @@ class SimConfig:
 VICTIM = "victim"
 
 
+@dataclass(frozen=True)
+class SimSummary:
+    """What `splitnn-sim` prints (`--json`: these fields as one object); percent accuracies."""
+
+    dataset: str
+    noise: float
+    nopeek: float
+    epochs: int
+    best_epoch: int
+    test_accuracy: float
+    val_accuracy: float
+    attack_mse: float
+    attack_psnr: float
+    attack_ssim: float
+    attack_dcor: float
+    attack_validator_accuracy: float
+    validator_accuracy_originals: float
+    attack_images: int
+    decoder: str
+    figure: str
+    attacker: str
+    wire_log: str
+    classifier: str
+    seconds: float
+
+    @classmethod
+    def of(
+        cls, victim: RunReport, attack: AttackReport, *, wire_log: Path, seconds: float
+    ) -> SimSummary:
+        return cls(
+            dataset=victim.dataset,
+            noise=victim.noise,
+            nopeek=victim.nopeek,
+            epochs=victim.epochs,
+            best_epoch=victim.best_epoch,
+            test_accuracy=victim.test_accuracy,
+            val_accuracy=victim.val_accuracy,
+            attack_mse=attack.mse,
+            attack_psnr=attack.psnr,
+            attack_ssim=attack.ssim,
+            attack_dcor=attack.dcor,
+            attack_validator_accuracy=attack.validator_accuracy,
+            validator_accuracy_originals=attack.validator_accuracy_originals,
+            attack_images=attack.images,
+            decoder=attack.decoder,
+            figure=attack.figure,
+            attacker=attack.attacker,
+            wire_log=str(wire_log),
+            classifier=victim.checkpoint,
+            seconds=round(seconds, 1),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def certificates(workdir: Path) -> tuple[list[str], Credentials]:
     """Development certificates for this simulation (made once, then reused): the server's
     TLS flags, and the victim's credentials. Every party speaks mutual TLS."""
@@ -59,38 +109,44 @@ def certificates(workdir: Path) -> tuple[list[str], Credentials]:
     return server, victim
 
 
-def victim_args(cfg: SimConfig, *, server: str) -> list[str]:
-    batch = cfg.batch_size or (32 if cfg.nopeek > 0 else 128)
-    args = [
-        "--server", server, "--dataset", cfg.dataset, "--noise", repr(cfg.noise),
-        "--nopeek", repr(cfg.nopeek), "--epochs", str(cfg.epochs), "--batch-size", str(batch),
-        "--seed", str(cfg.seed), "--model-dir", str(cfg.model_dir), "--deploy", "--json",
-        # The simulation starts its victim over, whatever an interrupted one left, and, as an
-        # evaluation harness, has it send the sample indices that score the attack.
-        "--restart", "--send-indices",
-    ]  # fmt: skip
-    if cfg.max_steps:
-        args += ["--max-steps", str(cfg.max_steps)]
-    return args
+def victim_command(cfg: SimConfig, *, server: str, credentials: Credentials) -> ClientCommand:
+    return ClientCommand(
+        server=server,
+        dataset=cfg.dataset,
+        noise=cfg.noise,
+        nopeek=cfg.nopeek,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size or study_batch_size(cfg.nopeek),
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+        model_dir=cfg.model_dir,
+        deploy=True,
+        restart=True,
+        send_indices=True,
+        credentials=credentials,
+    )
 
 
-def attack_args(cfg: SimConfig, *, classifier: str, log: Path) -> list[str]:
-    args = [
-        *(["-q"] if cfg.quiet else []), "run", "--classifier", classifier,
-        "--from-log", str(log), "--dataset", cfg.dataset, "--decoder", cfg.decoder,
-        "--epochs", str(cfg.attack_epochs), "--aux-fraction", repr(cfg.aux_fraction),
-        "--seed", str(cfg.seed), "--model-dir", str(cfg.model_dir),
-        "--figure", str(cfg.figure), "--validator-epochs", str(cfg.validator_epochs), "--json",
-    ]  # fmt: skip
-    if cfg.aux:
-        args += ["--aux", cfg.aux]
-    if cfg.set_noise is not None:
-        args += ["--set-noise", repr(cfg.set_noise)]
-    return args
+def attack_command(cfg: SimConfig, *, classifier: str, log: Path) -> AttackCommand:
+    return AttackCommand(
+        classifier=Path(classifier),
+        from_log=log,
+        dataset=cfg.dataset,
+        aux=cfg.aux,
+        aux_fraction=cfg.aux_fraction,
+        set_noise=cfg.set_noise,
+        decoder=cfg.decoder,
+        epochs=cfg.attack_epochs,
+        seed=cfg.seed,
+        model_dir=cfg.model_dir,
+        figure=cfg.figure,
+        validator_epochs=cfg.validator_epochs,
+        quiet=cfg.quiet,
+    )
 
 
-def run(cfg: SimConfig) -> dict[str, Any]:
-    """Runs server (collusion mode), victim and attacker; returns the combined summary.
+def run(cfg: SimConfig) -> SimSummary:
+    """Runs server (collusion mode), victim and attacker; returns what they measured.
 
     Server and victim speak mutual TLS with certificates made under `cfg.workdir`/certs.
 
@@ -105,14 +161,8 @@ def run(cfg: SimConfig) -> dict[str, Any]:
     tls, victim_credentials = certificates(cfg.workdir)
     server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *tls]
     with ServerProcess([*server_args, *(["-q"] if cfg.quiet else [])]) as server:
-        args = [*victim_args(cfg, server=server.address), *victim_credentials.args()]
-        victim = run_json("splitnn-client", args)
-    attack = run_json("splitnn-attack", attack_args(cfg, classifier=victim["checkpoint"], log=log))
-    summary = {key: victim[key] for key in SUMMARY_FROM_VICTIM}
-    summary.update({key: attack[field] for key, field in SUMMARY_FROM_ATTACK.items()})
-    summary.update(
-        wire_log=str(log),
-        classifier=victim["checkpoint"],
-        seconds=round(time.perf_counter() - began, 1),
-    )
-    return summary
+        victim = run_client(
+            victim_command(cfg, server=server.address, credentials=victim_credentials)
+        )
+    attack = run_attacker(attack_command(cfg, classifier=victim.checkpoint, log=log))
+    return SimSummary.of(victim, attack, wire_log=log, seconds=time.perf_counter() - began)

@@ -15,7 +15,7 @@ from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 from splitnn.common.processes import ProcessError
 from splitnn.common.seeds import SEED_TYPE
-from splitnn.sim.app import SimConfig, run
+from splitnn.sim.app import SimConfig, SimSummary, run
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SIM", "show_default": True})
@@ -75,26 +75,26 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     except KeyboardInterrupt:
         exits.fail("splitnn-sim", "interrupted", exits.INTERRUPTED)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(summary.to_json()))
     else:
         _print_table(summary)
 
 
-def _print_table(s: dict[str, Any]) -> None:
-    originals = f"(originals {s['validator_accuracy_originals']:.1f}%)"
+def _print_table(s: SimSummary) -> None:
+    originals = f"(originals {s.validator_accuracy_originals:.1f}%)"
     rows = [
-        ("data set", s["dataset"]),
-        ("victim defence", f"noise b={s['noise']:g}, NoPeek W={s['nopeek']:g}"),
-        ("victim test accuracy", f"{s['test_accuracy']:.2f}% (best epoch {s['best_epoch']})"),
-        ("attack images", str(s["attack_images"])),
-        ("attack MSE", f"{s['attack_mse']:.4f}"),
-        ("attack PSNR", f"{s['attack_psnr']:.2f} dB"),
-        ("attack SSIM", f"{s['attack_ssim']:.3f}"),
-        ("attack dCor(x, x_hat)", f"{s['attack_dcor']:.3f}"),
-        ("validator on reconstructions", f"{s['attack_validator_accuracy']:.1f}% {originals}"),
-        ("figure", s["figure"]),
-        ("wire log", s["wire_log"]),
-        ("wall time", f"{s['seconds']:.0f} s"),
+        ("data set", s.dataset),
+        ("victim defence", f"noise b={s.noise:g}, NoPeek W={s.nopeek:g}"),
+        ("victim test accuracy", f"{s.test_accuracy:.2f}% (best epoch {s.best_epoch})"),
+        ("attack images", str(s.attack_images)),
+        ("attack MSE", f"{s.attack_mse:.4f}"),
+        ("attack PSNR", f"{s.attack_psnr:.2f} dB"),
+        ("attack SSIM", f"{s.attack_ssim:.3f}"),
+        ("attack dCor(x, x_hat)", f"{s.attack_dcor:.3f}"),
+        ("validator on reconstructions", f"{s.attack_validator_accuracy:.1f}% {originals}"),
+        ("figure", s.figure),
+        ("wire log", s.wire_log),
+        ("wall time", f"{s.seconds:.0f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -17,6 +17,7 @@ import pytest
 
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import load_splits
+from splitnn.common.seeds import SEEDING
 from splitnn.common.wirelog import read_wirelog
 from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import AttackSpec, attack_one, trained_classifiers
@@ -129,7 +130,8 @@ def test_one_attacker_process_and_the_attack_table(workdir: Workdir) -> None:
     cfg = workdir.config()
     # A stand-in validator: this test checks the plumbing, not how well reconstructions classify.
     path = validator.validator_path(cfg.model_dir, "mnist5k", 0)
-    save_checkpoint(path, validator.build_validator(0, 10).state_dict(), {"part": "validator"})
+    stand_in = validator.build_validator(0, 10).state_dict()
+    save_checkpoint(path, stand_in, {"part": "validator", "seeding": SEEDING})
     ((spec, record),) = trained_classifiers(cfg).items()
 
     attack_one(AttackSpec(spec, "grid"), record, cfg)

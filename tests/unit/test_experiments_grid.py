@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from splitnn.common.checkpoints import attacker_stem
 from splitnn.experiments.attacks import AttackSpec, attack_specs
 from splitnn.experiments.config import ExperimentConfig, default_dataset, locally_available
 from splitnn.experiments.grid import GROUPS, Setting, expand, grid_specs, train_specs
@@ -87,10 +88,25 @@ def test_emnist_attacker_when_its_files_exist(tmp_path: Path) -> None:
 def test_attack_keys_name_what_differs() -> None:
     (plain,) = train_specs("plain", dataset="mnist5k", seeds=1, epochs=1)
 
-    assert AttackSpec(plain, "grid").key == "mnist5k_00noise_00nopeek"
-    assert AttackSpec(plain, "posttrain", set_noise=0.5).key.endswith("_set05noise")
-    assert AttackSpec(plain, "volume", aux_fraction=0.02).key.endswith("_aux002")
-    assert AttackSpec(plain, "clean", protocol="clean").key.endswith("_clean")
+    stem = "mnist_attacker_modelmnist5k_00noise_00nopeek"
+    assert AttackSpec(plain, "grid").key == f"{stem}_deep"
+    assert AttackSpec(plain, "grid", decoder="study").key == stem
+    assert AttackSpec(plain, "posttrain", set_noise=0.5).key == f"{stem}_set05noise_deep"
+    assert AttackSpec(plain, "volume", aux_fraction=0.02).key == f"{stem}_aux002_deep"
+    assert AttackSpec(plain, "clean", protocol="clean").key == f"{stem}_deep_clean"
+    emnist = AttackSpec(plain, "emnist", aux="emnist-letters").key
+    assert emnist == "emnist_attacker_modelmnist5k_00noise_00nopeek_deep"
+
+
+def test_an_attack_key_is_the_attackers_name_before_the_epoch() -> None:
+    # One naming scheme: the record's key and the attacker checkpoint the attacker writes.
+    (plain,) = train_specs("plain", dataset="mnist5k", seeds=1, epochs=1)
+    spec = AttackSpec(plain, "posttrain", set_noise=0.1, aux_fraction=0.5)
+    checkpoint = attacker_stem(
+        classifier=f"{plain.name}_epoch=1", aux="mnist5k", set_noise=0.1, aux_fraction=0.5
+    )
+
+    assert checkpoint == spec.key.replace(plain.name, f"{plain.name}_epoch=1")
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,11 @@ import torch
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import DatasetSplits, Subset
 from splitnn.common.processes import ProcessError
+from splitnn.common.reports import RunReport
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec, train_specs
 from splitnn.experiments.records import (
+    ClassifierRecord,
     fingerprint,
     load_train_record,
     train_record_path,
@@ -32,7 +34,29 @@ def _spec(**changes: Any) -> TrainSpec:
     return TrainSpec(**{**spec.__dict__, **changes})
 
 
-def _finished_run(tmp_path: Path, spec: TrainSpec) -> dict[str, Any]:
+def _report(body: Path, head: Path) -> RunReport:
+    return RunReport(
+        run="r",
+        dataset="mnist5k",
+        dataset_description="d",
+        noise=0.0,
+        nopeek=0.0,
+        eval_noise=0.0,
+        epochs=2,
+        batch_size=128,
+        seed=0,
+        best_epoch=2,
+        train_accuracy=90.0,
+        val_accuracy=90.0,
+        test_accuracy=90.0,
+        samples_per_second=1.0,
+        train_seconds=1.0,
+        checkpoint=str(body),
+        head_checkpoint=str(head),
+    )
+
+
+def _finished_run(tmp_path: Path, spec: TrainSpec) -> ClassifierRecord:
     """Writes what a finished run leaves behind: checkpoints, wire log, record."""
     classifiers = tmp_path / "models" / "classifiers"
     body = classifiers / f"{spec.name}_epoch=2.ckpt"
@@ -50,13 +74,14 @@ def _finished_run(tmp_path: Path, spec: TrainSpec) -> dict[str, Any]:
     runs = tmp_path / "runs"
     wirelog_path(runs, spec).parent.mkdir(parents=True, exist_ok=True)
     wirelog_path(runs, spec).write_bytes(b"log")
-    record = {
-        "settings": train_settings(spec, lr=LR, data=DATA),
-        "report": {"checkpoint": str(body), "head_checkpoint": str(head)},
-        "wirelog": str(wirelog_path(runs, spec)),
-        "finished_at": "then",
-    }
-    write_json_atomic(train_record_path(runs, spec), record)
+    record = ClassifierRecord(
+        settings=train_settings(spec, lr=LR, data=DATA),
+        report=_report(body, head),
+        wirelog=str(wirelog_path(runs, spec)),
+        wall_seconds=1.0,
+        finished_at="then",
+    )
+    write_json_atomic(train_record_path(runs, spec), record.to_json())
     return record
 
 
@@ -87,7 +112,7 @@ def test_other_settings_are_not_done(tmp_path: Path, changes: dict[str, Any]) ->
 def test_a_run_whose_files_are_gone_is_not_done(tmp_path: Path, lost: str) -> None:
     spec = _spec()
     record = _finished_run(tmp_path, spec)
-    path = Path(record["report"].get(lost) or record[lost])
+    path = Path(record.wirelog if lost == "wirelog" else getattr(record.report, lost))
 
     path.unlink()
 
@@ -97,7 +122,7 @@ def test_a_run_whose_files_are_gone_is_not_done(tmp_path: Path, lost: str) -> No
 def test_a_checkpoint_from_other_settings_is_not_done(tmp_path: Path) -> None:
     spec = _spec()
     record = _finished_run(tmp_path, spec)
-    manifest = Path(record["report"]["checkpoint"] + ".json")
+    manifest = Path(record.report.checkpoint + ".json")
     manifest.write_text(manifest.read_text().replace('"noise": 0.0', '"noise": 0.5'))
 
     assert load_train_record(tmp_path / "runs", spec, lr=LR, data=DATA) is None
@@ -134,6 +159,15 @@ def test_done_runs_are_skipped_unless_forced(force: bool) -> None:
     ]
     assert outcomes[1].record == {"item": "todo"}
     assert outcomes[2].error == "splitnn-client exited with status 1"
+
+
+def test_a_record_of_an_older_report_version_is_not_done(tmp_path: Path) -> None:
+    spec = _spec()
+    _finished_run(tmp_path, spec)
+    path = train_record_path(tmp_path / "runs", spec)
+    path.write_text(path.read_text().replace('"version": 1', '"version": 0'))
+
+    assert load_train_record(tmp_path / "runs", spec, lr=LR, data=DATA) is None
 
 
 def test_a_run_on_other_data_is_not_done(tmp_path: Path) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from splitnn.common.reports import AttackReport
 from splitnn.experiments.attack_report import (
     ATTACK_COLUMNS,
     attack_row,
@@ -15,6 +15,7 @@ from splitnn.experiments.attack_report import (
     write_figures,
 )
 from splitnn.experiments.performance import MODEL_COLUMNS, POSTTRAIN_COLUMNS
+from splitnn.experiments.records import AttackRecord
 
 REQUIRED_ATTACK = [
     "classifier",
@@ -48,38 +49,42 @@ REQUIRED_MODEL = [
 
 def _record(
     tmp_path: Path, family: str, *, noise: float, protocol: str = "noisy", ssim: float = 0.5
-) -> dict[str, Any]:
+) -> AttackRecord:
     figure = tmp_path / f"{family}_{noise}_{protocol}.png"
     plt.imsave(figure, np.random.default_rng(0).random((20, 40)))
     stem = f"mnist5k_{noise}noise_00nopeek_epoch=3"
-    return {
-        "family": family,
-        "model": f"mnist5k_{noise}noise_00nopeek",
-        "classifier_seed": 0,
-        "noise": noise,
-        "nopeek": 0.0,
-        "settings": {"set_noise": None, "aux_fraction": 1.0, "decoder": "deep", "epochs": 30},
-        "report": {
-            "classifier": f"models/classifiers/{stem}.ckpt",
-            "attacker": f"models/attackers/mnist_attacker_model{stem}_{protocol}.ckpt",
-            "dataset": "mnist5k",
-            "deployed_noise": noise,
-            "set_noise": noise,
-            "aux": "mnist5k",
-            "aux_fraction": 1.0,
-            "aux_images": 500,
-            "decoder": "deep",
-            "protocol": protocol,
-            "images": 500,
-            "mse": 0.05,
-            "psnr": 13.0,
-            "ssim": ssim,
-            "dcor": 0.9,
-            "validator_accuracy": 90.0,
-            "validator_accuracy_originals": 98.0,
-            "figure": str(figure),
-        },
-    }
+    return AttackRecord(
+        family=family,
+        model=f"mnist5k_{noise}noise_00nopeek",
+        classifier_seed=0,
+        noise=noise,
+        nopeek=0.0,
+        settings={"set_noise": None, "aux_fraction": 1.0, "decoder": "deep", "epochs": 30},
+        report=AttackReport(
+            classifier=f"models/classifiers/{stem}.ckpt",
+            attacker=f"models/attackers/mnist_attacker_model{stem}_{protocol}.ckpt",
+            dataset="mnist5k",
+            deployed_noise=noise,
+            set_noise=noise,
+            aux="mnist5k",
+            aux_fraction=1.0,
+            aux_images=500,
+            decoder="deep",
+            protocol=protocol,
+            images=500,
+            mse=0.05,
+            psnr=13.0,
+            ssim=ssim,
+            dcor=0.9,
+            validator_accuracy=90.0,
+            validator_accuracy_originals=98.0,
+            figure=str(figure),
+            source="log",
+            log_problem=None,
+        ),
+        wall_seconds=1.0,
+        finished_at="then",
+    )
 
 
 def test_tables_have_the_columns_the_issue_asks_for() -> None:

@@ -1,0 +1,157 @@
+"""The command lines the orchestrators (`splitnn-sim`, `splitnn-experiments`) give the data
+holder and the attacker, and their typed reports back: one home for each.
+
+A field left None is not passed, so the program's own default applies. Every run asks for the
+program's JSON report, which is parsed into `RunReport` / `AttackReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+from splitnn.common.credentials import Credentials
+from splitnn.common.processes import ProcessError, run_json
+from splitnn.common.reports import AttackReport, ReportError, RunReport
+
+__all__ = ["AttackCommand", "ClientCommand", "run_attacker", "run_client"]
+
+_Report = TypeVar("_Report", RunReport, AttackReport)
+
+
+def _flags(pairs: list[tuple[str, object]]) -> list[str]:
+    """``--flag value`` for every value that is not None (floats as ``repr``: exact)."""
+    out = []
+    for flag, value in pairs:
+        if value is not None:
+            out += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return out
+
+
+@dataclass(frozen=True)
+class ClientCommand:
+    """A `splitnn-client` command line: a training run, or with `from_checkpoint` a trained
+    model served again (its settings come from its manifest)."""
+
+    server: str
+    dataset: str | None = None
+    noise: float | None = None
+    nopeek: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    max_steps: int | None = None
+    threads: int | None = None
+    from_checkpoint: Path | None = None
+    eval_noise: float | None = None
+    model_dir: Path | None = None
+    data_dir: Path | None = None
+    deploy: bool = False
+    # An orchestrator starts its runs over, whatever an interrupted one left behind, and, as an
+    # evaluation harness, has the data holder send the sample indices that score the attack.
+    restart: bool = False
+    send_indices: bool = False
+    quiet: bool = False
+    credentials: Credentials = field(default_factory=Credentials)
+
+    def args(self) -> list[str]:
+        args = ["--server", self.server]
+        args += _flags(
+            [
+                ("--dataset", self.dataset),
+                ("--noise", self.noise),
+                ("--nopeek", self.nopeek),
+                ("--epochs", self.epochs),
+                ("--batch-size", self.batch_size),
+                ("--lr", self.lr),
+                ("--seed", self.seed),
+                ("--max-steps", self.max_steps),
+                ("--threads", self.threads),
+                ("--from-checkpoint", self.from_checkpoint),
+                ("--eval-noise", self.eval_noise),
+                ("--model-dir", self.model_dir),
+                ("--data-dir", self.data_dir),
+            ]
+        )
+        switches = [
+            ("--deploy", self.deploy),
+            ("--restart", self.restart),
+            ("--send-indices", self.send_indices),
+            ("-q", self.quiet),
+        ]
+        args += [flag for flag, on in switches if on]
+        return [*args, *self.credentials.args(), "--json"]
+
+
+@dataclass(frozen=True)
+class AttackCommand:
+    """A `splitnn-attack run` command line attacking a wire log."""
+
+    classifier: Path
+    from_log: Path
+    dataset: str | None = None
+    aux: str | None = None
+    aux_fraction: float | None = None
+    set_noise: float | None = None
+    decoder: str | None = None
+    protocol: str | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    model_dir: Path | None = None
+    data_dir: Path | None = None
+    figure: Path | None = None
+    validator_epochs: int | None = None
+    quiet: bool = False
+
+    def args(self) -> list[str]:
+        args = [*(["-q"] if self.quiet else []), "run"]
+        args += _flags(
+            [
+                ("--classifier", self.classifier),
+                ("--from-log", self.from_log),
+                ("--dataset", self.dataset),
+                ("--aux", self.aux),
+                ("--aux-fraction", self.aux_fraction),
+                ("--set-noise", self.set_noise),
+                ("--decoder", self.decoder),
+                ("--protocol", self.protocol),
+                ("--epochs", self.epochs),
+                ("--seed", self.seed),
+                ("--model-dir", self.model_dir),
+                ("--data-dir", self.data_dir),
+                ("--figure", self.figure),
+                ("--validator-epochs", self.validator_epochs),
+            ]
+        )
+        return [*args, "--json"]
+
+
+def run_client(
+    command: ClientCommand, *, log: IO[str] | None = None, env: dict[str, str] | None = None
+) -> RunReport:
+    """Runs `splitnn-client` to completion; its report.
+
+    Raises:
+        ProcessError: it failed, or its report is not a run report of this version.
+    """
+    return _parsed(RunReport, run_json("splitnn-client", command.args(), log=log, env=env))
+
+
+def run_attacker(
+    command: AttackCommand, *, log: IO[str] | None = None, env: dict[str, str] | None = None
+) -> AttackReport:
+    """Runs `splitnn-attack run` to completion; its report.
+
+    Raises:
+        ProcessError: it failed, or its report is not an attack report of this version.
+    """
+    return _parsed(AttackReport, run_json("splitnn-attack", command.args(), log=log, env=env))
+
+
+def _parsed(kind: type[_Report], data: dict[str, object]) -> _Report:
+    try:
+        return kind.from_json(data)
+    except ReportError as error:
+        raise ProcessError(f"unexpected report: {error}") from None

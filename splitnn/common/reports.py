@@ -1,0 +1,172 @@
+"""The programs' reports: what `splitnn-client --json` and `splitnn-attack run --json` print, and
+what the orchestrators (`splitnn-sim`, `splitnn-experiments`) read back.
+
+One typed home for both sides of each process boundary: the producer builds the dataclass, the
+consumer parses the JSON with `from_json`, which checks the kind, the version and every field, so a
+renamed or missing field fails where it is read, with its name, not later as a KeyError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
+
+__all__ = ["REPORT_VERSION", "AttackReport", "EpochRecord", "ReportError", "RunReport"]
+
+# Bump when a field of a report is renamed, removed or changes its meaning.
+REPORT_VERSION = 1
+
+
+class ReportError(ValueError):
+    """A report that is not the expected kind or version, or lacks or mistypes a field."""
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's numbers; accuracies in percent."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float  # in training steps
+    samples: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a data holder's run measured; accuracies in percent."""
+
+    KIND: ClassVar[str] = "run"
+
+    run: str
+    dataset: str
+    dataset_description: str
+    noise: float
+    nopeek: float
+    eval_noise: float
+    epochs: int
+    batch_size: int
+    seed: int
+    best_epoch: int
+    train_accuracy: float | None  # None when a trained model was only evaluated
+    val_accuracy: float
+    test_accuracy: float
+    samples_per_second: float
+    train_seconds: float
+    checkpoint: str
+    head_checkpoint: str
+    deploy_accuracy: float | None = None
+    resumed_from: str | None = None  # the step a --resume run continued after
+    step_ms_p50: float | None = None  # training steps of this process, median
+    step_ms_p95: float | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> RunReport:
+        """Raises ReportError: see the module docstring."""
+        return _from_json(cls, data)
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """Scores of an attack's reconstructions against the true images (pixels in [0,1])."""
+
+    KIND: ClassVar[str] = "attack"
+
+    classifier: str
+    attacker: str
+    dataset: str
+    deployed_noise: float
+    set_noise: float
+    aux: str
+    aux_fraction: float
+    aux_images: int
+    decoder: str
+    protocol: str
+    images: int
+    mse: float
+    psnr: float
+    ssim: float
+    dcor: float
+    validator_accuracy: float
+    validator_accuracy_originals: float
+    figure: str
+    source: str
+    log_problem: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> AttackReport:
+        """Raises ReportError: see the module docstring."""
+        return _from_json(cls, data)
+
+
+def _to_json(report: Any) -> dict[str, Any]:
+    return {"kind": report.KIND, "version": REPORT_VERSION, **asdict(report)}
+
+
+def _from_json(cls: type[R], data: object) -> R:
+    kind: str = getattr(cls, "KIND")  # noqa: B009 (a ClassVar of both report classes)
+    if not isinstance(data, dict):
+        raise ReportError(f"a {kind} report is a JSON object, not {type(data).__name__}")
+    if data.get("kind") != kind or data.get("version") != REPORT_VERSION:
+        raise ReportError(
+            f"expected a {kind} report of version {REPORT_VERSION}, got kind "
+            f"{data.get('kind')!r} version {data.get('version')!r}"
+        )
+    return _build(cls, {k: v for k, v in data.items() if k not in ("kind", "version")}, kind)
+
+
+def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
+    hints = get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    names = {f.name for f in fields}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ReportError(f"{where} report: unknown fields {', '.join(unknown)}")
+    required = {
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        raise ReportError(f"{where} report: missing fields {', '.join(missing)}")
+    values = {name: _value(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    """`value` checked against the annotation `hint` (ints are accepted for floats)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _value(inner, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ReportError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = get_args(hint)
+        return [_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ReportError(f"{where}: expected an object, got {type(value).__name__}")
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ReportError(f"{where}: expected {hint.__name__}, got {value!r}")

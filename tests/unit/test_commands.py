@@ -1,0 +1,107 @@
+"""The orchestrators' command lines are what the programs' own parsers accept, field by field."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+
+from splitnn.attacker.cli import main as attack_main
+from splitnn.client.cli import main as client_main
+from splitnn.common.commands import AttackCommand, ClientCommand
+from splitnn.common.credentials import Credentials
+
+CLIENT = ClientCommand(
+    server="127.0.0.1:5",
+    dataset="mnist5k",
+    noise=0.5,
+    nopeek=0.25,
+    epochs=3,
+    batch_size=32,
+    lr=0.0001,
+    seed=7,
+    max_steps=4,
+    threads=2,
+    from_checkpoint=Path("models/classifiers/a.ckpt"),
+    eval_noise=1.5,
+    model_dir=Path("m"),
+    data_dir=Path("d"),
+    deploy=True,
+    restart=True,
+    send_indices=True,
+    quiet=True,
+    credentials=Credentials(ca=Path("ca.pem"), cert=Path("v.pem"), key=Path("v.key")),
+)
+ATTACK = AttackCommand(
+    classifier=Path("models/classifiers/a.ckpt"),
+    from_log=Path("runs/wire.log"),
+    dataset="mnist5k",
+    aux="fashion-mnist",
+    aux_fraction=0.25,
+    set_noise=0.1,
+    decoder="study",
+    protocol="clean",
+    epochs=3,
+    seed=2,
+    model_dir=Path("m"),
+    data_dir=Path("d"),
+    figure=Path("f.png"),
+    validator_epochs=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files and folders the commands name, which the parsers check exist."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("m", "d", "models/classifiers", "runs"):
+        Path(folder).mkdir(parents=True)
+    for name in ("models/classifiers/a.ckpt", "runs/wire.log", "ca.pem", "v.pem", "v.key"):
+        Path(name).write_text("x")
+
+
+def _parse(command: click.Command, args: list[str]) -> dict[str, object]:
+    with command.make_context(command.name or "prog", args) as ctx:
+        return dict(ctx.params)
+
+
+def test_every_client_field_reaches_the_client_parser() -> None:
+    params = _parse(client_main, CLIENT.args())
+
+    for f in fields(ClientCommand):
+        if f.name == "credentials":  # five options, gathered into one argument when run
+            files = [params[n] for n in ("tls_ca", "tls_cert", "tls_key")]
+            assert files == [CLIENT.credentials.ca, CLIENT.credentials.cert, CLIENT.credentials.key]
+            continue
+        assert params[f.name] == getattr(CLIENT, f.name), f.name
+    assert params["as_json"] is True
+
+
+def test_every_attack_field_reaches_the_attack_parser() -> None:
+    args = ATTACK.args()
+    assert args[0] == "run"
+    run = attack_main.commands["run"]
+
+    params = _parse(run, args[1:])
+
+    for f in fields(AttackCommand):
+        if f.name == "quiet":
+            continue  # a flag of the group, before "run"
+        assert params[f.name] == getattr(ATTACK, f.name), f.name
+    assert params["as_json"] is True
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-05, 2.0])
+def test_floats_pass_exactly(value: float) -> None:
+    params = _parse(client_main, ClientCommand(server="s", noise=value).args())
+
+    assert params["noise"] == value
+
+
+def test_fields_left_out_keep_the_programs_defaults() -> None:
+    assert ClientCommand(server="s").args() == ["--server", "s", "--json"]
+    assert AttackCommand(classifier=Path("c"), from_log=Path("l")).args() == [
+        "run", "--classifier", "c", "--from-log", "l", "--json",
+    ]  # fmt: skip
