@@ -25,6 +25,7 @@ from typing import Any
 
 from splitnn.common.checkpoints import attacker_stem, setting_tag
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
+from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import (
     ProcessError,
     ServerProcess,
@@ -48,7 +49,6 @@ from splitnn.experiments.records import (
     classifier_record,
     load_attack_record,
     now,
-    write_json_atomic,
 )
 from splitnn.experiments.runner import Outcome, run_jobs
 

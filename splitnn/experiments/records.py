@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -97,21 +95,6 @@ class AttackRecord:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ReportError(f"attack record: {error}") from None
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(data), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        Path(tmp).chmod(0o644)  # mkstemp makes it private; these are shared results
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

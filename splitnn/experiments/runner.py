@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splitnn.common.checkpoints import remove_checkpoint
 from splitnn.common.commands import ClientCommand, run_client
+from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import ProcessError, ServerProcess, log_tail
 from splitnn.common.reports import RunReport
 from splitnn.common.wirelog import WireLogError
@@ -34,7 +35,6 @@ from splitnn.experiments.records import (
     train_record_path,
     train_settings,
     wirelog_path,
-    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)

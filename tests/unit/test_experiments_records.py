@@ -10,6 +10,7 @@ import torch
 
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import DatasetSplits, Subset
+from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import ProcessError
 from splitnn.common.reports import RunReport
 from splitnn.experiments.config import ExperimentConfig
@@ -21,7 +22,6 @@ from splitnn.experiments.records import (
     train_record_path,
     train_settings,
     wirelog_path,
-    write_json_atomic,
 )
 from splitnn.experiments.runner import run_jobs
 
