@@ -171,6 +171,7 @@ def main(
         tap_log=tap_log,
         tap=tap,
     )
+
     def announce(bound_host: str, bound_port: int) -> None:
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         sys.stdout.flush()
