@@ -25,6 +25,7 @@ from typing import Any
 
 from splitnn.common.checkpoints import attacker_stem, setting_tag
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
+from splitnn.common.datasets import locally_available
 from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import (
     ProcessError,
@@ -34,7 +35,7 @@ from splitnn.common.processes import (
 )
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments import wirelogs
-from splitnn.experiments.config import ExperimentConfig, locally_available
+from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import (
     AUX_FRACTIONS,
     GROUPS,

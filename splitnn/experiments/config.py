@@ -6,8 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Re-exported: splitnn.experiments.attacks imports it from here.
-from splitnn.common.datasets import locally_available as locally_available
+from splitnn.common.datasets import locally_available
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ class SimConfig:
     noise: float = 0.0
     nopeek: float = 0.0
     epochs: int = 10
-    batch_size: int | None = None  # None: 128, or 32 with NoPeek (the study's)
+    batch_size: int | None = None  # None: study_batch_size(nopeek)
     max_steps: int | None = None
     seed: int = 0
     aux: str | None = None

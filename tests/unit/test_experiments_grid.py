@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from splitnn.common.checkpoints import attacker_stem
+from splitnn.common.datasets import locally_available
 from splitnn.experiments.attacks import AttackSpec, attack_specs
-from splitnn.experiments.config import ExperimentConfig, default_dataset, locally_available
+from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import GROUPS, Setting, expand, grid_specs, train_specs
 
 
