@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 STARTUP_S = 60.0
 RUN_S = 180.0
 STEM = "mnist5k_00noise_00nopeek_epoch=1"  # the study's name for noise 0, NoPeek 0, epoch 1
+CLEARLY_ABOVE_CHANCE = 40.0  # percent; guessing among ten classes gets 10
 # Settings must come from the flags under test, not from the caller's environment.
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
 
@@ -117,7 +118,9 @@ def _leave_a_session_open(address: str, run: str) -> None:
 def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Path) -> None:
     assert server.address is not None
     client_dir = tmp_path / "client-models"
-    flags = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "3", "--json"]
+    # Five steps of 128 images at lr 1e-3 take mnist5k to about 70 % (measured 69.6 % test).
+    flags = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "5", "--lr", "1e-3"]
+    flags += ["--json"]
     flags += ["--server", server.address, "--model-dir", str(client_dir)]
 
     result = _run("splitnn-client", *flags, cwd=tmp_path)
@@ -128,7 +131,9 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["dataset"], report["noise"], report["best_epoch"]) == ("mnist5k", 0.0, 1)
-    assert 0.0 <= report["test_accuracy"] <= 100.0 and 0.0 <= report["val_accuracy"] <= 100.0
+    # Far above the 10 % of guessing among ten classes: the split model really trained.
+    assert report["test_accuracy"] > CLEARLY_ABOVE_CHANCE, report
+    assert report["val_accuracy"] > CLEARLY_ABOVE_CHANCE, report
     assert report["samples_per_second"] > 0
     body = client_dir / "classifiers" / f"{STEM}.ckpt"
     head = server.model_dir / "heads" / ANONYMOUS_OWNER / report["run"] / f"{STEM}.head.ckpt"
