@@ -28,6 +28,7 @@ Role = Literal[
     "validator",  # the validation classifier's initial weights
     "validator_order",  # the validation classifier's batch order
     "measure_noise",  # noise of the post-training measurements (experiments)
+    "partition",  # how the training set is shared out among several data holders
 ]
 _ROLE_NUMBER: dict[str, int] = {
     "body": 0,
@@ -41,6 +42,7 @@ _ROLE_NUMBER: dict[str, int] = {
     "validator": 8,
     "validator_order": 9,
     "measure_noise": 10,
+    "partition": 11,
 }
 # Recorded in manifests and run records: files made under another scheme are not reused.
 SEEDING = "seedsequence-v1"
