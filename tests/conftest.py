@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +91,23 @@ def seeded_batch(seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     activations = torch.rand(size, *CUT_SHAPE, generator=generator) * 2 - 1
     return activations, torch.randint(0, 10, (size,), generator=generator)
+
+
+# The installed programs, and an environment without the caller's SPLITNN_* settings.
+BIN = Path(sys.executable).parent
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
+
+
+def run_program(
+    name: str, *args: str, cwd: Path, timeout: float = 300.0
+) -> subprocess.CompletedProcess[str]:
+    """Runs the installed program `name` to completion in `cwd`; its output captured as text."""
+    return subprocess.run(
+        [str(BIN / name), *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -10,9 +10,7 @@ b = 1; the server stops, leaving its wire log.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +24,14 @@ from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.processes import ServerProcess
 from splitnn.common.seeds import SEEDING
 from splitnn.common.wirelog import read_wirelog
+from tests.conftest import BIN, ENV, run_program
 
 pytestmark = pytest.mark.slow  # about a minute and a half on two cores: five processes in turn
 
-BIN = Path(sys.executable).parent
 RUN_S = 300.0
 SUBSCRIBED_DEADLINE_S = 120.0
 DEPLOYED = 500  # mnist5k's attack-evaluation slice, one record on the wire
 LATER_NOISE = 1.0  # the second deployment's post-training noise
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
 # A small, quick attacker: the study's decoder, one epoch on a fifth of the auxiliary images.
 ATTACKER = ["--decoder", "study", "--epochs", "1", "--aux-fraction", "0.2", "--json"]
 
@@ -59,15 +56,7 @@ class Scenario:
 
 
 def _program(root: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / name), *args],
-        cwd=root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=RUN_S,
-        check=False,
-    )
+    return run_program(name, *args, cwd=root, timeout=RUN_S)
 
 
 def _report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.codec import tensor_to_proto
 from splitnn.common.processes import listening_address
+from splitnn.common.reports import RunReport
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.head import ANONYMOUS_OWNER
@@ -129,15 +130,15 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     server_code = server.process.wait(timeout=STARTUP_S)
 
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert (report["dataset"], report["noise"], report["best_epoch"]) == ("mnist5k", 0.0, 1)
+    report = RunReport.from_json(json.loads(result.stdout))  # the typed contract, checked
+    assert (report.dataset, report.noise, report.best_epoch) == ("mnist5k", 0.0, 1)
     # Far above the 10 % of guessing among ten classes: the split model really trained.
-    assert report["test_accuracy"] > CLEARLY_ABOVE_CHANCE, report
-    assert report["val_accuracy"] > CLEARLY_ABOVE_CHANCE, report
-    assert report["samples_per_second"] > 0
+    assert report.test_accuracy > CLEARLY_ABOVE_CHANCE, report
+    assert report.val_accuracy > CLEARLY_ABOVE_CHANCE, report
+    assert report.samples_per_second > 0
     body = client_dir / "classifiers" / f"{STEM}.ckpt"
-    head = server.model_dir / "heads" / ANONYMOUS_OWNER / report["run"] / f"{STEM}.head.ckpt"
-    assert Path(report["checkpoint"]) == body and Path(report["head_checkpoint"]) == head
+    head = server.model_dir / "heads" / ANONYMOUS_OWNER / report.run / f"{STEM}.head.ckpt"
+    assert Path(report.checkpoint) == body and Path(report.head_checkpoint) == head
     assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
     assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
     assert server_code == 0

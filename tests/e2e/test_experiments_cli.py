@@ -6,9 +6,7 @@ Every training run inside it is a real splitnn-server and splitnn-client pair ov
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +31,9 @@ from splitnn.experiments.attacks import (
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.measure import DCOR_SAMPLES, load_classifier
 from splitnn.experiments.records import fingerprint
+from tests.conftest import run_program
 
-BIN = Path(sys.executable).parent
 RUN_S = 300.0
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
 SMOKE = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "2"]
 REDEPLOY_NOISE = 0.5
 
@@ -73,15 +70,7 @@ def _flags(root: Path) -> list[str]:
 
 
 def _experiments(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "splitnn-experiments"), *args],
-        cwd=root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=RUN_S,
-        check=False,
-    )
+    return run_program("splitnn-experiments", *args, cwd=root, timeout=RUN_S)
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,18 @@ The classifier is trained for real (a splitnn-server and splitnn-client pair, tw
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from tests.conftest import run_program
+
 RUN_S = 300.0
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
 
 
 def _experiments(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     dirs = [f"--{name}-dir={root / name}" for name in ("model", "runs", "results", "data")]
-    return subprocess.run(
-        [str(BIN / "splitnn-experiments"), *args, "--dataset", "mnist5k", "-q", *dirs],
-        cwd=root,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=RUN_S,
-        check=False,
-    )
+    args = (*args, "--dataset", "mnist5k", "-q", *dirs)
+    return run_program("splitnn-experiments", *args, cwd=root, timeout=RUN_S)
 
 
 def test_performance_of_untrained_settings_fails_and_names_the_trained_ones(
