@@ -20,6 +20,7 @@ from splitnn.client.training import (
     eval_noise,
     resume_settings,
     training_noise,
+    validation_noise,
 )
 from splitnn.client.transport import ServerLink, SessionSettings
 from splitnn.common.checkpoints import (
@@ -156,8 +157,8 @@ def _evaluate_trained(
     assert cfg.from_checkpoint is not None
     stem = cfg.from_checkpoint.name.removesuffix(".ckpt")
     trainer.link.restore(stem, run=trained_run)
-    val = trainer.evaluate("val", splits.val, noise=eval_noise(cfg))
     noise = eval_noise(cfg)
+    val = trainer.evaluate("val", splits.val, noise=validation_noise(cfg, scale=noise.scale))
     test = trainer.evaluate("test", splits.test, noise=noise)
     return _report(
         cfg,

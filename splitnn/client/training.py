@@ -59,9 +59,9 @@ def eval_noise(cfg: ClientConfig) -> LaplaceNoise:
     return LaplaceNoise(scale, seed=seed_for(cfg.seed, "eval_noise"))
 
 
-def validation_noise(cfg: ClientConfig) -> LaplaceNoise:
-    """Noise of the per-epoch validation: the training scale, on the evaluation stream."""
-    return LaplaceNoise(cfg.noise, seed=seed_for(cfg.seed, "eval_noise"))
+def validation_noise(cfg: ClientConfig, *, scale: float | None = None) -> LaplaceNoise:
+    """Noise for validation, on its own stream: `scale`, by default the training noise's."""
+    return LaplaceNoise(cfg.noise if scale is None else scale, seed=seed_for(cfg.seed, "val_noise"))
 
 
 def resume_settings(cfg: ClientConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ Role = Literal[
     "head",  # the server's part-2 initial weights (the data holder sends it)
     "batch_order",  # the data holder's per-epoch shuffling
     "train_noise",  # Laplace noise on the cut tensor while training
-    "eval_noise",  # Laplace noise for validation, testing and deployment
+    "eval_noise",  # Laplace noise for testing and deployment
     "oracle_noise",  # the attacker's noise when it queries the lent part 1
     "decoder",  # the attacker's decoder initial weights
     "decoder_order",  # the attacker's decoder batch order
@@ -29,6 +29,7 @@ Role = Literal[
     "validator_order",  # the validation classifier's batch order
     "measure_noise",  # noise of the post-training measurements (experiments)
     "partition",  # how the training set is shared out among several data holders
+    "val_noise",  # Laplace noise for the per-epoch validation
 ]
 _ROLE_NUMBER: dict[str, int] = {
     "body": 0,
@@ -43,9 +44,11 @@ _ROLE_NUMBER: dict[str, int] = {
     "validator_order": 9,
     "measure_noise": 10,
     "partition": 11,
+    "val_noise": 12,
 }
 # Recorded in manifests and run records: files made under another scheme are not reused.
-SEEDING = "seedsequence-v1"
+# v2: validation noise has its own stream (v1 drew it from the test and deployment stream).
+SEEDING = "seedsequence-v2"
 MAX_SEED = 2**63 - 1
 # The click type of every ``--seed`` option: a non-negative integer.
 SEED_TYPE = click.IntRange(min=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import get_args
 
 import click
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from splitnn.attacker.validator import build_validator
+from splitnn.client.config import ClientConfig
+from splitnn.client.training import eval_noise, training_noise, validation_noise
 from splitnn.common.models import build_body
 from splitnn.common.seeds import MAX_SEED, SEED_TYPE, Role, seed_for
 
@@ -47,3 +50,13 @@ def test_the_validator_does_not_start_from_any_victims_weights() -> None:
     victims += [build_body(s) for s in range(3)]  # the raw seeds an offset scheme would use
     for victim in victims:
         assert not torch.equal(first, next(iter(victim.parameters())))
+
+
+def test_the_data_holder_validates_and_tests_on_streams_of_their_own() -> None:
+    cfg = ClientConfig(noise=0.5)
+    cut = torch.zeros(4, 500)
+
+    draws = [make(cfg)(cut) for make in (training_noise, validation_noise, eval_noise)]
+
+    for i, j in itertools.combinations(range(3), 2):
+        assert not torch.equal(draws[i], draws[j]), (i, j)
