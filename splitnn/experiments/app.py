@@ -13,6 +13,8 @@ from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import run_attacks
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, train_specs
+from splitnn.experiments.multi import run_simulations
+from splitnn.experiments.multi_report import write_multi_tables
 from splitnn.experiments.performance import NothingToMeasure, write_classifier_tables
 from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all
@@ -51,6 +53,12 @@ def _attack_group(cfg: ExperimentConfig, summary: Summary) -> None:
     summary.add(outcomes, lambda spec: spec.key)
 
 
+def _multi_group(cfg: ExperimentConfig, summary: Summary) -> None:
+    outcomes = run_simulations(cfg)
+    summary.add(outcomes, lambda spec: spec.name)
+    summary.lines += write_multi_tables(cfg)
+
+
 def _report_group(cfg: ExperimentConfig, summary: Summary) -> None:
     try:
         summary.lines += write_classifier_tables(cfg)
@@ -78,6 +86,8 @@ def run(cfg: ExperimentConfig) -> Summary:
             _train_group(name, cfg, summary)
         elif kind == "attack":
             _attack_group(cfg, summary)
+        elif kind == "multi":
+            _multi_group(cfg, summary)
         else:
             _report_group(cfg, summary)
         logger.info("%s: %.0f s", name, time.monotonic() - group_started)

@@ -3,7 +3,8 @@
 A training group is a list of classifier settings; the ``attacks`` group is built from whatever
 classifiers of the grid exist (see `splitnn.experiments.attacks`). Names follow the study:
 ``plain`` (b = 0, W = 0), ``noise`` (Laplace b), ``nopeek`` (NoPeek W, batch 32), ``combo``
-(both, batch 32).
+(both, batch 32). The ``multi`` group is a list of multi-holder simulations (`MultiSetting`), each
+one `splitnn-sim` run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ POSTTRAIN_NOISE = (0.0, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0)
 POSTTRAIN_ATTACK_NOISE = (0.1, 0.5, 1.0)
 AUX_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)
 
+# Multi-holder simulations (the ``multi`` group): holders K, topologies, Dirichlet label skew,
+# and the victims' noise at K = 4 with iid data.
+MULTI_HOLDERS = (2, 4, 8)
+TOPOLOGIES = ("shared-head", "round-robin", "splitfed")
+DIRICHLET_ALPHA = 0.5
+MULTI_NOISE_HOLDERS = 4
+MULTI_NOISE = (0.5, 1.0, 2.0, 5.0)
+
 TRAINING_GROUPS = ("plain", "noise", "nopeek", "combo")
-GroupKind = Literal["train", "attack", "report"]
+GroupKind = Literal["train", "attack", "report", "multi"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,10 @@ GROUPS: dict[str, Group] = {
     ),
     "attacks": Group(kind="attack", help="an attacker for every classifier, and the variants"),
     "performance": Group(kind="report", help="measure everything, write the CSVs and figures"),
+    "multi": Group(
+        kind="multi",
+        help="splitnn-sim: K in 2 4 8 x topologies x iid/dirichlet; victims' b at K=4 (not in all)",
+    ),
 }
 # `all` expands to these, in this order.
 ALL = (*TRAINING_GROUPS, "attacks", "performance")
@@ -151,4 +164,78 @@ def grid_specs(
         for spec in train_specs(
             group, dataset=dataset, seeds=seeds, epochs=epochs, max_steps=max_steps
         )
+    ]
+
+
+@dataclass(frozen=True)
+class MultiSetting:
+    """One multi-holder simulation, before seeds: K holders (holder 0 colludes with the server),
+    a topology, how the training data is split, and the victims' noise b and NoPeek weight W.
+
+    `alpha` is the Dirichlet concentration (None for iid).
+    """
+
+    holders: int
+    topology: str
+    partition: Literal["iid", "dirichlet"]
+    alpha: float | None
+    noise: float
+    nopeek: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        """E.g. ``round-robin_k4_iid_05noise_00nopeek``, ``splitfed_k8_dir05_00noise_00nopeek``."""
+        split = "iid" if self.alpha is None else f"dir{setting_tag(self.alpha)}"
+        return (
+            f"{self.topology}_k{self.holders}_{split}_"
+            f"{setting_tag(self.noise)}noise_{setting_tag(self.nopeek)}nopeek"
+        )
+
+
+@dataclass(frozen=True)
+class MultiSpec:
+    """One `splitnn-sim` run: a setting on a data set with one seed, for `epochs` epochs."""
+
+    dataset: str
+    setting: MultiSetting
+    seed: int
+    epochs: int
+    max_steps: int | None = None
+
+    @property
+    def name(self) -> str:
+        """E.g. ``mnist5k_multi_round-robin_k4_iid_00noise_00nopeek`` (``_seed<k>`` for k > 0)."""
+        seed = f"_seed{self.seed}" if self.seed else ""
+        return f"{self.dataset}_multi_{self.setting.tag}{seed}"
+
+
+def multi_settings() -> list[MultiSetting]:
+    """K x topology x (iid, Dirichlet) with noise-free victims, then the victims' noise levels
+    at K = 4 with iid data for each topology."""
+    partitions: list[tuple[Literal["iid", "dirichlet"], float | None]] = [
+        ("iid", None),
+        ("dirichlet", DIRICHLET_ALPHA),
+    ]
+    plain = [
+        MultiSetting(k, topology, partition, alpha, 0.0)
+        for k in MULTI_HOLDERS
+        for topology in TOPOLOGIES
+        for partition, alpha in partitions
+    ]
+    noisy = [
+        MultiSetting(MULTI_NOISE_HOLDERS, topology, "iid", None, b)
+        for topology in TOPOLOGIES
+        for b in MULTI_NOISE
+    ]
+    return plain + noisy
+
+
+def multi_specs(
+    *, dataset: str, seeds: int, epochs: int, max_steps: int | None = None
+) -> list[MultiSpec]:
+    """The simulations of the ``multi`` group for seeds 0..seeds-1 (seed-major)."""
+    return [
+        MultiSpec(dataset, setting, seed, epochs, max_steps)
+        for seed in range(seeds)
+        for setting in multi_settings()
     ]

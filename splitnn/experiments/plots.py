@@ -1,4 +1,4 @@
-"""The study's figures: accuracy against post-training noise, and stacked reconstructions.
+"""The study's figures: line plots (one or more panels side by side), and stacked reconstructions.
 
 The reconstruction figures are composed from the PNG each attacker wrote (originals above its
 reconstructions), one panel per setting, titled by the setting.
@@ -8,17 +8,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
 logger = logging.getLogger(__name__)
 
 # One line of a line plot: x values, y means, y standard errors (None: no error bar).
 Series = tuple[Sequence[float], Sequence[float], Sequence[float | None]]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a figure: a line (with error bars where given) per entry of `series`.
+
+    Attributes:
+        xticks: the x positions to label (None: matplotlib's choice).
+        reference: a dashed horizontal line: (y, its legend label).
+    """
+
+    series: Mapping[str, Series]
+    xlabel: str
+    ylabel: str
+    title: str
+    xticks: Sequence[float] | None = None
+    reference: tuple[float, str] | None = None
 
 
 def line_plot(
@@ -30,21 +49,38 @@ def line_plot(
     title: str,
 ) -> Path:
     """Writes a PNG with one line (and error bars where given) per entry of `series`."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, (xs, ys, errors) in series.items():
-        yerr = [e or 0.0 for e in errors] if any(e for e in errors) else None
-        ax.errorbar(list(xs), list(ys), yerr=yerr, marker="o", capsize=3, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize="small")
+    return panels_plot(path, [Panel(series, xlabel, ylabel, title)])
+
+
+def panels_plot(path: Path, panels: Sequence[Panel], *, title: str | None = None) -> Path:
+    """Writes a PNG with `panels` side by side, under `title` if given."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        _draw(ax, panel)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _draw(ax: Axes, panel: Panel) -> None:
+    for label, (xs, ys, errors) in panel.series.items():
+        yerr = [e or 0.0 for e in errors] if any(e for e in errors) else None
+        ax.errorbar(list(xs), list(ys), yerr=yerr, marker="o", capsize=3, label=label)
+    if panel.reference is not None:
+        y, label = panel.reference
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
+    if panel.xticks is not None:
+        ax.set_xticks(list(panel.xticks))
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title)
+    ax.grid(alpha=0.3)
+    if panel.series or panel.reference:
+        ax.legend(fontsize="small")
 
 
 def stack_images(path: Path, panels: Sequence[tuple[str, Path]], *, title: str) -> Path | None:

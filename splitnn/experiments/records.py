@@ -1,9 +1,11 @@
 """Run records: what each finished run printed, kept as JSON, and whether a run is done.
 
 A training run's record is ``RUNS_DIR/<dataset>/<run>.json``; an attack's is
-``RUNS_DIR/<dataset>/attacks/<attack>.json``. Each holds the settings it was run with, the
+``RUNS_DIR/<dataset>/attacks/<attack>.json``; a multi-holder simulation's is
+``RUNS_DIR/<dataset>/multi/<simulation>.json``. Each holds the settings it was run with, the
 program's JSON report and when it finished. A run is done when its record exists, its settings
-equal the ones asked for, and the files it names (checkpoints, wire log) are still there.
+equal the ones asked for, and the files it names (checkpoints, wire log, the attack figures) are
+still there.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from splitnn.common.datasets import DatasetSplits
 from splitnn.common.reports import AttackReport, ReportError, RunReport
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import TrainSpec
+from splitnn.experiments.grid import MultiSpec, TrainSpec
+from splitnn.experiments.sim_reports import SimReport
 
 logger = logging.getLogger(__name__)
 
-_Record = TypeVar("_Record", "ClassifierRecord", "AttackRecord")
+_Record = TypeVar("_Record", "ClassifierRecord", "AttackRecord", "MultiRecord")
 
 # Manifest keys of the part-1 checkpoint that must agree with the run's settings.
 _MANIFEST_KEYS = ("dataset", "noise", "nopeek", "seed", "batch_size")
@@ -95,6 +98,32 @@ class AttackRecord:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ReportError(f"attack record: {error}") from None
+
+
+@dataclass(frozen=True)
+class MultiRecord:
+    """A finished multi-holder simulation: its settings and what `splitnn-sim` reported."""
+
+    settings: dict[str, Any]
+    report: SimReport
+    wall_seconds: float
+    finished_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "multi", **asdict(self), "report": self.report.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MultiRecord:
+        """Raises ReportError (also for a missing or mistyped field of the record)."""
+        try:
+            return cls(
+                settings=dict(data["settings"]),
+                report=SimReport.from_json(data["report"]),
+                wall_seconds=float(data["wall_seconds"]),
+                finished_at=str(data["finished_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReportError(f"multi record: {error}") from None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -212,3 +241,60 @@ def load_attack_record(
     if not Path(record.report.attacker).is_file():
         return None
     return record
+
+
+def multi_record_path(runs_dir: Path, spec: MultiSpec) -> Path:
+    return runs_dir / spec.dataset / "multi" / f"{spec.name}.json"
+
+
+def multi_run_settings(
+    spec: MultiSpec, *, attack_epochs: int, decoder: str, data: str
+) -> dict[str, Any]:
+    """What makes two simulations the same (compared for skipping); `data` as in
+    `train_settings`. Holder 0 colludes, noise-free."""
+    setting = spec.setting
+    return {
+        "dataset": spec.dataset,
+        "holders": setting.holders,
+        "topology": setting.topology,
+        "partition": setting.partition,
+        "alpha": setting.alpha,
+        "noise": setting.noise,
+        "nopeek": setting.nopeek,
+        "colluder": 0,
+        "colluder_noise": 0.0,
+        "seed": spec.seed,
+        "epochs": spec.epochs,
+        "max_steps": spec.max_steps,
+        "attack_epochs": attack_epochs,
+        "decoder": decoder,
+        "data": data,
+        "seeding": SEEDING,
+    }
+
+
+def load_multi_record(
+    runs_dir: Path, spec: MultiSpec, *, settings: Mapping[str, Any]
+) -> MultiRecord | None:
+    """The record of simulation `spec` if it ran with exactly `settings` and the attack figures
+    it names still exist, else None."""
+    path = multi_record_path(runs_dir, spec)
+    record = _parse(MultiRecord, path)
+    if record is None:
+        return None
+    if record.settings != dict(settings):
+        logger.debug("%s: recorded with other settings", path)
+        return None
+    missing = [v.figure for v in record.report.victims if v.figure and not Path(v.figure).is_file()]
+    if missing:
+        logger.debug("%s: missing %s", path, ", ".join(missing))
+        return None
+    return record
+
+
+def multi_record(cfg: ExperimentConfig, spec: MultiSpec) -> MultiRecord | None:
+    """`load_multi_record` with the settings of `cfg`."""
+    settings = multi_run_settings(
+        spec, attack_epochs=cfg.attack_epochs, decoder=cfg.decoder, data=cfg.data_fingerprint
+    )
+    return load_multi_record(cfg.runs_dir, spec, settings=settings)

@@ -1,0 +1,147 @@
+"""The ``multi`` group's results: multi_holder_attacks.csv (one row per victim of a simulation),
+its figure, and one summary line per simulation."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from splitnn.experiments.config import ExperimentConfig
+from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, TOPOLOGIES, MultiSpec
+from splitnn.experiments.multi import multi_records
+from splitnn.experiments.plots import Panel, Series, panels_plot
+from splitnn.experiments.records import MultiRecord
+from splitnn.experiments.sim_reports import SimReport
+from splitnn.experiments.tables import mean_se, upsert_rows
+
+MULTI_CSV = "multi_holder_attacks.csv"
+MULTI_FIGURE = "multi_holder_attacks.png"
+_ATTACK = (
+    "attack_mse",
+    "attack_psnr",
+    "attack_ssim",
+    "attack_validator_accuracy",
+    "validator_accuracy_originals",
+)
+MULTI_KEY = (
+    *("dataset", "topology", "holders", "partition", "alpha", "seed", "epochs"),
+    *("victim_noise", "victim_nopeek", "colluder", "victim"),
+)
+MULTI_COLUMNS = (
+    *MULTI_KEY[1:],
+    *("victim_test_accuracy", "colluder_test_accuracy", "mean_test_accuracy", *_ATTACK),
+    *("dataset", "colluder_noise", "victim_samples", "max_steps", "attack_epochs", "decoder"),
+    "figure",
+)
+
+
+def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
+    """The rows of multi_holder_attacks.csv of one simulation: one per victim."""
+    report, settings = record.report, record.settings
+    mean_accuracy = statistics.fmean(m.test_accuracy for m in report.members)
+    return [
+        {
+            "topology": report.topology,
+            "holders": report.holders,
+            "partition": report.partition,
+            "alpha": report.alpha,
+            "seed": report.seed,
+            "epochs": report.epochs,
+            "victim_noise": report.noise,
+            "victim_nopeek": report.nopeek,
+            "colluder": report.colluder,
+            "victim": victim.holder,
+            "victim_test_accuracy": victim.test_accuracy,
+            "colluder_test_accuracy": report.member(report.colluder).test_accuracy,
+            "mean_test_accuracy": mean_accuracy,
+            **{name: getattr(victim, name) for name in _ATTACK},
+            "dataset": report.dataset,
+            "colluder_noise": report.colluder_noise,
+            "victim_samples": report.member(victim.holder).samples,
+            "max_steps": settings.get("max_steps"),
+            "attack_epochs": settings.get("attack_epochs"),
+            "decoder": settings.get("decoder"),
+            "figure": victim.figure,
+        }
+        for victim in report.victims
+    ]
+
+
+def _victims_mean(report: SimReport, score: str) -> float:
+    return statistics.fmean(getattr(v, score) for v in report.victims)
+
+
+def topology_series(
+    reports: Sequence[SimReport], x: Callable[[SimReport], float], score: str
+) -> dict[str, Series]:
+    """Per topology (in `TOPOLOGIES` order): x values, the mean over seeds of the victims' mean
+    `score`, and its standard error; topologies without a report are left out."""
+    by_point: dict[tuple[str, float], list[float]] = defaultdict(list)
+    for report in reports:
+        by_point[(report.topology, x(report))].append(_victims_mean(report, score))
+    out: dict[str, Series] = {}
+    for topology in TOPOLOGIES:
+        xs = sorted(px for pt, px in by_point if pt == topology)
+        if not xs:
+            continue
+        stats = [mean_se(by_point[(topology, px)]) for px in xs]
+        out[topology] = (xs, [m for m, _ in stats], [se for _, se in stats])
+    return out
+
+
+def write_multi_figure(reports: Sequence[SimReport], path: Path) -> Path:
+    """Left: attack SSIM on the victims (iid, noise-free victims) against K, per topology.
+    Right: the validator's accuracy on reconstructions against the victims' noise b at K = 4
+    (iid), per topology, with a dashed 50 % line. Missing settings are not plotted."""
+    iid = [r for r in reports if r.partition == "iid" and r.nopeek == 0 and r.colluder_noise == 0]
+    plain = [r for r in iid if r.noise == 0]
+    at_k = [r for r in iid if r.holders == MULTI_NOISE_HOLDERS]
+    panels = [
+        Panel(
+            topology_series(plain, lambda r: float(r.holders), "attack_ssim"),
+            xlabel="data holders K (holder 0 colludes with the server)",
+            ylabel="attack SSIM (mean over victims)",
+            title="Attack on non-colluding victims, iid, b = 0",
+            xticks=MULTI_HOLDERS,
+        ),
+        Panel(
+            topology_series(at_k, lambda r: r.noise, "attack_validator_accuracy"),
+            xlabel="victims' Laplace noise b",
+            ylabel="validator accuracy on reconstructions (%)",
+            title=f"K = {MULTI_NOISE_HOLDERS}, iid",
+            reference=(50.0, "50 %"),
+        ),
+    ]
+    return panels_plot(path, panels, title="Model inversion with several data holders")
+
+
+def summary_line(spec: MultiSpec, record: MultiRecord) -> str:
+    """One line per simulation: accuracies, and the attack on the victims (their mean)."""
+    report = record.report
+    members = [m.test_accuracy for m in report.members]
+    return (
+        f"{spec.name}: test accuracy mean {statistics.fmean(members):.1f}% "
+        f"(colluder {report.member(report.colluder).test_accuracy:.1f}%), "
+        f"{len(report.victims)} victims: attack SSIM {_victims_mean(report, 'attack_ssim'):.3f}, "
+        f"validator {_victims_mean(report, 'attack_validator_accuracy'):.1f}% "
+        f"({report.seconds:.0f} s)"
+    )
+
+
+def write_multi_tables(cfg: ExperimentConfig) -> list[str]:
+    """Writes multi_holder_attacks.csv and its figure from every finished simulation of the
+    group; a text summary (one line per simulation)."""
+    done = multi_records(cfg)
+    if not done:
+        return ["no finished multi-holder simulations with these settings"]
+    csv_path = cfg.results_dir / MULTI_CSV
+    rows = [row for _, record in done for row in multi_rows(record)]
+    upsert_rows(csv_path, rows, key=MULTI_KEY, columns=MULTI_COLUMNS)
+    figure = write_multi_figure(
+        [record.report for _, record in done], cfg.figures_dir / MULTI_FIGURE
+    )
+    lines = [summary_line(spec, record) for spec, record in done]
+    return [*lines, f"{csv_path}: {len(rows)} victims of {len(done)} simulations", f"{figure}"]

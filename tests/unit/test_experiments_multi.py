@@ -1,0 +1,449 @@
+"""The ``multi`` group: its 30 simulations, the splitnn-sim command line, skip/redo, the CSV rows
+and the figure. splitnn-sim itself is replaced by a fake that prints its contract's JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from splitnn.common.processes import ProcessError
+from splitnn.experiments import multi
+from splitnn.experiments.cli import main
+from splitnn.experiments.config import ExperimentConfig
+from splitnn.experiments.grid import GROUPS, MultiSetting, MultiSpec, expand, multi_specs
+from splitnn.experiments.multi_report import (
+    MULTI_CSV,
+    multi_rows,
+    topology_series,
+    write_multi_figure,
+    write_multi_tables,
+)
+from splitnn.experiments.records import MultiRecord, multi_record, multi_record_path
+from splitnn.experiments.sim_reports import SimReport
+from splitnn.experiments.tables import read_rows, upsert_rows
+
+DATA = "0123456789abcdef"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _cfg(tmp_path: Path, **changes: Any) -> ExperimentConfig:
+    base: dict[str, Any] = {
+        "groups": ("multi",),
+        "dataset": "mnist5k",
+        "epochs": 3,
+        "attack_epochs": 2,
+        "decoder": "deep",
+        "model_dir": tmp_path / "models",
+        "runs_dir": tmp_path / "runs",
+        "results_dir": tmp_path / "results",
+        "progress": False,
+        "data_fingerprint": DATA,
+    }
+    return ExperimentConfig(**{**base, **changes})
+
+
+def _spec(
+    holders: int = 4,
+    topology: str = "round-robin",
+    noise: float = 0.0,
+    seed: int = 0,
+    epochs: int = 3,
+) -> MultiSpec:
+    return MultiSpec("mnist5k", MultiSetting(holders, topology, "iid", None, noise), seed, epochs)
+
+
+def summary(
+    *,
+    topology: str = "round-robin",
+    holders: int = 4,
+    partition: str = "iid",
+    alpha: float | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    ssim: tuple[float, ...] = (),
+    validator: tuple[float, ...] = (),
+    figure: str = "fig.png",
+) -> dict[str, Any]:
+    """What `splitnn-sim --json` prints (its contract); holder 0 colludes."""
+    victims = range(1, holders)
+    ssim = ssim or tuple(0.5 + 0.01 * h for h in victims)
+    validator = validator or tuple(90.0 - h for h in victims)
+    return {
+        "topology": topology,
+        "holders": holders,
+        "partition": partition,
+        "alpha": alpha,
+        "colluder": 0,
+        "dataset": "mnist5k",
+        "epochs": 3,
+        "seed": seed,
+        "noise": noise,
+        "nopeek": 0.0,
+        "colluder_noise": 0.0,
+        "seconds": 12.5,
+        "members": [
+            {
+                "holder": h,
+                "samples": 1000 + h,
+                "noise": 0.0 if h == 0 else noise,
+                "nopeek": 0.0,
+                "test_accuracy": 90.0 + h,
+            }
+            for h in range(holders)
+        ],
+        "victims": [
+            {
+                "holder": h,
+                "noise": noise,
+                "nopeek": 0.0,
+                "test_accuracy": 90.0 + h,
+                "attack_mse": 0.01 * h,
+                "attack_psnr": 15.0 + h,
+                "attack_ssim": s,
+                "attack_validator_accuracy": v,
+                "validator_accuracy_originals": 95.5,
+                "figure": figure.replace(".png", f"_holder{h}.png"),
+            }
+            for h, s, v in zip(victims, ssim, validator, strict=True)
+        ],
+    }
+
+
+def _record(data: dict[str, Any]) -> MultiRecord:
+    return MultiRecord(
+        settings={"max_steps": None, "attack_epochs": 2, "decoder": "deep"},
+        report=SimReport.from_json(data),
+        wall_seconds=13.0,
+        finished_at="then",
+    )
+
+
+# The grid
+
+
+def test_the_group_is_18_plain_settings_and_12_noisy_ones() -> None:
+    specs = multi_specs(dataset="mnist5k", seeds=1, epochs=10)
+    settings = [s.setting for s in specs]
+
+    assert len(specs) == 30
+    assert len({s.name for s in specs}) == 30
+    plain = {(s.holders, s.topology, s.partition, s.alpha) for s in settings if s.noise == 0}
+    assert plain == {
+        (k, t, p, a)
+        for k in (2, 4, 8)
+        for t in ("shared-head", "round-robin", "splitfed")
+        for p, a in (("iid", None), ("dirichlet", 0.5))
+    }
+    noisy = [(s.holders, s.topology, s.partition, s.noise) for s in settings if s.noise > 0]
+    assert sorted(noisy) == sorted(
+        (4, t, "iid", b) for t in ("shared-head", "round-robin", "splitfed") for b in (0.5, 1, 2, 5)
+    )
+    assert {s.nopeek for s in settings} == {0.0}
+
+
+def test_seeds_repeat_every_setting_seed_major() -> None:
+    specs = multi_specs(dataset="mnist5k", seeds=2, epochs=10, max_steps=5)
+
+    assert len(specs) == 60
+    assert Counter(s.seed for s in specs) == {0: 30, 1: 30}
+    assert [s.seed for s in specs[:30]] == [0] * 30
+    assert specs[0].name == "mnist5k_multi_shared-head_k2_iid_00noise_00nopeek"
+    assert specs[31].name == "mnist5k_multi_shared-head_k2_dir05_00noise_00nopeek_seed1"
+    assert {s.max_steps for s in specs} == {5}
+
+
+def test_multi_is_a_group_but_not_part_of_all() -> None:
+    assert GROUPS["multi"].kind == "multi"
+    assert "multi" not in expand(("all",))
+    assert expand(("plain", "multi")) == ("plain", "multi")
+
+    result = CliRunner().invoke(main, ["--help"])
+
+    assert result.exit_code == 0
+    assert "  multi " in result.output
+
+
+def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, attack_epochs=7, decoder="study")
+    setting = MultiSetting(8, "splitfed", "dirichlet", 0.5, 2.0)
+    spec = MultiSpec("mnist5k", setting, seed=1, epochs=3, max_steps=20)
+    name = "mnist5k_multi_splitfed_k8_dir05_20noise_00nopeek_seed1"
+
+    args = multi.sim_args(spec, cfg)
+
+    assert spec.name == name
+    assert args == [
+        *("--holders", "8", "--topology", "splitfed", "--partition", "dirichlet"),
+        *("--alpha", "0.5", "--noise", "2.0", "--nopeek", "0.0"),
+        *("--colluder", "0", "--colluder-noise", "0.0"),
+        *("--dataset", "mnist5k", "--epochs", "3", "--max-steps", "20", "--seed", "1"),
+        *("--attack-epochs", "7", "--decoder", "study"),
+        *("--workdir", str(tmp_path / "runs" / "mnist5k" / "multi" / name)),
+        *("--model-dir", str(tmp_path / "models" / "multi" / name)),
+        *("--figure", str(tmp_path / "results" / "figures" / "multi" / f"{name}.png")),
+        *("--json", "-q"),
+    ]
+
+
+def test_iid_whole_epochs_pass_no_alpha_and_no_max_steps(tmp_path: Path) -> None:
+    args = multi.sim_args(_spec(), _cfg(tmp_path))
+
+    assert "--alpha" not in args
+    assert "--max-steps" not in args
+    assert args[args.index("--partition") + 1] == "iid"
+
+
+# Skip / redo
+
+
+class FakeSim:
+    """Stands in for `run_json("splitnn-sim", ...)`: writes the victims' figures and returns
+    the contract's JSON for the flags it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, name: str, args: list[str], **_: Any) -> dict[str, Any]:
+        assert name == "splitnn-sim"
+        self.calls.append(args)
+        flag = dict(zip(args[::2], args[1::2], strict=False))
+        figure = Path(args[args.index("--figure") + 1])
+        data = summary(
+            topology=flag["--topology"],
+            holders=int(flag["--holders"]),
+            partition=flag["--partition"],
+            alpha=float(flag["--alpha"]) if "--alpha" in flag else None,
+            noise=float(flag["--noise"]),
+            seed=int(flag["--seed"]),
+            figure=str(figure),
+        )
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        for victim in data["victims"]:
+            Path(victim["figure"]).write_bytes(PNG_SIGNATURE)
+        return data
+
+
+@pytest.fixture
+def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
+    fake = FakeSim()
+    monkeypatch.setattr(multi, "run_json", fake)
+    return fake
+
+
+def test_a_finished_simulation_is_recorded_and_done(tmp_path: Path, fake_sim: FakeSim) -> None:
+    cfg, spec = _cfg(tmp_path), _spec()
+
+    record = multi.simulate(spec, cfg)
+
+    assert multi_record(cfg, spec) == record
+    saved = json.loads(multi_record_path(cfg.runs_dir, spec).read_text())
+    assert saved["kind"] == "multi"
+    assert saved["settings"]["holders"] == 4
+    assert saved["settings"]["colluder"] == 0
+    assert [v["holder"] for v in saved["report"]["victims"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("cfg_changes", "spec_changes"),
+    [
+        ({}, {"epochs": 4}),
+        ({}, {"max_steps": 2}),
+        ({"attack_epochs": 3}, {}),
+        ({"decoder": "study"}, {}),
+        ({"data_fingerprint": "fedcba9876543210"}, {}),
+    ],
+    ids=["epochs", "steps", "attack-epochs", "decoder", "data"],
+)
+def test_other_settings_are_not_done(
+    tmp_path: Path, fake_sim: FakeSim, cfg_changes: dict[str, Any], spec_changes: dict[str, Any]
+) -> None:
+    cfg, spec = _cfg(tmp_path), _spec()
+    multi.simulate(spec, cfg)
+    other_cfg, other = _cfg(tmp_path, **cfg_changes), replace(spec, **spec_changes)
+    # Same record file, other settings.
+    assert multi_record_path(cfg.runs_dir, other) == multi_record_path(cfg.runs_dir, spec)
+
+    assert multi_record(other_cfg, other) is None
+    assert multi_record(cfg, spec) is not None
+
+
+def test_a_simulation_whose_figures_are_gone_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
+    cfg, spec = _cfg(tmp_path), _spec()
+    record = multi.simulate(spec, cfg)
+
+    Path(record.report.victims[1].figure).unlink()
+
+    assert multi_record(cfg, spec) is None
+
+
+def test_a_record_of_another_format_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
+    cfg, spec = _cfg(tmp_path), _spec()
+    multi.simulate(spec, cfg)
+    path = multi_record_path(cfg.runs_dir, spec)
+    path.write_text(path.read_text().replace('"attack_ssim"', '"ssim"'))
+
+    assert multi_record(cfg, spec) is None
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_done_simulations_are_skipped_unless_forced(
+    tmp_path: Path, fake_sim: FakeSim, force: bool
+) -> None:
+    cfg = _cfg(tmp_path)
+    first = multi.run_simulations(cfg)
+    assert [o.status for o in first] == ["ran"] * 30
+
+    second = multi.run_simulations(_cfg(tmp_path, force=force))
+
+    assert [o.status for o in second] == ["ran" if force else "skipped"] * 30
+    assert len(fake_sim.calls) == (60 if force else 30)
+    assert len({args[args.index("--workdir") + 1] for args in fake_sim.calls}) == 30
+
+
+def test_a_failed_or_wrong_simulation_is_failed_and_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(name: str, args: list[str], **_: Any) -> dict[str, Any]:
+        if "splitfed" in args:
+            raise ProcessError("splitnn-sim exited with status 1")
+        return summary(topology="shared-head", holders=2)  # whatever was asked
+
+    monkeypatch.setattr(multi, "run_json", broken)
+    cfg = _cfg(tmp_path)
+
+    outcomes = multi.run_simulations(cfg)
+
+    statuses = Counter((o.item.setting.topology, o.status) for o in outcomes)
+    assert statuses == {
+        ("shared-head", "ran"): 1,  # K = 2, iid: what it reported
+        ("shared-head", "failed"): 9,
+        ("round-robin", "failed"): 10,
+        ("splitfed", "failed"): 10,
+    }
+    failed = next(o for o in outcomes if o.item.setting.topology == "splitfed")
+    assert failed.error is not None
+    assert failed.error.startswith("splitnn-sim exited with status 1; ")
+    assert not multi_record_path(cfg.runs_dir, failed.item).exists()
+
+
+def test_a_report_that_does_not_add_up_is_refused() -> None:
+    data = summary(holders=4)
+    data["victims"] = data["victims"][:2]
+
+    with pytest.raises(ValueError, match="victims are not every holder but the colluder"):
+        SimReport.from_json(data)
+
+
+# The table and the figure
+
+
+def test_one_row_per_victim_from_the_programs_summary() -> None:
+    data = summary(holders=3, noise=0.5, ssim=(0.61, 0.42), validator=(88.0, 41.5))
+
+    rows = multi_rows(_record(data))
+
+    assert len(rows) == 2
+    assert rows[1] == {
+        "topology": "round-robin",
+        "holders": 3,
+        "partition": "iid",
+        "alpha": None,
+        "seed": 0,
+        "epochs": 3,
+        "victim_noise": 0.5,
+        "victim_nopeek": 0.0,
+        "colluder": 0,
+        "victim": 2,
+        "victim_test_accuracy": 92.0,
+        "colluder_test_accuracy": 90.0,
+        "mean_test_accuracy": 91.0,
+        "attack_mse": 0.02,
+        "attack_psnr": 17.0,
+        "attack_ssim": 0.42,
+        "attack_validator_accuracy": 41.5,
+        "validator_accuracy_originals": 95.5,
+        "dataset": "mnist5k",
+        "colluder_noise": 0.0,
+        "victim_samples": 1002,
+        "max_steps": None,
+        "attack_epochs": 2,
+        "decoder": "deep",
+        "figure": "fig_holder2.png",
+    }
+    assert rows[0]["victim"] == 1
+    assert rows[0]["attack_ssim"] == 0.61
+
+
+def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -> None:
+    cfg = _cfg(tmp_path)
+    csv_path = cfg.results_dir / MULTI_CSV
+    upsert_rows(csv_path, [{"topology": "older", "note": "kept"}], key=("topology",), columns=())
+    for spec in (_spec(holders=2, topology="splitfed"), _spec(topology="splitfed", noise=5.0)):
+        multi.simulate(spec, cfg)
+
+    lines = write_multi_tables(cfg)
+
+    header, rows = read_rows(csv_path)
+    assert header[:4] == ["topology", "holders", "partition", "alpha"]
+    assert "note" in header
+    assert [(r["topology"], r["holders"], r["victim"]) for r in rows] == [
+        ("older", "", ""),
+        ("splitfed", "2", "1"),
+        *(("splitfed", "4", str(h)) for h in (1, 2, 3)),
+    ]
+    assert rows[0]["note"] == "kept"
+    assert rows[1]["attack_ssim"] == "0.51"
+    assert rows[1]["mean_test_accuracy"] == "90.5"
+    assert lines[0] == (
+        "mnist5k_multi_splitfed_k2_iid_00noise_00nopeek: test accuracy mean 90.5% "
+        "(colluder 90.0%), 1 victims: attack SSIM 0.510, validator 89.0% (12 s)"
+    )
+    assert lines[-2] == f"{csv_path}: 4 victims of 2 simulations"
+    assert lines[-1] == str(cfg.figures_dir / "multi_holder_attacks.png")
+    assert Path(lines[-1]).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_series_are_means_over_victims_then_seeds_per_topology() -> None:
+    reports = [
+        SimReport.from_json(summary(holders=2, seed=0, ssim=(0.4,))),
+        SimReport.from_json(summary(holders=2, seed=1, ssim=(0.6,))),
+        SimReport.from_json(summary(holders=4, ssim=(0.2, 0.3, 0.7))),
+        SimReport.from_json(summary(topology="splitfed", holders=8, ssim=(0.1,) * 7)),
+    ]
+
+    series = topology_series(reports, lambda r: float(r.holders), "attack_ssim")
+
+    assert list(series) == ["round-robin", "splitfed"]  # no shared-head: not plotted
+    xs, ys, errors = series["round-robin"]
+    assert list(xs) == [2.0, 4.0]
+    assert list(ys) == pytest.approx([0.5, 0.4])
+    assert errors[0] == pytest.approx(0.1)  # sd 0.1414 / sqrt(2)
+    assert errors[1] is None
+    xs, ys, errors = series["splitfed"]
+    assert (list(xs), list(errors)) == ([8.0], [None])
+    assert list(ys) == pytest.approx([0.1])
+
+
+def test_the_figure_has_two_panels(tmp_path: Path) -> None:
+    reports = [
+        SimReport.from_json(summary(topology=t, holders=k))
+        for t in ("round-robin", "splitfed")
+        for k in (2, 4, 8)
+    ]
+    reports += [
+        SimReport.from_json(summary(topology="round-robin", noise=b, validator=(60.0, 50.0, 40.0)))
+        for b in (0.5, 1.0, 2.0, 5.0)
+    ]
+
+    path = write_multi_figure(reports, tmp_path / "figures" / "multi_holder_attacks.png")
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    height, width = imread(path).shape[:2]
+    assert (height, width) == (round(120 * 4.2), round(120 * 2 * 6.4))
