@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
+from torch import nn
 
 from splitnn.attacker.decoders import build_decoder
 from splitnn.attacker.figures import save_grid
@@ -14,7 +20,13 @@ from splitnn.attacker.inversion import reconstruct, train_decoder
 from splitnn.attacker.metrics import score
 from splitnn.attacker.oracle import BodyOracle
 from splitnn.attacker.validator import accuracy, load_or_train_validator
-from splitnn.common.checkpoints import attacker_stem, save_checkpoint
+from splitnn.common.checkpoints import (
+    CheckpointError,
+    attacker_stem,
+    load_checkpoint,
+    manifest_path,
+    save_checkpoint,
+)
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import load_splits
 from splitnn.common.reports import AttackReport
@@ -39,6 +51,7 @@ class AttackConfig:
         protocol: "noisy" trains and scores on what crosses the wire; "clean" is the reference's
             shortcut: trained and scored on noise-free tensors the wire never carries.
         credentials: with `live`, the tap party's TLS files and/or token.
+        retrain: train the decoder even if one trained under identical settings is saved.
     """
 
     classifier: Path
@@ -62,6 +75,7 @@ class AttackConfig:
     validator_epochs: int = 5
     progress: bool = True
     credentials: Credentials = field(default_factory=Credentials)
+    retrain: bool = False
 
 
 def run_attack(cfg: AttackConfig) -> AttackReport:
@@ -81,18 +95,6 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
     # victim's images, as the reference did.
     cuts = intercepted.activations if noisy else oracle.query(originals, noisy=False)
 
-    decoder = build_decoder(cfg.decoder, seed=seed_for(cfg.seed, "decoder"))
-    train_decoder(
-        decoder,
-        oracle=oracle,
-        images=aux_images,
-        noisy=noisy,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=seed_for(cfg.seed, "decoder_order"),
-        progress=cfg.progress,
-    )
     stem = attacker_stem(
         classifier=oracle.path.name.removesuffix(".ckpt"),
         aux=aux_name,
@@ -102,7 +104,13 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         protocol=cfg.protocol,
     )
     path = cfg.model_dir / "attackers" / f"{stem}.ckpt"
-    save_checkpoint(path, decoder.state_dict(), {"part": "attacker", **_manifest(cfg, oracle)})
+    decoder = load_or_train_decoder(
+        path,
+        cfg=cfg,
+        oracle=oracle,
+        images=aux_images,
+        manifest=decoder_manifest(cfg, oracle=oracle, aux=aux_name, images=aux_images),
+    )
     recon = reconstruct(decoder, cuts)
     scores = score(originals, recon)
     validator = load_or_train_validator(
@@ -151,13 +159,96 @@ def _row_label(cfg: AttackConfig, oracle: BodyOracle) -> str:
     return f"b={oracle.noise_scale:g} {cfg.decoder}"
 
 
-def _manifest(cfg: AttackConfig, oracle: BodyOracle) -> dict[str, Any]:
+def load_or_train_decoder(
+    path: Path,
+    *,
+    cfg: AttackConfig,
+    oracle: BodyOracle,
+    images: torch.Tensor,
+    manifest: Mapping[str, Any],
+) -> nn.Module:
+    """The decoder saved at `path` if its manifest equals `manifest` (see `decoder_manifest`),
+    else a decoder trained afresh on `images` (float32 [N,1,28,28]) and saved there.
+
+    One oracle may serve the attacks on several victims: their decoder is the same, trained once.
+    `cfg.retrain` trains it even so; a saved decoder that cannot be read is trained again.
+    """
+    if not cfg.retrain:
+        saved = _saved_decoder(path, cfg=cfg, manifest=manifest)
+        if saved is not None:
+            logger.info("reusing the decoder trained before: %s", path)
+            return saved
+    decoder = build_decoder(cfg.decoder, seed=seed_for(cfg.seed, "decoder"))
+    train_decoder(
+        decoder,
+        oracle=oracle,
+        images=images,
+        noisy=cfg.protocol == "noisy",
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=seed_for(cfg.seed, "decoder_order"),
+        progress=cfg.progress,
+    )
+    save_checkpoint(path, decoder.state_dict(), manifest)
+    return decoder
+
+
+def _saved_decoder(
+    path: Path, *, cfg: AttackConfig, manifest: Mapping[str, Any]
+) -> nn.Module | None:
+    """The decoder at `path` if it was trained under `manifest`; None if there is none usable."""
+    if not path.exists():
+        return None
+    # Compared as read back from JSON, so that e.g. a tuple and a list do not differ.
+    expected = json.loads(json.dumps(dict(manifest)))
+    try:
+        saved_manifest = json.loads(manifest_path(path).read_text())
+    except (OSError, ValueError) as error:
+        logger.warning("cannot read the manifest of %s (%s): training again", path, error)
+        return None
+    if saved_manifest != expected:
+        logger.info("%s was trained under other settings: training again", path)
+        return None
+    # A fresh decoder: a load that fails half way leaves some weights replaced.
+    decoder = build_decoder(cfg.decoder, seed=seed_for(cfg.seed, "decoder"))
+    try:
+        state, _ = load_checkpoint(path)
+        decoder.load_state_dict(state)
+    except (CheckpointError, RuntimeError, TypeError, AttributeError) as error:
+        logger.warning("cannot load the decoder at %s (%s): training again", path, error)
+        return None
+    return decoder
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decoder_manifest(
+    cfg: AttackConfig, *, oracle: BodyOracle, aux: str, images: torch.Tensor
+) -> dict[str, Any]:
+    """Everything that determines the trained decoder: a saved one is reused only if it matches.
+
+    The part 1 is identified by its bytes (the path may be rewritten in place), its noise by
+    the scale the oracle applies; the auxiliary images by their data set, count and bytes.
+    """
+    pixels = images.detach().cpu().contiguous().numpy().tobytes()
     return {
+        "part": "attacker",
         "classifier": str(oracle.path),
+        "classifier_sha256": file_sha256(oracle.path),
         "deployed_noise": oracle.deployed_noise,
         "set_noise": oracle.noise_scale,
-        "aux": cfg.aux,
+        "aux": aux,
         "aux_fraction": cfg.aux_fraction,
+        "aux_images": len(images),
+        "aux_sha256": hashlib.sha256(pixels).hexdigest(),
         "decoder": cfg.decoder,
         "protocol": cfg.protocol,
         "epochs": cfg.epochs,

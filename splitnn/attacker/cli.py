@@ -43,7 +43,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     \b
     1. inspect   what a wire log holds (runs, phases, splits, damage)
     2. run       train a decoder through the colluding data holder's part 1 on auxiliary
-                 images, invert the victim's intercepted tensors, score and draw them
+                 images (or reuse the one trained under the same settings), invert the
+                 victim's intercepted tensors, score and draw them
     3. validator train (or show) the independent classifier that judges reconstructions
     """
     ctx.obj = {"quiet": quiet}
@@ -137,6 +138,12 @@ def inspect(log: Path) -> None:
     type=click.IntRange(1),
     default=5,
     help="Epochs of the validation classifier if it must be trained first.",
+)
+@click.option(
+    "--retrain",
+    is_flag=True,
+    help="Train the decoder even if one trained under the same settings (the same part-1"
+    " bytes) is saved; without it, that one is reused.",
 )
 @credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
