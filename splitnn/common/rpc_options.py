@@ -9,10 +9,16 @@ _OVERHEAD_BYTES = 64 * 1024
 _LARGEST_ITEMSIZE = 8  # float64, the widest float in the codec's allow-list
 
 
-def message_limit(*, max_batch_size: int, cut_shape: tuple[int, ...]) -> int:
-    """Bytes of the largest legal message: a full batch of float64 activations plus labels."""
+def message_limit(*, max_batch_size: int, cut_shape: tuple[int, ...], weights: bool = False) -> int:
+    """Bytes of the largest legal message: a full batch of float64 activations plus labels, or
+    with `weights` (training groups) part 1's weights if they are larger."""
     per_sample = math.prod(cut_shape) * _LARGEST_ITEMSIZE + 2 * 8  # activations, label, index
-    return max_batch_size * per_sample + _OVERHEAD_BYTES
+    batch = max_batch_size * per_sample + _OVERHEAD_BYTES
+    if not weights:
+        return batch
+    from splitnn.common.weights import BODY_BYTES  # builds part 1 once: only groups need it
+
+    return max(batch, BODY_BYTES + _OVERHEAD_BYTES)
 
 
 def grpc_options(*, max_message_bytes: int) -> list[tuple[str, int]]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsplitnn.proto\x12\nsplitnn.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x06StepId\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\"G\n\x08HeadSpec\x12\x13\n\x0bnum_classes\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\xd3\x01\n\x12OpenSessionRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x11\n\tcut_shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\"\n\x04head\x18\x05 \x01(\x0b\x32\x14.splitnn.v1.HeadSpec\x12\x0e\n\x06resume\x18\x06 \x01(\x08\x12\'\n\x0bresume_from\x18\x07 \x03(\x0b\x32\x12.splitnn.v1.StepId\x12\x19\n\x11resume_from_start\x18\x08 \x01(\x08\"\xa8\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12(\n\x0clast_applied\x18\x03 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\x18\n\x10has_last_applied\x18\x04 \x01(\x08\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x10\n\x08replaced\x18\x06 \x01(\x08\"\xc4\x01\n\x0cTrainRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\'\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04save\x18\x06 \x01(\x08\"s\n\nTrainReply\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12$\n\x08gradient\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\"\xc4\x01\n\x0b\x45valRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\r\n\x05split\x18\x03 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x06 \x01(\x0b\x32\x12.splitnn.v1.Tensor\"p\n\tEvalReply\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\"\n\x06logits\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\"O\n\x11\x43heckpointRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10replace_previous\x18\x03 \x01(\x08\"\x1f\n\x0f\x43heckpointReply\x12\x0c\n\x04path\x18\x01 \x01(\t\"?\n\x0eRestoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03run\x18\x03 \x01(\t\"%\n\x0cRestoreReply\x12\x15\n\rsteps_applied\x18\x01 \x01(\x04\";\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\"\x13\n\x11\x43loseSessionReply\"\xe1\x01\n\tTapRecord\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x06 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\r\n\x05owner\x18\x08 \x01(\t\"\x19\n\nTapRequest\x12\x0b\n\x03run\x18\x01 \x01(\t2\xb6\x03\n\rSplitLearning\x12K\n\x0bOpenSession\x12\x1e.splitnn.v1.OpenSessionRequest\x1a\x1c.splitnn.v1.OpenSessionReply\x12=\n\x05Train\x12\x18.splitnn.v1.TrainRequest\x1a\x16.splitnn.v1.TrainReply(\x01\x30\x01\x12>\n\x08\x45valuate\x12\x17.splitnn.v1.EvalRequest\x1a\x15.splitnn.v1.EvalReply(\x01\x30\x01\x12H\n\nCheckpoint\x12\x1d.splitnn.v1.CheckpointRequest\x1a\x1b.splitnn.v1.CheckpointReply\x12?\n\x07Restore\x12\x1a.splitnn.v1.RestoreRequest\x1a\x18.splitnn.v1.RestoreReply\x12N\n\x0c\x43loseSession\x12\x1f.splitnn.v1.CloseSessionRequest\x1a\x1d.splitnn.v1.CloseSessionReply2C\n\x03Tap\x12<\n\tSubscribe\x12\x16.splitnn.v1.TapRequest\x1a\x15.splitnn.v1.TapRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rsplitnn.proto\x12\nsplitnn.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x06StepId\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x04\"G\n\x08HeadSpec\x12\x13\n\x0bnum_classes\x18\x01 \x01(\r\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\xfb\x01\n\x12OpenSessionRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x11\n\tcut_shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\"\n\x04head\x18\x05 \x01(\x0b\x32\x14.splitnn.v1.HeadSpec\x12\x0e\n\x06resume\x18\x06 \x01(\x08\x12\'\n\x0bresume_from\x18\x07 \x03(\x0b\x32\x12.splitnn.v1.StepId\x12\x19\n\x11resume_from_start\x18\x08 \x01(\x08\x12&\n\x05group\x18\t \x01(\x0b\x32\x17.splitnn.v1.GroupMember\"g\n\x0bGroupMember\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\r\x12\x19\n\x11\x62\x61tches_per_epoch\x18\x03 \x01(\r\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\r\"\xce\x01\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12(\n\x0clast_applied\x18\x03 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\x18\n\x10has_last_applied\x18\x04 \x01(\x08\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x10\n\x08replaced\x18\x06 \x01(\x08\x12\x10\n\x08topology\x18\x07 \x01(\t\x12\x12\n\ngroup_size\x18\x08 \x01(\r\"\xc4\x01\n\x0cTrainRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\'\n\x0b\x61\x63tivations\x18\x03 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04save\x18\x06 \x01(\x08\"s\n\nTrainReply\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12$\n\x08gradient\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\"\xc4\x01\n\x0b\x45valRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04step\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\r\n\x05split\x18\x03 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x06 \x01(\x0b\x32\x12.splitnn.v1.Tensor\"p\n\tEvalReply\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\"\n\x06logits\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\"O\n\x11\x43heckpointRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10replace_previous\x18\x03 \x01(\x08\"\x1f\n\x0f\x43heckpointReply\x12\x0c\n\x04path\x18\x01 \x01(\t\"?\n\x0eRestoreRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03run\x18\x03 \x01(\t\"%\n\x0cRestoreReply\x12\x15\n\rsteps_applied\x18\x01 \x01(\x04\";\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\"\x13\n\x11\x43loseSessionReply\"?\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.splitnn.v1.Tensor\"3\n\x07Weights\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.splitnn.v1.NamedTensor\"+\n\x0bWeightsBlob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"\xdc\x01\n\x0bSyncRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12,\n\x05point\x18\x02 \x01(\x0e\x32\x1d.splitnn.v1.SyncRequest.Point\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x04\x12(\n\x07weights\x18\x05 \x01(\x0b\x32\x17.splitnn.v1.WeightsBlob\"C\n\x05Point\x12\x15\n\x11POINT_UNSPECIFIED\x10\x00\x12\x08\n\x04TURN\x10\x01\x12\x0b\n\x07HAND_IN\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\"J\n\tSyncReply\x12(\n\x07weights\x18\x01 \x01(\x0b\x32\x17.splitnn.v1.WeightsBlob\x12\x13\n\x0bhas_weights\x18\x02 \x01(\x08\"\xe1\x01\n\tTapRecord\x12 \n\x04step\x18\x01 \x01(\x0b\x32\x12.splitnn.v1.StepId\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12#\n\x07indices\x18\x05 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\"\n\x06labels\x18\x06 \x01(\x0b\x32\x12.splitnn.v1.Tensor\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\r\n\x05owner\x18\x08 \x01(\t\"\x19\n\nTapRequest\x12\x0b\n\x03run\x18\x01 \x01(\t2\xee\x03\n\rSplitLearning\x12K\n\x0bOpenSession\x12\x1e.splitnn.v1.OpenSessionRequest\x1a\x1c.splitnn.v1.OpenSessionReply\x12=\n\x05Train\x12\x18.splitnn.v1.TrainRequest\x1a\x16.splitnn.v1.TrainReply(\x01\x30\x01\x12>\n\x08\x45valuate\x12\x17.splitnn.v1.EvalRequest\x1a\x15.splitnn.v1.EvalReply(\x01\x30\x01\x12H\n\nCheckpoint\x12\x1d.splitnn.v1.CheckpointRequest\x1a\x1b.splitnn.v1.CheckpointReply\x12?\n\x07Restore\x12\x1a.splitnn.v1.RestoreRequest\x1a\x18.splitnn.v1.RestoreReply\x12N\n\x0c\x43loseSession\x12\x1f.splitnn.v1.CloseSessionRequest\x1a\x1d.splitnn.v1.CloseSessionReply\x12\x36\n\x04Sync\x12\x17.splitnn.v1.SyncRequest\x1a\x15.splitnn.v1.SyncReply2C\n\x03Tap\x12<\n\tSubscribe\x12\x16.splitnn.v1.TapRequest\x1a\x15.splitnn.v1.TapRecord0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADSPEC']._serialized_start=136
   _globals['_HEADSPEC']._serialized_end=207
   _globals['_OPENSESSIONREQUEST']._serialized_start=210
-  _globals['_OPENSESSIONREQUEST']._serialized_end=421
-  _globals['_OPENSESSIONREPLY']._serialized_start=424
-  _globals['_OPENSESSIONREPLY']._serialized_end=592
-  _globals['_TRAINREQUEST']._serialized_start=595
-  _globals['_TRAINREQUEST']._serialized_end=791
-  _globals['_TRAINREPLY']._serialized_start=793
-  _globals['_TRAINREPLY']._serialized_end=908
-  _globals['_EVALREQUEST']._serialized_start=911
-  _globals['_EVALREQUEST']._serialized_end=1107
-  _globals['_EVALREPLY']._serialized_start=1109
-  _globals['_EVALREPLY']._serialized_end=1221
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1223
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1302
-  _globals['_CHECKPOINTREPLY']._serialized_start=1304
-  _globals['_CHECKPOINTREPLY']._serialized_end=1335
-  _globals['_RESTOREREQUEST']._serialized_start=1337
-  _globals['_RESTOREREQUEST']._serialized_end=1400
-  _globals['_RESTOREREPLY']._serialized_start=1402
-  _globals['_RESTOREREPLY']._serialized_end=1439
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1441
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1500
-  _globals['_CLOSESESSIONREPLY']._serialized_start=1502
-  _globals['_CLOSESESSIONREPLY']._serialized_end=1521
-  _globals['_TAPRECORD']._serialized_start=1524
-  _globals['_TAPRECORD']._serialized_end=1749
-  _globals['_TAPREQUEST']._serialized_start=1751
-  _globals['_TAPREQUEST']._serialized_end=1776
-  _globals['_SPLITLEARNING']._serialized_start=1779
-  _globals['_SPLITLEARNING']._serialized_end=2217
-  _globals['_TAP']._serialized_start=2219
-  _globals['_TAP']._serialized_end=2286
+  _globals['_OPENSESSIONREQUEST']._serialized_end=461
+  _globals['_GROUPMEMBER']._serialized_start=463
+  _globals['_GROUPMEMBER']._serialized_end=566
+  _globals['_OPENSESSIONREPLY']._serialized_start=569
+  _globals['_OPENSESSIONREPLY']._serialized_end=775
+  _globals['_TRAINREQUEST']._serialized_start=778
+  _globals['_TRAINREQUEST']._serialized_end=974
+  _globals['_TRAINREPLY']._serialized_start=976
+  _globals['_TRAINREPLY']._serialized_end=1091
+  _globals['_EVALREQUEST']._serialized_start=1094
+  _globals['_EVALREQUEST']._serialized_end=1290
+  _globals['_EVALREPLY']._serialized_start=1292
+  _globals['_EVALREPLY']._serialized_end=1404
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1406
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1485
+  _globals['_CHECKPOINTREPLY']._serialized_start=1487
+  _globals['_CHECKPOINTREPLY']._serialized_end=1518
+  _globals['_RESTOREREQUEST']._serialized_start=1520
+  _globals['_RESTOREREQUEST']._serialized_end=1583
+  _globals['_RESTOREREPLY']._serialized_start=1585
+  _globals['_RESTOREREPLY']._serialized_end=1622
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1624
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1683
+  _globals['_CLOSESESSIONREPLY']._serialized_start=1685
+  _globals['_CLOSESESSIONREPLY']._serialized_end=1704
+  _globals['_NAMEDTENSOR']._serialized_start=1706
+  _globals['_NAMEDTENSOR']._serialized_end=1769
+  _globals['_WEIGHTS']._serialized_start=1771
+  _globals['_WEIGHTS']._serialized_end=1822
+  _globals['_WEIGHTSBLOB']._serialized_start=1824
+  _globals['_WEIGHTSBLOB']._serialized_end=1867
+  _globals['_SYNCREQUEST']._serialized_start=1870
+  _globals['_SYNCREQUEST']._serialized_end=2090
+  _globals['_SYNCREQUEST_POINT']._serialized_start=2023
+  _globals['_SYNCREQUEST_POINT']._serialized_end=2090
+  _globals['_SYNCREPLY']._serialized_start=2092
+  _globals['_SYNCREPLY']._serialized_end=2166
+  _globals['_TAPRECORD']._serialized_start=2169
+  _globals['_TAPRECORD']._serialized_end=2394
+  _globals['_TAPREQUEST']._serialized_start=2396
+  _globals['_TAPREQUEST']._serialized_end=2421
+  _globals['_SPLITLEARNING']._serialized_start=2424
+  _globals['_SPLITLEARNING']._serialized_end=2918
+  _globals['_TAP']._serialized_start=2920
+  _globals['_TAP']._serialized_end=2987
 # @@protoc_insertion_point(module_scope)

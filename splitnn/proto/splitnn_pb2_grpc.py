@@ -64,6 +64,11 @@ class SplitLearningStub:
                 request_serializer=splitnn__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=splitnn__pb2.CloseSessionReply.FromString,
                 _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/splitnn.v1.SplitLearning/Sync',
+                request_serializer=splitnn__pb2.SyncRequest.SerializeToString,
+                response_deserializer=splitnn__pb2.SyncReply.FromString,
+                _registered_method=True)
 
 
 class SplitLearningServicer:
@@ -105,6 +110,12 @@ class SplitLearningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sync(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitLearningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_SplitLearningServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=splitnn__pb2.CloseSessionRequest.FromString,
                     response_serializer=splitnn__pb2.CloseSessionReply.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=splitnn__pb2.SyncRequest.FromString,
+                    response_serializer=splitnn__pb2.SyncReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class SplitLearning:
             '/splitnn.v1.SplitLearning/CloseSession',
             splitnn__pb2.CloseSessionRequest.SerializeToString,
             splitnn__pb2.CloseSessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitnn.v1.SplitLearning/Sync',
+            splitnn__pb2.SyncRequest.SerializeToString,
+            splitnn__pb2.SyncReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,6 +26,7 @@ from splitnn.common.models import CUT_SHAPE
 from splitnn.common.rpc_options import grpc_options, message_limit
 from splitnn.server import security
 from splitnn.server.config import ServerConfig
+from splitnn.server.groups import Groups
 from splitnn.server.handlers import SplitLearningHandlers, TapSink
 from splitnn.server.servicer import SERVICE_NAME, SplitLearningService
 from splitnn.server.sessions import SessionRegistry
@@ -53,7 +54,9 @@ class RunningServer:
         self.port = 0
         self._credentials = security.credentials(cfg)
         self.authenticator = security.authenticator(cfg)
-        limit = message_limit(max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE)
+        limit = message_limit(
+            max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE, weights=bool(cfg.groups)
+        )
         self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
         self.sessions = SessionRegistry(
             model_dir=cfg.model_dir,
@@ -73,8 +76,14 @@ class RunningServer:
             tap = self.hub.publish if tap is None else tap
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitnn-compute")
         handlers = SplitLearningHandlers(
-            self.sessions, default_seed=cfg.seed, max_message_bytes=limit, tap=tap
+            self.sessions,
+            default_seed=cfg.seed,
+            max_message_bytes=limit,
+            tap=tap,
+            groups=Groups(cfg.groups),
         )
+        for group in cfg.groups:
+            logger.info("training group %s: %s, %d holders", group.name, group.topology, group.size)
         self.service = SplitLearningService(
             handlers,
             authenticator=self.authenticator,

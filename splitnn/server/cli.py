@@ -12,7 +12,21 @@ from splitnn.common.logs import configure_logging
 from splitnn.common.seeds import SEED_TYPE
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
+from splitnn.server.groups import GroupSpec
 from splitnn.server.security import SecurityError
+
+
+def _parse_groups(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[GroupSpec, ...]:
+    try:
+        specs = tuple(GroupSpec.parse(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise click.BadParameter("two groups of the same name")
+    return specs
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SERVER", "show_default": True})
@@ -110,6 +124,17 @@ from splitnn.server.security import SecurityError
 @click.option(
     "--tap", is_flag=True, help="COLLUSION MODE: serve received batches live (Tap service)."
 )
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    metavar="NAME=TOPOLOGY:K",
+    callback=_parse_groups,
+    help="Declare a training group of K data holders (repeatable). TOPOLOGY: shared-head "
+    "(one head, each holder its own part 1), round-robin (holders take turns and pass part 1 "
+    "on) or splitfed (parallel, part 1 and heads averaged every epoch). E.g. "
+    "--group clinics=splitfed:4",
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(
@@ -132,6 +157,7 @@ def main(
     stop_after_runs: int | None,
     tap_log: Path | None,
     tap: bool,
+    groups: tuple[GroupSpec, ...],
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -170,6 +196,7 @@ def main(
         stop_after_runs=stop_after_runs,
         tap_log=tap_log,
         tap=tap,
+        groups=groups,
     )
 
     def announce(bound_host: str, bound_port: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitnn.server.groups import GroupSpec
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -33,6 +35,7 @@ class ServerConfig:
             live: a one-shot deployment such as docker compose ends by itself. None: never.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
+        groups: training groups that several data holders join (see `groups.py`).
     """
 
     host: str = "127.0.0.1"
@@ -54,3 +57,4 @@ class ServerConfig:
     stop_after_runs: int | None = None
     tap_log: Path | None = None
     tap: bool = False
+    groups: tuple[GroupSpec, ...] = ()

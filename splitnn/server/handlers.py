@@ -8,6 +8,7 @@ servicer runs them on the compute thread.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,7 +24,8 @@ from splitnn.common.codec import (
     tensor_to_proto,
 )
 from splitnn.proto import splitnn_pb2 as pb
-from splitnn.server.errors import InvalidRequest
+from splitnn.server.errors import InvalidRequest, WrongState
+from splitnn.server.groups import Groups, step_digest
 from splitnn.server.head import HeadSession, SessionSpec
 from splitnn.server.identity import Identity
 from splitnn.server.sessions import SessionRegistry
@@ -50,6 +52,7 @@ class SplitLearningHandlers:
         default_seed: seeds a head whose data holder sent no seed.
         max_message_bytes: the receive limit, told to each data holder.
         tap: collusion mode only: receives every accepted batch exactly as it arrived.
+        groups: the training groups this server declares (`--group`).
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class SplitLearningHandlers:
         default_seed: int = 0,
         max_message_bytes: int = 0,
         tap: TapSink | None = None,
+        groups: Groups | None = None,
     ) -> None:
         self.sessions = sessions
+        self.groups = groups or Groups([])
         self._default_seed = default_seed
         self._max_message_bytes = max_message_bytes
         self._tap = tap
@@ -69,6 +74,8 @@ class SplitLearningHandlers:
         request = parse(pb.OpenSessionRequest, raw)
         spec = _spec_from_proto(request, self._default_seed)
         resume_from = [step_from_proto(step) for step in request.resume_from]
+        if request.HasField("group"):
+            return self._join_group(request, spec, resume_from, caller)
         session, resumed = self.sessions.open(
             spec,
             resume=request.resume,
@@ -93,8 +100,19 @@ class SplitLearningHandlers:
         step = step_from_proto(request.step, run=session.spec.run)
         activations, labels, indices = _decode_batch(session, request, need_labels=True)
         assert labels is not None
-        result, applied = session.train_step(step, activations, labels)
-        if request.save and (applied or self.sessions.store_of(session.owner).find(step) is None):
+        if session.member is not None:
+            group, member = session.member.group, session.member.member
+            digest = step_digest(request)
+            result, applied = group.train(
+                member, step, activations, labels, digest, save=request.save
+            )
+        else:
+            result, applied = session.train_step(step, activations, labels)
+        if (
+            session.member is None
+            and request.save
+            and (applied or self.sessions.store_of(session.owner).find(step) is None)
+        ):
             self.sessions.save_point(session)
         if applied:
             self._publish(session, step, "train", "train", request, indices)
@@ -139,6 +157,61 @@ class SplitLearningHandlers:
         request = parse(pb.CloseSessionRequest, raw)
         self.sessions.close(request.session_id, finished=request.finished, owner=caller.folder)
         return pb.CloseSessionReply().SerializeToString()
+
+    def sync(self, raw: bytes, caller: Identity) -> bytes:
+        """A group member's turn, hand-in or finish (see `groups.py`).
+
+        Raises:
+            NotYet: the group must move on first; the servicer asks again after a change.
+        """
+        request = parse(pb.SyncRequest, raw)
+        session = self.sessions.get(request.session_id, owner=caller.folder)
+        if session.member is None:
+            raise WrongState("Sync is for the members of a training group")
+        group, member = session.member.group, session.member.member
+        weights = None
+        if request.point == pb.SyncRequest.TURN:
+            weights = group.turn(member, request.epoch, request.batch)
+        elif request.point == pb.SyncRequest.HAND_IN:
+            if not request.HasField("weights"):
+                raise InvalidRequest("a hand-in carries part 1's weights")
+            group.hand_in(member, request.epoch, request.weights)
+        elif request.point == pb.SyncRequest.FINISHED:
+            weights = group.finish(member)
+        else:
+            raise InvalidRequest(f"unknown sync point {request.point}")
+        reply = pb.SyncReply(has_weights=weights is not None)
+        if weights is not None:
+            reply.weights.CopyFrom(weights)
+        return reply.SerializeToString()
+
+    def _join_group(
+        self,
+        request: pb.OpenSessionRequest,
+        spec: SessionSpec,
+        resume_from: list[StepId],
+        caller: Identity,
+    ) -> bytes:
+        self.sessions.check_spec(spec)
+        group = self.groups.get(request.group.name)
+        member, after, resumed = group.join(
+            spec, request.group, owner=caller.folder, resume=request.resume, offers=resume_from
+        )
+        session = HeadSession(secrets.token_hex(16), spec, owner=caller.folder)
+        self.groups.attach(session, group, member)
+        self.sessions.adopt(session)
+        reply = pb.OpenSessionReply(
+            session_id=session.session_id,
+            resumed=resumed,
+            max_message_bytes=self._max_message_bytes,
+            replaced=session.replaced,
+            topology=group.spec.topology,
+            group_size=group.spec.size,
+        )
+        if after is not None:
+            reply.last_applied.CopyFrom(step_to_proto(StepId(spec.run, *after)))
+            reply.has_last_applied = True
+        return reply.SerializeToString()
 
     def _publish(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
@@ -13,6 +13,9 @@ from torch.nn import functional as F
 from splitnn.common.codec import StepId
 from splitnn.common.models import build_head, make_optimizer
 from splitnn.server.errors import InvalidRequest, WrongState
+
+if TYPE_CHECKING:
+    from splitnn.server.groups import GroupMembership
 
 # Whose runs these are when the server authenticates nobody (see `identity.py`).
 ANONYMOUS_OWNER = "_anonymous"
@@ -50,6 +53,35 @@ class EvalResult:
     correct: int
 
 
+def apply_step(
+    head: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: StepId,
+    activations: torch.Tensor,
+    labels: torch.Tensor,
+) -> StepResult:
+    """One optimizer step of `head` on a batch: activations [B, *cut], labels int64 [B].
+
+    The gradient is d(mean CE)/d(activations), in the activations' dtype.
+    """
+    received = activations.to(torch.float32).requires_grad_(True)
+    head.train()
+    logits = head(received)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # an idle session holds no gradients
+    assert received.grad is not None
+    correct = int((logits.detach().argmax(dim=1) == labels).sum())
+    return StepResult(
+        step=step,
+        gradient=received.grad.to(activations.dtype),
+        loss=float(loss.detach()),
+        correct=correct,
+    )
+
+
 class HeadSession:
     """Trains the head on the batches of one run, each step at most once.
 
@@ -74,6 +106,9 @@ class HeadSession:
         self.steps_applied = 0
         self.restored = False
         self.last_used = time.monotonic()
+        # In a training group (see `groups.py`): the group and this holder's place in it. The
+        # group trains through `head` and `optimizer`, which may be shared with other members.
+        self.member: GroupMembership | None = None
 
     def touch(self) -> None:
         """Records activity: idle sessions expire."""
@@ -106,20 +141,7 @@ class HeadSession:
                 if step == self.last_step and self._last_result is not None:
                     return self._last_result, False
                 raise WrongState(f"step {step} is not after the last applied {self.last_step}")
-            received = activations.to(torch.float32).requires_grad_(True)
-            self.head.train()
-            logits = self.head(received)
-            loss = F.cross_entropy(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)  # an idle session holds no gradients
-            assert received.grad is not None
-            gradient = received.grad.to(activations.dtype)
-            correct = int((logits.detach().argmax(dim=1) == labels).sum())
-            result = StepResult(
-                step=step, gradient=gradient, loss=float(loss.detach()), correct=correct
-            )
+            result = apply_step(self.head, self.optimizer, step, activations, labels)
             self.last_step, self._last_result = step, result
             self.steps_applied += 1
             self.restored = False

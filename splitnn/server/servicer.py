@@ -13,6 +13,7 @@ identity with the holder role (see `identity.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -22,6 +23,7 @@ import grpc
 
 from splitnn.common.certs import HOLDER
 from splitnn.server.errors import Busy, ServerError, status_of
+from splitnn.server.groups import NotYet
 from splitnn.server.handlers import SplitLearningHandlers
 from splitnn.server.identity import Authenticator, Identity
 
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "splitnn.v1.SplitLearning"
 Work = Callable[[bytes, Identity], bytes]
 Context = grpc.aio.ServicerContext[bytes, bytes]
+# A waiting Sync looks at its group again at least this often (changes wake it sooner).
+_SYNC_RECHECK_S = 5.0
 
 
 class SplitLearningService:
@@ -82,6 +86,7 @@ class SplitLearningService:
             "Checkpoint": unary(self._unary_rpc(h.checkpoint)),
             "Restore": unary(self._unary_rpc(h.restore)),
             "CloseSession": unary(self._unary_rpc(h.close_session)),
+            "Sync": unary(self._sync_rpc),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
@@ -95,6 +100,23 @@ class SplitLearningService:
                 self.open_calls -= 1
 
         return rpc
+
+    async def _sync_rpc(self, raw: bytes, context: Context) -> bytes:
+        """A group member's Sync: asked again after every change of the groups until the group
+        lets it through. Waiting holds no thread and no in-flight slot."""
+        await self._enter(context)
+        try:
+            caller = await identify(self._authenticator, context, role=HOLDER)
+            changes = self.handlers.groups.changes
+            while True:
+                changed = changes.future()
+                try:
+                    return await self._run(self.handlers.sync, raw, caller, context)
+                except NotYet:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(changed, timeout=_SYNC_RECHECK_S)
+        finally:
+            self.open_calls -= 1
 
     def _stream_rpc(self, work: Work) -> Callable[[AsyncIterator[bytes], Context], object]:
         async def rpc(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -125,6 +147,8 @@ class SplitLearningService:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, work, raw, caller)
+        except NotYet:
+            raise  # a Sync waits for its group (see `_sync_rpc`)
         except Exception as error:
             await _abort(context, error)
         finally:

@@ -113,6 +113,15 @@ class SessionRegistry:
         )
         return session, resumed
 
+    def adopt(self, session: HeadSession) -> None:
+        """Makes `session` (a group member's, see `groups.py`) the live one of its run."""
+        with self._lock:
+            self._register(session, replacing=self._live(session.owner, session.spec.run))
+
+    def check_spec(self, spec: SessionSpec) -> None:
+        """Refuses settings this server does not serve (see `open`)."""
+        self._check_spec(spec)
+
     def get(self, session_id: str, *, owner: str | None = None) -> HeadSession:
         """The live session with this token (and records activity on it).
 
@@ -129,6 +138,8 @@ class SessionRegistry:
     def close(self, session_id: str, *, finished: bool, owner: str | None = None) -> None:
         """Forgets the session. A finished run's saves are dropped; otherwise it is saved."""
         session = self.get(session_id, owner=owner)
+        if session.member is not None:
+            session.member.group.closed(session.member.member, finished=finished)
         if finished:
             self.store_of(session.owner).clear(session.spec.run)
             self.finished_runs += 1
@@ -147,7 +158,10 @@ class SessionRegistry:
         """Saves and forgets the sessions idle for more than `ttl` seconds; returns how many."""
         now = time.monotonic()
         with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last_used > ttl]
+            # A group's members wait for each other as long as it takes: they never expire.
+            idle = [
+                s for s in self._sessions.values() if now - s.last_used > ttl and s.member is None
+            ]
         dropped = 0
         for session in idle:
             self.snapshot(session)
