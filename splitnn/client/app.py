@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 from dataclasses import replace
@@ -13,16 +14,18 @@ from typing import Any
 import torch
 
 from splitnn.client.config import ClientConfig
+from splitnn.client.group import SHARED_BODY_TOPOLOGIES, GroupRun, share_of
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
 from splitnn.client.trainer import EVAL_BATCH_SIZE, SplitTrainer
 from splitnn.client.training import (
     TrainingRun,
     eval_noise,
+    member,
     resume_settings,
     training_noise,
     validation_noise,
 )
-from splitnn.client.transport import ServerLink, SessionSettings
+from splitnn.client.transport import GroupSettings, ServerLink, SessionSettings
 from splitnn.common.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -33,16 +36,20 @@ from splitnn.common.checkpoints import (
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
-from splitnn.common.reports import RunReport
+from splitnn.common.reports import GroupReport, RunReport
 from splitnn.common.seeds import seed_for
 
 logger = logging.getLogger(__name__)
 
 
 def default_run_name(cfg: ClientConfig) -> str:
-    """E.g. ``mnist5k_05noise_00nopeek_seed0``: unique per setting, stable across restarts."""
+    """E.g. ``mnist5k_05noise_00nopeek_seed0``: unique per setting, stable across restarts.
+
+    A group member's is prefixed with the group and its index, e.g. ``clinics_h2_mnist5k_...``.
+    """
     noise, nopeek = setting_tag(cfg.noise), setting_tag(cfg.nopeek)
-    return f"{cfg.dataset}_{noise}noise_{nopeek}nopeek_seed{cfg.seed}"
+    name = f"{cfg.dataset}_{noise}noise_{nopeek}nopeek_seed{cfg.seed}"
+    return name if cfg.group is None else f"{cfg.group}_h{cfg.holder}_{name}"
 
 
 def run(cfg: ClientConfig) -> RunReport:
@@ -59,6 +66,25 @@ def run(cfg: ClientConfig) -> RunReport:
         trained, cfg, trained_run = _load_trained(cfg, cfg.from_checkpoint)
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     logger.info("dataset: %s", splits.description)
+    group: GroupSettings | None = None
+    if cfg.group is not None:
+        splits, shares = share_of(cfg, splits)
+        steps = math.ceil(len(splits.train) / cfg.batch_size)
+        group = GroupSettings(
+            name=cfg.group,
+            holder=cfg.holder,
+            batches_per_epoch=min(steps, cfg.max_steps or steps),
+            samples=len(splits.train),
+            epochs=cfg.epochs,
+        )
+        logger.info(
+            "holder %d of group %s: %d training samples (%s partition, digest %s)",
+            cfg.holder,
+            cfg.group,
+            len(splits.train),
+            shares.scheme,
+            shares.digest[:12],
+        )
     name = cfg.run or default_run_name(cfg)
     state_path = resume_path(cfg.model_dir, name)
     saved = _state_to_resume(cfg, state_path, name) if trained is None else None
@@ -69,6 +95,7 @@ def run(cfg: ClientConfig) -> RunReport:
         seed=seed_for(cfg.seed, "head"),
         max_batch_size=max(cfg.batch_size, EVAL_BATCH_SIZE),
         resume=saved is not None,
+        group=group,
     )
     with ServerLink(
         cfg.server,
@@ -78,21 +105,29 @@ def run(cfg: ClientConfig) -> RunReport:
         reconnect_timeout=cfg.reconnect_timeout,
         resume_at=saved.step if saved is not None else None,
         credentials=cfg.credentials,
+        group_timeout=cfg.group_timeout,
     ) as link:
+        # A group that shares part 1 starts every holder from the same weights.
+        own_body = link.topology not in SHARED_BODY_TOPOLOGIES
         trainer = SplitTrainer(
-            body=build_body(seed_for(cfg.seed, "body")),
+            body=build_body(seed_for(cfg.seed, "body", member=member(cfg) if own_body else None)),
             link=link,
             run=name,
             noise=training_noise(cfg),
             nopeek=cfg.nopeek,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
-            seed=seed_for(cfg.seed, "batch_order"),
+            seed=seed_for(cfg.seed, "batch_order", member=member(cfg)),
             send_indices=cfg.send_indices,
         )
         if trained is not None:
             trainer.body.load_state_dict(trained)
             report = _evaluate_trained(cfg, splits, trainer, name, trained_run)
+        elif group is not None:
+            member_run = GroupRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
+            if saved is not None:
+                member_run.load(saved)
+            report = _group_report(cfg, splits, member_run, name, saved)
         else:
             training = TrainingRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
             if saved is not None:
@@ -204,6 +239,46 @@ def _train_and_report(
         head_checkpoint=best.head_checkpoint,
         history=history,
         resumed_from=str(saved.step) if saved is not None else None,
+    )
+
+
+def _group_report(
+    cfg: ClientConfig,
+    splits: DatasetSplits,
+    member_run: GroupRun,
+    name: str,
+    saved: HolderState | None,
+) -> RunReport:
+    final, test = member_run.train()
+    history = member_run.progress.history
+    seconds = sum(h.seconds for h in history)
+    samples = sum(h.samples for h in history)
+    assert cfg.group is not None
+    return _report(
+        cfg,
+        splits,
+        member_run.trainer,
+        name,
+        member_run.noise,
+        test_accuracy=test.accuracy,
+        best_epoch=final.epoch,
+        train_accuracy=final.train_accuracy,
+        val_accuracy=final.val_accuracy,
+        samples_per_second=samples / seconds if seconds > 0 else 0.0,
+        train_seconds=seconds,
+        checkpoint=final.checkpoint,
+        head_checkpoint=final.head_checkpoint,
+        history=history,
+        resumed_from=str(saved.step) if saved is not None else None,
+        group=GroupReport(
+            name=cfg.group,
+            topology=member_run.topology,
+            holders=cfg.holders,
+            holder=cfg.holder,
+            partition=cfg.partition,
+            alpha=cfg.alpha,
+            train_samples=len(splits.train),
+        ),
     )
 
 

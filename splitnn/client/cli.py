@@ -18,6 +18,7 @@ from splitnn.common.credentials import CredentialError, Credentials, credential_
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.partitions import PartitionError
 from splitnn.common.reports import RunReport
 from splitnn.common.seeds import SEED_TYPE
 
@@ -114,6 +115,41 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
     help="Evaluation harness only: send each batch's sample indices so that an attack can be "
     "scored against the true images. A real data holder never reveals them.",
 )
+@click.option(
+    "--group",
+    default=None,
+    help="Train as one holder of this training group of the server (its --group). The server's "
+    "topology decides what is shared; every holder of the group gives the same --seed, "
+    "--epochs, --lr, --holders, --partition and --alpha, and its own --holder.",
+)
+@click.option(
+    "--holder", type=click.IntRange(0), default=0, help="With --group: this holder's index 0..K-1."
+)
+@click.option(
+    "--holders",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="With --group: K; the training set is shared out among K holders, this one trains on "
+    "share --holder.",
+)
+@click.option(
+    "--partition",
+    type=click.Choice(["iid", "dirichlet"]),
+    default="iid",
+    help="With --group: how the training set is shared out (dirichlet: non-IID by label).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Dirichlet concentration (--partition dirichlet; small: skewed). Default: 0.5.",
+)
+@click.option(
+    "--group-timeout",
+    type=click.FloatRange(1),
+    default=3600.0,
+    help="Seconds to wait for the other holders of the group at one synchronisation.",
+)
 @credential_options
 @click.option(
     "--from-checkpoint",
@@ -148,6 +184,12 @@ def main(
     resume: bool,
     restart: bool,
     send_indices: bool,
+    group: str | None,
+    holder: int,
+    holders: int,
+    partition: str,
+    alpha: float | None,
+    group_timeout: float,
     credentials: Credentials,
     from_checkpoint: Path | None,
     as_json: bool,
@@ -178,6 +220,16 @@ def main(
     if resume and (restart or from_checkpoint is not None):
         other = "--restart" if restart else "--from-checkpoint"
         raise click.UsageError(f"--resume cannot be combined with {other}")
+    if group is None and (holders != 1 or holder != 0):
+        raise click.UsageError("--holder and --holders need --group")
+    if holder >= holders:
+        raise click.BadParameter(
+            f"holder {holder} of {holders}: 0..{holders - 1}", param_hint="--holder"
+        )
+    if alpha is not None and partition != "dirichlet":
+        raise click.UsageError("--alpha needs --partition dirichlet")
+    if group is not None and from_checkpoint is not None:
+        raise click.UsageError("--group cannot be combined with --from-checkpoint")
     cfg = ClientConfig(
         server=server,
         dataset=dataset,
@@ -203,6 +255,12 @@ def main(
         send_indices=send_indices,
         credentials=credentials,
         from_checkpoint=from_checkpoint,
+        group=group,
+        holder=holder,
+        holders=holders,
+        partition=partition,
+        alpha=alpha,
+        group_timeout=group_timeout,
         progress=not quiet and sys.stderr.isatty(),
     )
     try:
@@ -211,7 +269,7 @@ def main(
         exits.fail("splitnn-client", str(error), exits.UNREACHABLE)
     except ResumeError as error:
         exits.fail("splitnn-client", str(error), exits.USAGE)
-    except (ServerRefused, DatasetError, CheckpointError, CredentialError) as error:
+    except (ServerRefused, DatasetError, CheckpointError, CredentialError, PartitionError) as error:
         exits.fail("splitnn-client", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-client", "interrupted", exits.INTERRUPTED)

@@ -41,6 +41,11 @@ class ClientConfig:
         credentials: TLS files and/or bearer token for the server.
         send_indices: evaluation harness only: send each batch's sample indices, so an attack
             on what the server received can be scored against the true images.
+        group: join this training group of the server (None: train alone); see `group.py`.
+        holder, holders: this holder's index 0..K-1 and K; the training set is shared out
+            among K holders (`partition`, `alpha`) and this holder trains on its share.
+        partition, alpha: "iid", or "dirichlet" with concentration `alpha` (non-IID by label).
+        group_timeout: seconds one synchronisation may wait for the other holders.
     """
 
     server: str = "127.0.0.1:50051"
@@ -68,3 +73,9 @@ class ClientConfig:
     from_checkpoint: Path | None = None
     credentials: Credentials = field(default_factory=Credentials)
     send_indices: bool = False
+    group: str | None = None
+    holder: int = 0
+    holders: int = 1
+    partition: str = "iid"
+    alpha: float | None = None
+    group_timeout: float = 3600.0

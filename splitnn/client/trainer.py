@@ -110,6 +110,7 @@ class SplitTrainer:
         max_steps: int | None = None,
         save_every: int = 0,
         on_save: Callable[[StepId], None] | None = None,
+        before_step: Callable[[StepId], None] | None = None,
         show_progress: bool = True,
     ) -> None:
         """Trains the rest of epoch `progress.epoch` over `data`, counting into `progress`.
@@ -117,6 +118,7 @@ class SplitTrainer:
         Each epoch has its own seeded order, so an epoch resumed halfway sees the same batches.
         The last step of the epoch and every `save_every`-th step of the run are save points:
         the server saves before replying, then `on_save(step)` saves this side.
+        `before_step(step)` runs before each step (a group member waits for its turn there).
         """
         epoch = progress.epoch
         order = epoch_permutation(len(data), seed=self.seed, epoch=epoch)
@@ -137,6 +139,8 @@ class SplitTrainer:
             step = StepId(self.run, epoch, batch)
             done = (epoch - 1) * per_epoch + batch + 1
             save = batch == per_epoch - 1 or (save_every > 0 and done % save_every == 0)
+            if before_step is not None:
+                before_step(step)
             began = time.perf_counter()
             indices = data.indices[idx] if self.send_indices else None
             loss, hits = self.step(step, data.images[idx], data.labels[idx], indices, save=save)

@@ -46,22 +46,33 @@ _RESUME_SETTINGS = (
     "lr",
     "seed",
     "max_steps",
+    "group",
+    "holder",
+    "holders",
+    "partition",
+    "alpha",
 )
 
 
+def member(cfg: ClientConfig) -> int | None:
+    """The holder's index when it trains in a group (its own random streams), else None."""
+    return cfg.holder if cfg.group is not None else None
+
+
 def training_noise(cfg: ClientConfig) -> LaplaceNoise:
-    return LaplaceNoise(cfg.noise, seed=seed_for(cfg.seed, "train_noise"))
+    return LaplaceNoise(cfg.noise, seed=seed_for(cfg.seed, "train_noise", member=member(cfg)))
 
 
 def eval_noise(cfg: ClientConfig) -> LaplaceNoise:
     """Noise for testing and deployment: --eval-noise if given, else the training noise."""
     scale = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
-    return LaplaceNoise(scale, seed=seed_for(cfg.seed, "eval_noise"))
+    return LaplaceNoise(scale, seed=seed_for(cfg.seed, "eval_noise", member=member(cfg)))
 
 
 def validation_noise(cfg: ClientConfig, *, scale: float | None = None) -> LaplaceNoise:
     """Noise for validation, on its own stream: `scale`, by default the training noise's."""
-    return LaplaceNoise(cfg.noise if scale is None else scale, seed=seed_for(cfg.seed, "val_noise"))
+    seed = seed_for(cfg.seed, "val_noise", member=member(cfg))
+    return LaplaceNoise(cfg.noise if scale is None else scale, seed=seed)
 
 
 def resume_settings(cfg: ClientConfig) -> dict[str, Any]:

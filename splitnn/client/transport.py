@@ -77,6 +77,18 @@ class SessionSettings:
     max_batch_size: int
     resume: bool = False
     dtype: str = "float32"
+    group: GroupSettings | None = None
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """A data holder's place in a training group the server declared (see `--group`)."""
+
+    name: str
+    holder: int  # 0..K-1
+    batches_per_epoch: int
+    samples: int
+    epochs: int
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,7 @@ class ServerLink:
         resume_at: with `settings.resume`, the step this holder saved last (None: the newest
             state the server holds).
         credentials: TLS files and/or token; default: plaintext, anonymous.
+        group_timeout: in a group, seconds one `sync` may wait for the other holders.
 
     Raises:
         CredentialError: a TLS or token file cannot be read.
@@ -231,12 +244,17 @@ class ServerLink:
         reconnect_timeout: float = 120.0,
         resume_at: StepId | None = None,
         credentials: Credentials | None = None,
+        group_timeout: float = 3600.0,
     ) -> None:
         self.address = address
         self.settings = settings
         self._step_timeout = step_timeout
         self._reconnect_timeout = reconnect_timeout
-        limit = message_limit(max_batch_size=settings.max_batch_size, cut_shape=CUT_SHAPE)
+        limit = message_limit(
+            max_batch_size=settings.max_batch_size,
+            cut_shape=CUT_SHAPE,
+            weights=settings.group is not None,
+        )
         credentials = credentials or Credentials()
         self._channel = open_channel(
             address, credentials, options=grpc_options(max_message_bytes=limit)
@@ -252,6 +270,9 @@ class ServerLink:
         self._restored: tuple[str, str] | None = None  # (head label, run) last restored
         self.session_id = ""
         self.resumed = False
+        self.topology = ""  # in a group: its topology (the server's choice)
+        self.group_size = 0
+        self.group_timeout = group_timeout
         self.last_applied: StepId | None = None
         self.position: StepId | None = resume_at
         self.saved: StepId | None = resume_at
@@ -323,6 +344,28 @@ class ServerLink:
         )
         return EvalReply(logits=logits, loss=reply.loss, correct=reply.correct)
 
+    def sync(
+        self,
+        point: pb.SyncRequest.Point,
+        *,
+        epoch: int = 0,
+        batch: int = 0,
+        weights: pb.WeightsBlob | None = None,
+    ) -> pb.WeightsBlob | None:
+        """A group member's synchronisation (see the proto's `SyncRequest`): waits up to
+        `group_timeout` for the other holders; returns the part 1 to continue with, if any."""
+        request = pb.SyncRequest(point=point, epoch=epoch, batch=batch)
+        if weights is not None:
+            request.weights.CopyFrom(weights)
+
+        def attempt() -> pb.SyncReply:
+            request.session_id = self.session_id
+            reply: pb.SyncReply = self._stub.Sync(request, timeout=self.group_timeout)
+            return reply
+
+        reply = self._call(attempt)
+        return reply.weights if reply.has_weights else None
+
     def checkpoint(self, name: str, *, replace_previous: bool) -> str:
         """Asks the server to write its head as ``<name>.head.ckpt``; returns the server's path."""
         request = pb.CheckpointRequest(name=name, replace_previous=replace_previous)
@@ -389,6 +432,16 @@ class ServerLink:
             resume_from=[step_to_proto(step) for step in resume_from],
             resume_from_start=from_start,
         )
+        if s.group is not None:
+            request.group.CopyFrom(
+                pb.GroupMember(
+                    name=s.group.name,
+                    holder=s.group.holder,
+                    batches_per_epoch=s.group.batches_per_epoch,
+                    samples=s.group.samples,
+                    epochs=s.group.epochs,
+                )
+            )
         deadline = time.monotonic() + timeout
         attempt = 0
         while True:
@@ -419,6 +472,7 @@ class ServerLink:
             )
         self.session_id = reply.session_id
         self.resumed = reply.resumed
+        self.topology, self.group_size = reply.topology, reply.group_size
         self.last_applied = None
         if reply.has_last_applied:
             step = reply.last_applied

@@ -13,7 +13,14 @@ import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["REPORT_VERSION", "AttackReport", "EpochRecord", "ReportError", "RunReport"]
+__all__ = [
+    "REPORT_VERSION",
+    "AttackReport",
+    "EpochRecord",
+    "GroupReport",
+    "ReportError",
+    "RunReport",
+]
 
 # Bump when a field of a report is renamed, removed or changes its meaning.
 REPORT_VERSION = 1
@@ -36,6 +43,19 @@ class EpochRecord:
     val_accuracy: float
     seconds: float  # in training steps
     samples: int
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """A data holder's place in a training group: which holder of which group, its share."""
+
+    name: str
+    topology: str  # shared-head, round-robin or splitfed
+    holders: int  # K
+    holder: int  # 0..K-1
+    partition: str  # iid or dirichlet
+    alpha: float | None  # dirichlet only
+    train_samples: int  # this holder's share of the training set
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ class RunReport:
     step_ms_p50: float | None = None  # training steps of this process, median
     step_ms_p95: float | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    group: GroupReport | None = None  # set when the run trained in a group (its final epoch)
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)

@@ -54,9 +54,13 @@ MAX_SEED = 2**63 - 1
 SEED_TYPE = click.IntRange(min=0)
 
 
-def seed_for(seed: int, role: Role) -> int:
+def seed_for(seed: int, role: Role, *, member: int | None = None) -> int:
     """The seed of `role`'s stream in a run seeded with `seed`: a 63-bit non-negative int
     (fits ``torch.manual_seed`` and the wire's uint64).
+
+    `member`: a data holder's index in a training group; its own streams (shuffling, noise, a
+    part 1 of its own) are ``spawn_key=(role number, member)``, distinct from every holder's and
+    from the single-holder stream of the same role.
 
     Raises:
         ValueError: `seed` is negative or `role` is unknown.
@@ -65,5 +69,8 @@ def seed_for(seed: int, role: Role) -> int:
         raise ValueError(f"a seed is a non-negative integer, not {seed}")
     if role not in _ROLE_NUMBER:
         raise ValueError(f"unknown seed role {role!r}")
-    sequence = np.random.SeedSequence(seed, spawn_key=(_ROLE_NUMBER[role],))
+    if member is not None and member < 0:
+        raise ValueError(f"a group member's index is non-negative, not {member}")
+    key = (_ROLE_NUMBER[role],) if member is None else (_ROLE_NUMBER[role], member)
+    sequence = np.random.SeedSequence(seed, spawn_key=key)
     return int(sequence.generate_state(1, dtype=np.uint64)[0]) >> 1
