@@ -55,6 +55,13 @@ class ClientCommand:
     send_indices: bool = False
     quiet: bool = False
     credentials: Credentials = field(default_factory=Credentials)
+    # A member of a training group: the group, this holder's index, K and the partition.
+    group: str | None = None
+    holder: int | None = None
+    holders: int | None = None
+    partition: str | None = None
+    alpha: float | None = None
+    run: str | None = None
 
     def args(self) -> list[str]:
         args = ["--server", self.server]
@@ -73,6 +80,12 @@ class ClientCommand:
                 ("--eval-noise", self.eval_noise),
                 ("--model-dir", self.model_dir),
                 ("--data-dir", self.data_dir),
+                ("--group", self.group),
+                ("--holder", self.holder),
+                ("--holders", self.holders),
+                ("--partition", self.partition),
+                ("--alpha", self.alpha),
+                ("--run", self.run),
             ]
         )
         switches = [
@@ -103,6 +116,7 @@ class AttackCommand:
     data_dir: Path | None = None
     figure: Path | None = None
     validator_epochs: int | None = None
+    run: str | None = None  # the victim's run in the log; None: the log's latest run
     quiet: bool = False
 
     def args(self) -> list[str]:
@@ -123,6 +137,7 @@ class AttackCommand:
                 ("--data-dir", self.data_dir),
                 ("--figure", self.figure),
                 ("--validator-epochs", self.validator_epochs),
+                ("--run", self.run),
             ]
         )
         return [*args, "--json"]

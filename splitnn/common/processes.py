@@ -24,7 +24,7 @@ _TAIL_LINES = 15
 # The line `splitnn-server` prints on stdout once bound, e.g. "listening on 127.0.0.1:50051".
 _LISTENING = re.compile(r"listening on (\S+:\d+)")
 # Settings of the children come from the flags we pass, never from the caller's environment.
-_CHILD_PREFIXES = ("SPLITNN_SERVER_", "SPLITNN_CLIENT_", "SPLITNN_ATTACK_")
+_CHILD_PREFIXES = ("SPLITNN_SERVER_", "SPLITNN_CLIENT_", "SPLITNN_ATTACK_", "SPLITNN_SIM_")
 
 
 class ProcessError(RuntimeError):

@@ -15,7 +15,11 @@ from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 from splitnn.common.processes import ProcessError
 from splitnn.common.seeds import SEED_TYPE
+from splitnn.server.groups import TOPOLOGIES
 from splitnn.sim.app import SimConfig, SimSummary, run
+from splitnn.sim.multi import MultiConfig, MultiSummary, run_multi
+
+_MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 
 
 @click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SIM", "show_default": True})
@@ -53,6 +57,44 @@ from splitnn.sim.app import SimConfig, SimSummary, run
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("results/figures/sim_reconstructions.png"),
 )
+@click.option(
+    "--holders",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Data holders K. With K >= 2 they train one model in a group of --topology, and the "
+    "server colludes with holder --colluder to invert every other holder's tensors.",
+)
+@click.option(
+    "--topology",
+    type=click.Choice(TOPOLOGIES),
+    default="round-robin",
+    help="With --holders K >= 2: shared-head (one head, each holder its own part 1), "
+    "round-robin (turns; part 1 passed on) or splitfed (parallel; averaged every epoch).",
+)
+@click.option(
+    "--partition",
+    type=click.Choice(["iid", "dirichlet"]),
+    default="iid",
+    help="With --holders: how the training set is shared out (dirichlet: non-IID by label).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Dirichlet concentration for --partition dirichlet. Default: 0.5.",
+)
+@click.option(
+    "--colluder", type=click.IntRange(0), default=0, help="With --holders: the colluding holder."
+)
+@click.option(
+    "--colluder-noise",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="With --holders: the colluder's Laplace b (--noise and --nopeek are the victims').",
+)
+@click.option(
+    "--colluder-nopeek", type=click.FloatRange(0), default=0.0, help="The colluder's NoPeek W."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(as_json: bool, quiet: bool, **options: Any) -> None:
@@ -66,18 +108,74 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     Then prints victim accuracy and attack scores and writes the reconstruction figure.
     Server and victim speak mutual TLS with development certificates made under
     WORKDIR/certs (see splitnn-certs).
+
+    With --holders K (K >= 2), K data holders train one model in a training group of the
+    server (--topology), each on its share of the training set (--partition) and each with its
+    own certificate. The server colludes with holder --colluder: the attacker gets its part 1
+    as deployed and inverts every other holder's deployment tensors from the wire. --noise and
+    --nopeek are the victims' defences; --json prints one object with `topology`, `holders`,
+    `members` and a list `victims` (holder, test_accuracy, attack_ssim, attack_psnr,
+    attack_validator_accuracy, ...).
+
+    \b
+    Example: splitnn-sim --holders 4 --topology splitfed --noise 0.5 --epochs 5
     """
     configure_logging(quiet=quiet or as_json)
+    multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
+    holders = options.pop("holders")
     try:
-        summary = run(SimConfig(quiet=quiet or as_json, **options))
+        if holders == 1:
+            if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
+                raise click.UsageError("--alpha and --colluder need --holders K >= 2")
+            summary: SimSummary | MultiSummary = run(SimConfig(quiet=quiet or as_json, **options))
+        else:
+            if multi_options["colluder"] >= holders:
+                raise click.BadParameter(
+                    f"holder {multi_options['colluder']} of {holders}", param_hint="--colluder"
+                )
+            if multi_options["alpha"] is not None and multi_options["partition"] != "dirichlet":
+                raise click.UsageError("--alpha needs --partition dirichlet")
+            for unused in ("set_noise",):
+                if options.pop(unused) is not None:
+                    raise click.UsageError("--set-noise is for a single holder")
+            summary = run_multi(
+                MultiConfig(holders=holders, quiet=quiet or as_json, **multi_options, **options)
+            )
     except (ProcessError, CertificateError, OSError) as error:
         exits.fail("splitnn-sim", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-sim", "interrupted", exits.INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary.to_json()))
+    elif isinstance(summary, MultiSummary):
+        _print_multi(summary)
     else:
         _print_table(summary)
+
+
+def _print_multi(s: MultiSummary) -> None:
+    alpha = f" alpha {s.alpha:g}" if s.alpha is not None else ""
+    click.echo(
+        f"{s.holders} holders, {s.topology}, {s.partition}{alpha} partition, {s.dataset}, "
+        f"{s.epochs} epochs; the server colludes with holder {s.colluder} (b={s.colluder_noise:g})"
+    )
+    click.echo(f"{'holder':>6}  {'samples':>7}  {'b':>5}  {'W':>5}  {'test %':>6}  "
+               f"{'MSE':>7}  {'PSNR':>6}  {'SSIM':>6}  {'validator %':>11}")  # fmt: skip
+    victims = {v.holder: v for v in s.victims}
+    for m in s.members:
+        v = victims.get(m.holder)
+        attack = (
+            f"{v.attack_mse:7.4f}  {v.attack_psnr:6.2f}  {v.attack_ssim:6.3f}  "
+            f"{v.attack_validator_accuracy:11.1f}"
+            if v is not None
+            else f"{'(colluder)':>7}"
+        )
+        click.echo(f"{m.holder:>6}  {m.samples:>7}  {m.noise:>5g}  {m.nopeek:>5g}  "
+                   f"{m.test_accuracy:>6.2f}  {attack}")  # fmt: skip
+    if s.victims:
+        originals = s.victims[0].validator_accuracy_originals
+        click.echo(f"validator on the original images: {originals:.1f}%")
+    click.echo(f"wire log: {s.wire_log}; wall time {s.seconds:.0f} s")
 
 
 def _print_table(s: SimSummary) -> None:

@@ -33,6 +33,12 @@ CLIENT = ClientCommand(
     send_indices=True,
     quiet=True,
     credentials=Credentials(ca=Path("ca.pem"), cert=Path("v.pem"), key=Path("v.key")),
+    group="clinics",
+    holder=2,
+    holders=3,
+    partition="dirichlet",
+    alpha=0.3,
+    run="r1",
 )
 ATTACK = AttackCommand(
     classifier=Path("models/classifiers/a.ckpt"),
@@ -49,7 +55,10 @@ ATTACK = AttackCommand(
     data_dir=Path("d"),
     figure=Path("f.png"),
     validator_epochs=1,
+    run="victim_run",
 )
+# Fields whose option stores under another parameter name.
+_PARAM = {"run": "run_name"}
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +84,7 @@ def test_every_client_field_reaches_the_client_parser() -> None:
             files = [params[n] for n in ("tls_ca", "tls_cert", "tls_key")]
             assert files == [CLIENT.credentials.ca, CLIENT.credentials.cert, CLIENT.credentials.key]
             continue
-        assert params[f.name] == getattr(CLIENT, f.name), f.name
+        assert params[_PARAM.get(f.name, f.name)] == getattr(CLIENT, f.name), f.name
     assert params["as_json"] is True
 
 
@@ -89,7 +98,7 @@ def test_every_attack_field_reaches_the_attack_parser() -> None:
     for f in fields(AttackCommand):
         if f.name == "quiet":
             continue  # a flag of the group, before "run"
-        assert params[f.name] == getattr(ATTACK, f.name), f.name
+        assert params[_PARAM.get(f.name, f.name)] == getattr(ATTACK, f.name), f.name
     assert params["as_json"] is True
 
 
