@@ -67,6 +67,7 @@ def run(cfg: ClientConfig) -> RunReport:
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     logger.info("dataset: %s", splits.description)
     group: GroupSettings | None = None
+    shares: dict[str, Any] = {}
     if cfg.group is not None:
         splits, shares = share_of(cfg, splits)
         steps = math.ceil(len(splits.train) / cfg.batch_size)
@@ -82,8 +83,8 @@ def run(cfg: ClientConfig) -> RunReport:
             cfg.holder,
             cfg.group,
             len(splits.train),
-            shares.scheme,
-            shares.digest[:12],
+            shares["scheme"],
+            shares["digest"][:12],
         )
     name = cfg.run or default_run_name(cfg)
     state_path = resume_path(cfg.model_dir, name)
@@ -124,7 +125,9 @@ def run(cfg: ClientConfig) -> RunReport:
             trainer.body.load_state_dict(trained)
             report = _evaluate_trained(cfg, splits, trainer, name, trained_run)
         elif group is not None:
-            member_run = GroupRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
+            member_run = GroupRun(
+                cfg=cfg, splits=splits, trainer=trainer, state_path=state_path, shares=shares
+            )
             if saved is not None:
                 member_run.load(saved)
             report = _group_report(cfg, splits, member_run, name, saved)
@@ -278,6 +281,7 @@ def _group_report(
             partition=cfg.partition,
             alpha=cfg.alpha,
             train_samples=len(splits.train),
+            partition_digest=member_run.shares["digest"],
         ),
     )
 

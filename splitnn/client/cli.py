@@ -11,7 +11,7 @@ import click
 from splitnn.client.app import run
 from splitnn.client.config import ClientConfig
 from splitnn.client.resume import ResumeError
-from splitnn.client.transport import ServerRefused, ServerUnreachable
+from splitnn.client.transport import GroupStalled, ServerRefused, ServerUnreachable
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError
 from splitnn.common.credentials import CredentialError, Credentials, credential_options
@@ -269,7 +269,14 @@ def main(
         exits.fail("splitnn-client", str(error), exits.UNREACHABLE)
     except ResumeError as error:
         exits.fail("splitnn-client", str(error), exits.USAGE)
-    except (ServerRefused, DatasetError, CheckpointError, CredentialError, PartitionError) as error:
+    except (
+        ServerRefused,
+        DatasetError,
+        CheckpointError,
+        CredentialError,
+        PartitionError,
+        GroupStalled,
+    ) as error:
         exits.fail("splitnn-client", str(error), exits.FAILED)
     except KeyboardInterrupt:
         exits.fail("splitnn-client", "interrupted", exits.INTERRUPTED)

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from splitnn.client.config import ClientConfig
 from splitnn.client.progress import Best, Progress
@@ -25,7 +26,7 @@ from splitnn.client.training import eval_noise, resume_settings, validation_nois
 from splitnn.common.checkpoints import CheckpointError, classifier_stem, save_checkpoint
 from splitnn.common.codec import CodecError, StepId
 from splitnn.common.datasets import DatasetSplits
-from splitnn.common.partitions import Partition, partition, subset_for
+from splitnn.common.partitions import partition, subset_for
 from splitnn.common.seeds import SEEDING
 from splitnn.common.weights import from_blob, to_blob
 from splitnn.proto import splitnn_pb2 as pb
@@ -35,8 +36,9 @@ logger = logging.getLogger(__name__)
 SHARED_BODY_TOPOLOGIES = ("round-robin", "splitfed")
 
 
-def share_of(cfg: ClientConfig, splits: DatasetSplits) -> tuple[DatasetSplits, Partition]:
-    """`splits` with this holder's share of the training set, and the partition it came from.
+def share_of(cfg: ClientConfig, splits: DatasetSplits) -> tuple[DatasetSplits, dict[str, Any]]:
+    """`splits` with this holder's share of the training set, and the partition's manifest
+    (scheme, K, alpha, seed, every holder's size and label counts, and a digest).
 
     Every holder of a group computes the same partition from the same --seed, --holders,
     --partition and --alpha (a simulation of K holders from one data set).
@@ -48,7 +50,8 @@ def share_of(cfg: ClientConfig, splits: DatasetSplits) -> tuple[DatasetSplits, P
         alpha=0.5 if cfg.alpha is None else cfg.alpha,
         seed=cfg.seed,
     )
-    return replace(splits, train=subset_for(splits.train, shares, cfg.holder)), shares
+    manifest = shares.to_manifest(splits.train.labels, splits.num_classes)
+    return replace(splits, train=subset_for(splits.train, shares, cfg.holder)), manifest
 
 
 def group_stem(cfg: ClientConfig, epoch: int) -> str:
@@ -67,12 +70,20 @@ class GroupRun:
         splits: the data set, its training split already this holder's share.
         trainer: part 1 and its session with the server (joined to the group).
         state_path: where this side's resume state is saved at every save point.
+        shares: the partition's manifest (see `share_of`), recorded with part 1.
     """
 
     def __init__(
-        self, *, cfg: ClientConfig, splits: DatasetSplits, trainer: SplitTrainer, state_path: Path
+        self,
+        *,
+        cfg: ClientConfig,
+        splits: DatasetSplits,
+        trainer: SplitTrainer,
+        state_path: Path,
+        shares: dict[str, Any],
     ) -> None:
         self.cfg = cfg
+        self.shares = shares
         self.splits = splits
         self.trainer = trainer
         self.state_path = state_path
@@ -187,6 +198,7 @@ class GroupRun:
             "topology": self.topology,
             "holder": cfg.holder,
             "holders": cfg.holders,
+            "partition": self.shares,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         save_checkpoint(path, self.trainer.body.state_dict(), manifest)

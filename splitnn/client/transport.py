@@ -57,6 +57,10 @@ class RolledBack(Exception):
         self.step = step
 
 
+class GroupStalled(RuntimeError):
+    """A training group did not move on for the group timeout (a holder never came back)."""
+
+
 class ServerRefused(RuntimeError):
     """The server answered with an error status; the message carries its code and detail."""
 
@@ -360,7 +364,16 @@ class ServerLink:
 
         def attempt() -> pb.SyncReply:
             request.session_id = self.session_id
-            reply: pb.SyncReply = self._stub.Sync(request, timeout=self.group_timeout)
+            try:
+                reply: pb.SyncReply = self._stub.Sync(request, timeout=self.group_timeout)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise GroupStalled(
+                        f"the group did not move on for {self.group_timeout:g} s "
+                        "(--group-timeout): a holder is missing or stopped; a stopped holder "
+                        "continues with --resume"
+                    ) from None
+                raise
             return reply
 
         reply = self._call(attempt)

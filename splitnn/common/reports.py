@@ -56,6 +56,7 @@ class GroupReport:
     partition: str  # iid or dirichlet
     alpha: float | None  # dirichlet only
     train_samples: int  # this holder's share of the training set
+    partition_digest: str  # the same for every holder of a group that shares out alike
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class GroupSpec:
             raise ValueError(f"group name {name!r}: use letters, digits, _ . -")
         if topology not in TOPOLOGIES:
             raise ValueError(f"topology {topology!r}: one of {', '.join(TOPOLOGIES)}")
-        if not size.isdigit() or not 1 <= int(size) <= MAX_GROUP_SIZE:
+        if not (size.isascii() and size.isdigit()) or not 1 <= int(size) <= MAX_GROUP_SIZE:
             raise ValueError(f"group size {size!r}: an integer in 1..{MAX_GROUP_SIZE}")
         return cls(name=name, topology=topology, size=int(size))
 
@@ -285,17 +285,28 @@ class Group:
                 f"holder {member.holder} of group {self.spec.name!r} is run {member.run!r} with "
                 f"{member.batches} steps an epoch"
             )
-        member.closed = member.finished = False
+        if member.closed:
+            raise WrongState(
+                f"holder {member.holder} finished group {self.spec.name!r}'s run, which the "
+                "others are still finishing: join again once every holder has finished"
+            )
         if member.last is None:
+            member.finished = False
             return None, False  # nothing applied yet: a fresh start is the same as a resume
         if not resume:
-            raise WrongState(
-                f"holder {member.holder} of group {self.spec.name!r} has trained up to epoch "
-                f"{member.last[0]} batch {member.last[1]}: resume it (--resume)"
-            )
+            if (1, 0) not in member.replies:
+                raise WrongState(
+                    f"holder {member.holder} of group {self.spec.name!r} has trained up to epoch "
+                    f"{member.last[0]} batch {member.last[1]}: resume it (--resume)"
+                )
+            # It died before its first save: it starts over and replays every step.
+            member.finished = False
+            logger.info("group %s: holder %d starts over", self.spec.name, member.holder)
+            return None, True
         for offer in offers:
             key = offer.key()
             if offer.run == member.run and (key == member.last or key in member.replies):
+                member.finished = False
                 logger.info(
                     "group %s: holder %d resumes after epoch %d batch %d",
                     self.spec.name,
@@ -404,9 +415,12 @@ class Group:
             member.last = key
             member.replies[key] = (digest, result)
             if save:
+                # The holder has saved the previous save point once it sends this one: a restart
+                # replays from there at the earliest.
                 member.saves = [*member.saves[-1:], key]
-                for old in [k for k in member.replies if k < member.saves[0]]:
-                    del member.replies[old]
+                if len(member.saves) == 2:
+                    for old in [k for k in member.replies if k < member.saves[0]]:
+                        del member.replies[old]
             if self.spec.topology != "splitfed":
                 self.cursor += 1
             self.changes.notify()

@@ -126,6 +126,7 @@ def test_group_reproduces_its_parameters_across_timing_and_a_killed_holder(
     groups = [m.report.group for m in plain]
     assert [g.holder for g in groups if g is not None] == [0, 1, 2]
     assert sum(g.train_samples for g in groups if g is not None) == 3000  # mnist5k's train split
+    assert len({g.partition_digest for g in groups if g is not None}) == 1  # one partition
     bodies = [m.body for m in plain]
     heads = [m.head for m in plain]
     if topology == "shared-head":

@@ -168,11 +168,6 @@ def test_group_spec_refuses(text: str, problem: str) -> None:
     assert problem in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="groups.py GroupSpec.parse checks the size with str.isdigit, true for any Unicode "
-    "digit: '\u00b2' fails in int() with its message, Arabic-Indic '\u0661' is taken as 1",
-)
 @pytest.mark.parametrize("size", ["\u00b2", "\u0661"], ids=["superscript-two", "arabic-one"])
 def test_group_spec_takes_only_ascii_digits_as_the_size(size: str) -> None:
     with pytest.raises(ValueError, match="group size"):
@@ -698,15 +693,9 @@ def test_a_group_whose_members_all_finished_starts_over_on_the_next_join() -> No
     assert_equal_states(member.head.state_dict(), build_head(SEED, 10).state_dict())
 
 
-_REJOIN_BUG = (
-    "groups.py Group._rejoin resets member.closed/finished before its checks: a refused "
-    "rejoin of a finished holder keeps the group from ever starting over"
-)
-
-
 @pytest.mark.parametrize(
     "refused_rejoin",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=_REJOIN_BUG))],
+    [False, True],
     ids=["alone", "after-a-refused-rejoin"],
 )
 def test_a_finished_group_starts_over_for_its_next_run(refused_rejoin: bool) -> None:
@@ -718,8 +707,8 @@ def test_a_finished_group_starts_over_for_its_next_run(refused_rejoin: bool) -> 
         group.finish(member)
     group.closed(members[0], finished=True)
     if refused_rejoin:
-        with pytest.raises(WrongState, match="resume it"):
-            join(group, 0, batches=1)  # holder 0's command run again, without --resume
+        with pytest.raises(WrongState, match="still finishing"):
+            join(group, 0, batches=1)  # holder 0's command run again before holder 1 finished
     group.closed(members[1], finished=True)
 
     member = join(group, 0, batches=2, run="next")  # the group's next run
@@ -856,3 +845,20 @@ def test_the_interleaving_test_can_tell_runs_apart() -> None:
 
     with pytest.raises(AssertionError):
         _assert_same_run((group_a, outcome_a), (group_b, outcome_b))
+
+
+def test_a_holder_that_died_before_its_first_save_starts_over_and_replays() -> None:
+    group = make_group("splitfed", 2)
+    members = [join(group, h, batches=3) for h in range(2)]
+    first, _ = train(group, members[0], 1, 0)
+    train(group, members[0], 1, 1, save=True)  # the holder may die before it saved this step
+
+    again = join(group, 0, batches=3)  # no state to resume: the same command, from the start
+
+    assert again is members[0]
+    replayed, applied = train(group, again, 1, 0)
+    assert not applied and replayed is first
+    train(group, again, 1, 1, save=True)
+    train(group, again, 1, 2, save=True)  # a second save: the first one is now the oldest kept
+    with pytest.raises(WrongState, match="resume it"):
+        join(group, 0, batches=3)
