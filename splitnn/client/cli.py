@@ -291,7 +291,16 @@ def _print_summary(report: RunReport) -> None:
     click.echo(
         f"noise b={report.noise:g} (evaluation b={report.eval_noise:g}), nopeek W={report.nopeek:g}"
     )
-    click.echo(f"best epoch: {report.best_epoch}/{report.epochs}")
+    group = report.group
+    if group is None:
+        click.echo(f"best epoch: {report.best_epoch}/{report.epochs}")
+    else:
+        alpha = f" alpha {group.alpha:g}" if group.alpha is not None else ""
+        click.echo(
+            f"group {group.name} ({group.topology}): holder {group.holder} of {group.holders}, "
+            f"{group.train_samples} training samples ({group.partition}{alpha}); "
+            f"final epoch {report.best_epoch}"
+        )
     if report.train_accuracy is not None:
         click.echo(f"train accuracy: {report.train_accuracy:.2f}%")
     click.echo(f"val accuracy:   {report.val_accuracy:.2f}%")
