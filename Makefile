@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/split_overhead.py
 	$(BIN)/python bench/nopeek.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/groups.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
