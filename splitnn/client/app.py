@@ -130,7 +130,7 @@ def run(cfg: ClientConfig) -> RunReport:
             )
             if saved is not None:
                 member_run.load(saved)
-            report = _group_report(cfg, splits, member_run, name, saved)
+            report = _train_and_report(cfg, splits, member_run, name, saved)
         else:
             training = TrainingRun(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
             if saved is not None:
@@ -242,47 +242,23 @@ def _train_and_report(
         head_checkpoint=best.head_checkpoint,
         history=history,
         resumed_from=str(saved.step) if saved is not None else None,
+        group=_group_report(cfg, training),
     )
 
 
-def _group_report(
-    cfg: ClientConfig,
-    splits: DatasetSplits,
-    member_run: GroupRun,
-    name: str,
-    saved: HolderState | None,
-) -> RunReport:
-    final, test = member_run.train()
-    history = member_run.progress.history
-    seconds = sum(h.seconds for h in history)
-    samples = sum(h.samples for h in history)
+def _group_report(cfg: ClientConfig, training: TrainingRun) -> GroupReport | None:
+    if not isinstance(training, GroupRun):
+        return None
     assert cfg.group is not None
-    return _report(
-        cfg,
-        splits,
-        member_run.trainer,
-        name,
-        member_run.noise,
-        test_accuracy=test.accuracy,
-        best_epoch=final.epoch,
-        train_accuracy=final.train_accuracy,
-        val_accuracy=final.val_accuracy,
-        samples_per_second=samples / seconds if seconds > 0 else 0.0,
-        train_seconds=seconds,
-        checkpoint=final.checkpoint,
-        head_checkpoint=final.head_checkpoint,
-        history=history,
-        resumed_from=str(saved.step) if saved is not None else None,
-        group=GroupReport(
-            name=cfg.group,
-            topology=member_run.topology,
-            holders=cfg.holders,
-            holder=cfg.holder,
-            partition=cfg.partition,
-            alpha=cfg.alpha,
-            train_samples=len(splits.train),
-            partition_digest=member_run.shares["digest"],
-        ),
+    return GroupReport(
+        name=cfg.group,
+        topology=training.topology,
+        holders=cfg.holders,
+        holder=cfg.holder,
+        partition=cfg.partition,
+        alpha=cfg.alpha,
+        train_samples=len(training.splits.train),
+        partition_digest=training.shares["digest"],
     )
 
 

@@ -75,6 +75,25 @@ def validation_noise(cfg: ClientConfig, *, scale: float | None = None) -> Laplac
     return LaplaceNoise(cfg.noise if scale is None else scale, seed=seed)
 
 
+def body_manifest(cfg: ClientConfig, run: str, epoch: int, val_accuracy: float) -> dict[str, Any]:
+    """The manifest of a saved part 1: its run, settings and validation accuracy."""
+    return {
+        "part": "body",
+        "run": run,
+        "dataset": cfg.dataset,
+        "noise": cfg.noise,
+        "nopeek": cfg.nopeek,
+        "epoch": epoch,
+        "val_accuracy": val_accuracy,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "seeding": SEEDING,
+        "server": cfg.server,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in _RESUME_SETTINGS}
 
@@ -138,8 +157,10 @@ class TrainingRun:
                 max_steps=cfg.max_steps,
                 save_every=cfg.save_every,
                 on_save=self._save,
+                before_step=self._before_step,
                 show_progress=cfg.progress,
             )
+            self._after_steps()
             val = self.trainer.evaluate(
                 "val", self.splits.val, noise=self.val_noise, tag=progress.epoch
             )
@@ -152,8 +173,19 @@ class TrainingRun:
                 record.val_accuracy,
                 record.seconds,
             )
-            if progress.best is None or record.val_accuracy > progress.best.val_accuracy:
-                progress.best = self._save_best(record, previous=progress.best)
+            self._keep(record)
+
+    def _before_step(self, step: StepId) -> None:
+        """Runs before every training step (a group member waits for its turn here)."""
+
+    def _after_steps(self) -> None:
+        """Runs after an epoch's last step, before its validation."""
+
+    def _keep(self, record: EpochRecord) -> None:
+        """Keeps the best-validation epoch: part 1 here, part 2 on the server."""
+        progress = self.progress
+        if progress.best is None or record.val_accuracy > progress.best.val_accuracy:
+            progress.best = self._save_best(record, previous=progress.best)
 
     def _save(self, step: StepId) -> None:
         """Saves this side at a save point (the server has saved the same step)."""
@@ -205,21 +237,7 @@ class TrainingRun:
             seed=cfg.seed,
         )
         path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
-        manifest = {
-            "part": "body",
-            "run": self.trainer.run,
-            "dataset": cfg.dataset,
-            "noise": cfg.noise,
-            "nopeek": cfg.nopeek,
-            "epoch": record.epoch,
-            "val_accuracy": record.val_accuracy,
-            "lr": cfg.lr,
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-            "seeding": SEEDING,
-            "server": cfg.server,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        manifest = body_manifest(cfg, self.trainer.run, record.epoch, record.val_accuracy)
         save_checkpoint(path, self.trainer.body.state_dict(), manifest)
         head = self.trainer.link.checkpoint(stem, replace_previous=True)
         if previous is not None and previous.checkpoint != str(path):

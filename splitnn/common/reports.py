@@ -20,6 +20,7 @@ __all__ = [
     "GroupReport",
     "ReportError",
     "RunReport",
+    "checked",
 ]
 
 # Bump when a field of a report is renamed, removed or changes its meaning.
@@ -132,6 +133,17 @@ class AttackReport:
     def from_json(cls, data: object) -> AttackReport:
         """Raises ReportError: see the module docstring."""
         return _from_json(cls, data)
+
+
+def checked(cls: type[R], data: object, *, what: str) -> R:
+    """`data` (a JSON object) as the dataclass `cls`, every field checked as `from_json` does.
+
+    Raises:
+        ReportError: `data` is not an object, or lacks, adds or mistypes a field.
+    """
+    if not isinstance(data, dict):
+        raise ReportError(f"a {what} is a JSON object, not {type(data).__name__}")
+    return _build(cls, data, what)
 
 
 def _to_json(report: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from splitnn.experiments.records import (
     now,
 )
 from splitnn.experiments.runner import Outcome, run_jobs
-from splitnn.experiments.sim_reports import SimReport
+from splitnn.sim.multi import MultiSummary
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ def sim_args(spec: MultiSpec, cfg: ExperimentConfig) -> list[str]:
     return [*args, "--json", "-q"]
 
 
-def _checked(spec: MultiSpec, data: dict[str, object]) -> SimReport:
+def _checked(spec: MultiSpec, data: dict[str, object]) -> MultiSummary:
     """The report parsed, and of the simulation asked for; ProcessError otherwise."""
     try:
-        report = SimReport.from_json(data)
+        report = MultiSummary.from_json(data)
     except ReportError as error:
         raise ProcessError(f"splitnn-sim: unexpected report: {error}") from None
     setting = spec.setting

@@ -14,8 +14,8 @@ from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, TOPOLOG
 from splitnn.experiments.multi import multi_records
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
-from splitnn.experiments.sim_reports import SimReport
 from splitnn.experiments.tables import mean_se, upsert_rows
+from splitnn.sim.multi import MultiSummary
 
 MULTI_CSV = "multi_holder_attacks.csv"
 MULTI_FIGURE = "multi_holder_attacks.png"
@@ -70,12 +70,12 @@ def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
     ]
 
 
-def _victims_mean(report: SimReport, score: str) -> float:
+def _victims_mean(report: MultiSummary, score: str) -> float:
     return statistics.fmean(getattr(v, score) for v in report.victims)
 
 
 def topology_series(
-    reports: Sequence[SimReport], x: Callable[[SimReport], float], score: str
+    reports: Sequence[MultiSummary], x: Callable[[MultiSummary], float], score: str
 ) -> dict[str, Series]:
     """Per topology (in `TOPOLOGIES` order): x values, the mean over seeds of the victims' mean
     `score`, and its standard error; topologies without a report are left out."""
@@ -92,7 +92,7 @@ def topology_series(
     return out
 
 
-def write_multi_figure(reports: Sequence[SimReport], path: Path) -> Path:
+def write_multi_figure(reports: Sequence[MultiSummary], path: Path) -> Path:
     """Left: attack SSIM on the victims (iid, noise-free victims) against K, per topology.
     Right: the validator's accuracy on reconstructions against the victims' noise b at K = 4
     (iid), per topology, with a dashed 50 % line. Missing settings are not plotted."""

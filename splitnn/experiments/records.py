@@ -25,7 +25,7 @@ from splitnn.common.reports import AttackReport, ReportError, RunReport
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MultiSpec, TrainSpec
-from splitnn.experiments.sim_reports import SimReport
+from splitnn.sim.multi import MultiSummary
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class MultiRecord:
     """A finished multi-holder simulation: its settings and what `splitnn-sim` reported."""
 
     settings: dict[str, Any]
-    report: SimReport
+    report: MultiSummary
     wall_seconds: float
     finished_at: str
 
@@ -118,7 +118,7 @@ class MultiRecord:
         try:
             return cls(
                 settings=dict(data["settings"]),
-                report=SimReport.from_json(data["report"]),
+                report=MultiSummary.from_json(data["report"]),
                 wall_seconds=float(data["wall_seconds"]),
                 finished_at=str(data["finished_at"]),
             )

@@ -23,7 +23,7 @@ from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, 
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ProcessError, ServerProcess
-from splitnn.common.reports import AttackReport, RunReport
+from splitnn.common.reports import AttackReport, ReportError, RunReport, checked
 
 GROUP = "sim"
 
@@ -69,6 +69,8 @@ class MultiConfig:
 
 @dataclass(frozen=True)
 class MemberSummary:
+    """One holder of a simulation: its training samples, its defences, its test accuracy (%)."""
+
     holder: int
     samples: int
     noise: float
@@ -109,11 +111,36 @@ class MultiSummary:
     colluder_noise: float
     members: list[MemberSummary]
     victims: list[VictimSummary]
-    wire_log: str
     seconds: float
+    wire_log: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> MultiSummary:
+        """What `--json` printed, checked field by field.
+
+        Raises:
+            ReportError: a missing, unknown or mistyped field, or holders that do not add up
+                (one member per holder, one victim per holder but the colluder).
+        """
+        summary = checked(cls, data, what="simulation report")
+        everyone = set(range(summary.holders))
+        if sorted(m.holder for m in summary.members) != sorted(everyone):
+            raise ReportError(
+                f"simulation report: members are not holders 0..{summary.holders - 1}"
+            )
+        if sorted(v.holder for v in summary.victims) != sorted(everyone - {summary.colluder}):
+            raise ReportError("simulation report: victims are not every holder but the colluder")
+        return summary
+
+    def member(self, holder: int) -> MemberSummary:
+        """The member entry of `holder` (KeyError if there is none)."""
+        for m in self.members:
+            if m.holder == holder:
+                return m
+        raise KeyError(holder)
 
 
 def holder_name(holder: int) -> str:

@@ -26,8 +26,8 @@ from splitnn.experiments.multi_report import (
     write_multi_tables,
 )
 from splitnn.experiments.records import MultiRecord, multi_record, multi_record_path
-from splitnn.experiments.sim_reports import SimReport
 from splitnn.experiments.tables import read_rows, upsert_rows
+from splitnn.sim.multi import MultiSummary
 
 DATA = "0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -119,7 +119,7 @@ def summary(
 def _record(data: dict[str, Any]) -> MultiRecord:
     return MultiRecord(
         settings={"max_steps": None, "attack_epochs": 2, "decoder": "deep"},
-        report=SimReport.from_json(data),
+        report=MultiSummary.from_json(data),
         wall_seconds=13.0,
         finished_at="then",
     )
@@ -338,7 +338,7 @@ def test_a_report_that_does_not_add_up_is_refused() -> None:
     data["victims"] = data["victims"][:2]
 
     with pytest.raises(ValueError, match="victims are not every holder but the colluder"):
-        SimReport.from_json(data)
+        MultiSummary.from_json(data)
 
 
 # The table and the figure
@@ -412,10 +412,10 @@ def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -
 
 def test_series_are_means_over_victims_then_seeds_per_topology() -> None:
     reports = [
-        SimReport.from_json(summary(holders=2, seed=0, ssim=(0.4,))),
-        SimReport.from_json(summary(holders=2, seed=1, ssim=(0.6,))),
-        SimReport.from_json(summary(holders=4, ssim=(0.2, 0.3, 0.7))),
-        SimReport.from_json(summary(topology="splitfed", holders=8, ssim=(0.1,) * 7)),
+        MultiSummary.from_json(summary(holders=2, seed=0, ssim=(0.4,))),
+        MultiSummary.from_json(summary(holders=2, seed=1, ssim=(0.6,))),
+        MultiSummary.from_json(summary(holders=4, ssim=(0.2, 0.3, 0.7))),
+        MultiSummary.from_json(summary(topology="splitfed", holders=8, ssim=(0.1,) * 7)),
     ]
 
     series = topology_series(reports, lambda r: float(r.holders), "attack_ssim")
@@ -433,12 +433,14 @@ def test_series_are_means_over_victims_then_seeds_per_topology() -> None:
 
 def test_the_figure_has_two_panels(tmp_path: Path) -> None:
     reports = [
-        SimReport.from_json(summary(topology=t, holders=k))
+        MultiSummary.from_json(summary(topology=t, holders=k))
         for t in ("round-robin", "splitfed")
         for k in (2, 4, 8)
     ]
     reports += [
-        SimReport.from_json(summary(topology="round-robin", noise=b, validator=(60.0, 50.0, 40.0)))
+        MultiSummary.from_json(
+            summary(topology="round-robin", noise=b, validator=(60.0, 50.0, 40.0))
+        )
         for b in (0.5, 1.0, 2.0, 5.0)
     ]
 
