@@ -18,7 +18,7 @@ from splitnn.common.credentials import CredentialError, Credentials, credential_
 from splitnn.common.datasets import DATASETS, DatasetError
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
-from splitnn.common.partitions import PartitionError
+from splitnn.common.partitions import SCHEMES, PartitionError
 from splitnn.common.reports import RunReport
 from splitnn.common.seeds import SEED_TYPE
 
@@ -134,7 +134,7 @@ _NONNEG = click.FloatRange(min=0.0, max=1e6)
 )
 @click.option(
     "--partition",
-    type=click.Choice(["iid", "dirichlet"]),
+    type=click.Choice(SCHEMES),
     default="iid",
     help="With --group: how the training set is shared out (dirichlet: non-IID by label).",
 )

@@ -13,6 +13,7 @@ from splitnn.common.certs import CertificateError
 from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.partitions import SCHEMES
 from splitnn.common.processes import ProcessError
 from splitnn.common.seeds import SEED_TYPE
 from splitnn.server.groups import TOPOLOGIES
@@ -73,7 +74,7 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 )
 @click.option(
     "--partition",
-    type=click.Choice(["iid", "dirichlet"]),
+    type=click.Choice(SCHEMES),
     default="iid",
     help="With --holders: how the training set is shared out (dirichlet: non-IID by label).",
 )
@@ -135,9 +136,8 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
                 )
             if multi_options["alpha"] is not None and multi_options["partition"] != "dirichlet":
                 raise click.UsageError("--alpha needs --partition dirichlet")
-            for unused in ("set_noise",):
-                if options.pop(unused) is not None:
-                    raise click.UsageError("--set-noise is for a single holder")
+            if options["set_noise"] is not None:
+                raise click.UsageError("--set-noise is for a single holder")
             summary = run_multi(
                 MultiConfig(holders=holders, quiet=quiet or as_json, **multi_options, **options)
             )

@@ -24,13 +24,15 @@ from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ProcessError, ServerProcess
 from splitnn.common.reports import AttackReport, ReportError, RunReport, checked
+from splitnn.sim.app import SimConfig
 
 GROUP = "sim"
 
 
 @dataclass(frozen=True)
-class MultiConfig:
-    """K holders in one group: the topology, the partition, each holder's defences.
+class MultiConfig(SimConfig):
+    """K holders in one group: the topology, the partition, each holder's defences, and the
+    victim's and attacker's settings of `SimConfig` (`set_noise` does not apply).
 
     `noise` and `nopeek` are every victim's defences (every holder but `colluder`), who has
     `colluder_noise` and `colluder_nopeek`.
@@ -41,24 +43,8 @@ class MultiConfig:
     partition: str = "iid"
     alpha: float | None = None
     colluder: int = 0
-    noise: float = 0.0
-    nopeek: float = 0.0
     colluder_noise: float = 0.0
     colluder_nopeek: float = 0.0
-    dataset: str = "mnist5k"
-    epochs: int = 10
-    batch_size: int | None = None  # None: study_batch_size of the holder's NoPeek
-    max_steps: int | None = None
-    seed: int = 0
-    aux: str | None = None
-    aux_fraction: float = 1.0
-    decoder: str = "deep"
-    attack_epochs: int = 30
-    validator_epochs: int = 5
-    workdir: Path = Path("runs/sim")
-    model_dir: Path = Path("models")
-    figure: Path = Path("results/figures/sim_reconstructions.png")
-    quiet: bool = False
 
     def defences(self, holder: int) -> tuple[float, float]:
         """(noise b, NoPeek W) of `holder`."""
