@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 K = 3
 GROUP = "g"
 RUN_S = 300.0
-COMPARED = ("train_accuracy", "val_accuracy", "test_accuracy", "deploy_accuracy", "best_epoch")
+COMPARED = ("train_accuracy", "val_accuracy", "test_accuracy", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,6 @@ def _command(server: str, model_dir: Path, holder: int) -> list[str]:
         seed=5,
         threads=1,
         model_dir=model_dir,
-        deploy=True,
-        send_indices=True,
         quiet=True,
         group=GROUP,
         holder=holder,
@@ -104,7 +102,10 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _fields(report: RunReport) -> dict[str, Any]:
-    return {name: getattr(report, name) for name in COMPARED}
+    """What must not depend on timing: the final numbers and every epoch's training sums (the
+    per-epoch validation reads a head the others train on, so only the final one is compared)."""
+    epochs = [(e.epoch, e.train_loss, e.train_accuracy, e.samples) for e in report.history]
+    return {name: getattr(report, name) for name in COMPARED} | {"epochs": epochs}
 
 
 @pytest.mark.parametrize("topology", ["shared-head", "round-robin", "splitfed"])
