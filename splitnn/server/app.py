@@ -192,7 +192,7 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            await loop.run_in_executor(self.executor, self.sessions.expire, ttl)
+            await loop.run_in_executor(self.executor, self.service.handlers.expire, ttl)
 
 
 def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningServer:

@@ -81,7 +81,8 @@ def _parse_groups(
     "--session-ttl",
     type=click.FloatRange(0.1),
     default=600.0,
-    help="Seconds idle before a session is saved and forgotten (its holder resumes it).",
+    help="Seconds idle before a session is saved and forgotten (its holder resumes it). A "
+    "training group none of whose holders called or waited for this long drops its run.",
 )
 @click.option(
     "--tls-cert",

@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -157,6 +158,7 @@ class Group:
         self._reset()
 
     def _reset(self) -> None:
+        self.last_active = time.monotonic()  # a waiting Sync counts: it asks every few seconds
         self.members: dict[int, Member] = {}
         self.settings: SessionSpec | None = None  # the head settings every member must share
         self.epochs = 0
@@ -194,6 +196,7 @@ class Group:
         """
         holder = request.holder
         with self.lock:
+            self.last_active = time.monotonic()
             if self.members and all(m.closed for m in self.members.values()):
                 self._reset()  # the previous run of this group is over
             if holder >= self.spec.size:
@@ -359,6 +362,7 @@ class Group:
         """Returns when `member` may take step (epoch, batch), with the part 1 to take it with
         (None: its own). Raises `NotYet` while it must wait."""
         with self.lock:
+            self.last_active = time.monotonic()
             self._check_step(member, epoch, batch)
             key = (epoch, batch)
             applied = member.last is not None and key <= member.last
@@ -399,6 +403,7 @@ class Group:
         """
         key = step.key()
         with self.lock:
+            self.last_active = time.monotonic()
             self._check_step(member, *key)
             cached = member.replies.get(key)
             if cached is not None:
@@ -455,6 +460,7 @@ class Group:
     def hand_in(self, member: Member, epoch: int, blob: pb.WeightsBlob) -> None:
         """Takes `member`'s part 1 after its last step of `epoch` (round-robin, splitfed)."""
         with self.lock:
+            self.last_active = time.monotonic()
             if self.spec.topology == "shared-head":
                 raise InvalidRequest("a shared-head group keeps every holder's part 1 its own")
             if not 1 <= epoch <= self.epochs:
@@ -498,6 +504,7 @@ class Group:
     def finish(self, member: Member) -> pb.WeightsBlob | None:
         """Returns when the whole group has trained, with the final part 1 (None: keep yours)."""
         with self.lock:
+            self.last_active = time.monotonic()
             if not self.started:
                 raise NotYet
             last = self.spec.size - 1
@@ -511,6 +518,21 @@ class Group:
                 final = self.handed.get((self.epochs, last))
             member.finished = True
             return final
+
+    def expire(self, ttl: float) -> bool:
+        """Drops the group's run if no holder has called (or waited) for `ttl` seconds: its
+        holders are gone for good, and the group is free for a run started over."""
+        with self.lock:
+            idle = time.monotonic() - self.last_active
+            if not self.members or all(m.closed for m in self.members.values()) or idle <= ttl:
+                return False
+            logger.warning(
+                "group %s: no holder called for %.0f s; its run is dropped (start it over)",
+                self.spec.name,
+                idle,
+            )
+            self._reset()
+            return True
 
     def closed(self, member: Member, *, finished: bool) -> None:
         with self.lock:
@@ -552,6 +574,10 @@ class Groups:
             declared = ", ".join(sorted(self._groups)) or "none"
             raise InvalidRequest(f"no group {name!r} on this server (declared: {declared})")
         return group
+
+    def expire(self, ttl: float) -> set[Group]:
+        """The groups whose run was dropped for being idle `ttl` seconds (see `Group.expire`)."""
+        return {group for group in self._groups.values() if group.expire(ttl)}
 
     def attach(self, session: HeadSession, group: Group, member: Member) -> None:
         """Makes `session` train and evaluate through the member's head."""

@@ -70,6 +70,13 @@ class SplitLearningHandlers:
         self._max_message_bytes = max_message_bytes
         self._tap = tap
 
+    def expire(self, ttl: float) -> None:
+        """Saves and forgets sessions idle `ttl` seconds; drops the runs of groups as idle."""
+        self.sessions.expire(ttl)
+        idle = self.groups.expire(ttl)
+        if idle:
+            self.sessions.drop_members(idle)
+
     def open_session(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.OpenSessionRequest, raw)
         spec = _spec_from_proto(request, self._default_seed)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from splitnn.common.checkpoints import (
     CheckpointError,
@@ -22,6 +22,9 @@ from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
 from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec
+
+if TYPE_CHECKING:
+    from splitnn.server.groups import Group
 from splitnn.server.saves import ResumeStore, Save
 
 logger = logging.getLogger(__name__)
@@ -179,6 +182,18 @@ class SessionRegistry:
                 session.last_step,
             )
         return dropped
+
+    def drop_members(self, groups: set[Group]) -> int:
+        """Forgets the sessions of these groups' members (their runs were dropped)."""
+        with self._lock:
+            members = [
+                s
+                for s in self._sessions.values()
+                if s.member is not None and s.member.group in groups
+            ]
+        for session in members:
+            self._drop(session)
+        return len(members)
 
     def save_point(self, session: HeadSession) -> Path:
         """Saves the run's state after the step just applied, a save point the holder marked."""

@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,8 @@ from splitnn.server.groups import (
     Topology,
     step_digest,
 )
-from splitnn.server.head import SessionSpec, StepResult
+from splitnn.server.head import HeadSession, SessionSpec, StepResult
+from splitnn.server.sessions import SessionRegistry
 
 LR = 1e-2
 SEED = 4
@@ -862,3 +864,56 @@ def test_a_holder_that_died_before_its_first_save_starts_over_and_replays() -> N
     train(group, again, 1, 2, save=True)  # a second save: the first one is now the oldest kept
     with pytest.raises(WrongState, match="resume it"):
         join(group, 0, batches=3)
+
+
+def _idle(group: Group, seconds: float) -> None:
+    group.last_active -= seconds
+
+
+def test_a_group_whose_holders_are_all_gone_drops_its_run_after_the_ttl(tmp_path: Path) -> None:
+    groups = Groups([GroupSpec.parse("g=shared-head:2")])
+    group = groups.get("g")
+    members = [join(group, h, batches=2) for h in range(2)]
+    train(group, members[0], 1, 0)
+    registry = SessionRegistry(model_dir=tmp_path, max_batch_size=64)
+    sessions = []
+    for member in members:
+        assert group.settings is not None
+        session = HeadSession(f"token{member.holder}", group.settings, owner=member.owner)
+        groups.attach(session, group, member)
+        registry.adopt(session)
+        sessions.append(session)
+
+    _idle(group, 50.0)
+    assert groups.expire(60.0) == set()  # not idle long enough
+    _idle(group, 20.0)
+    assert groups.expire(60.0) == {group}
+    assert registry.drop_members({group}) == 2
+
+    assert group.members == {} and group.cursor == 0 and not group.started
+    assert len(registry) == 0
+    fresh = join(group, 0, batches=2)  # the group's run can start over
+    assert fresh.last is None
+
+
+def test_a_waiting_holder_keeps_its_group_alive() -> None:
+    group = make_group("shared-head", 2)
+    member = join(group, 0, batches=2)
+    _idle(group, 100.0)
+
+    with pytest.raises(NotYet):
+        group.turn(member, 1, 0)  # the servicer asks again every few seconds while it waits
+
+    assert not group.expire(60.0)
+    assert list(group.members) == [0]
+
+
+def test_a_finished_group_is_not_expired_but_free() -> None:
+    group = make_group("shared-head", 1)
+    member = join(group, 0, batches=1)
+    train(group, member, 1, 0)
+    group.finish(member)
+    group.closed(member, finished=True)
+    _idle(group, 1000.0)
+
+    assert not group.expire(60.0)
