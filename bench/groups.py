@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
@@ -32,25 +29,11 @@ from splitnn.client.transport import GroupSettings, ServerLink, SessionSettings
 from splitnn.common.codec import StepId
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
-from splitnn.common.processes import listening_address
+from splitnn.common.processes import ServerProcess
 from splitnn.common.weights import from_blob, to_blob
 from splitnn.proto import splitnn_pb2 as pb
 
 BATCH = 128
-
-
-def start_server(model_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    script = Path(sys.executable).parent / "splitnn-server"
-    args = [str(script), "--port", "0", "--threads", "1", "--model-dir", str(model_dir), "-q",
-            "--group", "shared=shared-head:1", "--group", "turns=round-robin:1"]  # fmt: skip
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    address = listening_address(line)
-    if address is None:
-        process.kill()
-        raise RuntimeError(f"server did not start: {line.strip()!r}")
-    return process, address
 
 
 def trainer_on(link: ServerLink, run: str) -> SplitTrainer:
@@ -85,8 +68,10 @@ def main() -> None:
     shared = GroupSettings(name="shared", holder=0, batches_per_epoch=steps, samples=1, epochs=1)
     turns = GroupSettings(name="turns", holder=0, batches_per_epoch=1, samples=1, epochs=steps)
     with TemporaryDirectory() as tmp:
-        server, address = start_server(Path(tmp))
-        try:
+        groups = ["--group", "shared=shared-head:1", "--group", "turns=round-robin:1"]
+        server_args = ["--threads", "1", "--model-dir", tmp, "-q", *groups]
+        with ServerProcess(server_args) as server:
+            address = server.address
             with (
                 ServerLink(address, settings("alone")) as alone_link,
                 ServerLink(address, settings("shared", shared)) as shared_link,
@@ -118,9 +103,6 @@ def main() -> None:
                     counters["turns"] += 1
 
                 times = measure([alone_step, group_step, handover_step], args)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
     alone_t, group_t, handover_t = times
     print(f"rounds: {args.rounds}, batch {BATCH}, torch threads here: {torch.get_num_threads()}")

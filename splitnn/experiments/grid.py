@@ -52,6 +52,11 @@ class Setting:
         return f"{setting_tag(self.noise)}noise_{setting_tag(self.nopeek)}nopeek"
 
 
+def run_name(dataset: str, tag: str, seed: int) -> str:
+    """``<dataset>_<tag>``, plus ``_seed<k>`` for seeds other than 0."""
+    return f"{dataset}_{tag}" + (f"_seed{seed}" if seed else "")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """One training run: a setting on a data set with one seed, for `epochs` epochs."""
@@ -65,8 +70,7 @@ class TrainSpec:
     @property
     def name(self) -> str:
         """E.g. ``mnist5k_05noise_00nopeek`` or ``..._seed2``: the classifier without its epoch."""
-        seed = f"_seed{self.seed}" if self.seed else ""
-        return f"{self.dataset}_{self.setting.tag}{seed}"
+        return run_name(self.dataset, self.setting.tag, self.seed)
 
     @property
     def model(self) -> str:
@@ -205,8 +209,7 @@ class MultiSpec:
     @property
     def name(self) -> str:
         """E.g. ``mnist5k_multi_round-robin_k4_iid_00noise_00nopeek`` (``_seed<k>`` for k > 0)."""
-        seed = f"_seed{self.seed}" if self.seed else ""
-        return f"{self.dataset}_multi_{self.setting.tag}{seed}"
+        return run_name(self.dataset, f"multi_{self.setting.tag}", self.seed)
 
 
 def multi_settings() -> list[MultiSetting]:
