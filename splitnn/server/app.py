@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from splitnn.common import exits
 from splitnn.common.models import CUT_SHAPE
@@ -28,7 +29,7 @@ from splitnn.server import security
 from splitnn.server.config import ServerConfig
 from splitnn.server.groups import Groups
 from splitnn.server.handlers import SplitLearningHandlers, TapSink
-from splitnn.server.servicer import SERVICE_NAME, SplitLearningService
+from splitnn.server.servicer import SERVICE_NAME, TAP_SERVICE_NAME, SplitLearningService
 from splitnn.server.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ class RunningServer:
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         health_servicer = AsyncHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        # Operators list and call the services with the usual gRPC tools (grpcurl, grpc_cli).
+        reflection.enable_server_reflection(reflected_services(tap=self.cfg.tap), server)
         if self.hub is not None and self.cfg.tap:
             from splitnn.server.tap import tap_handler  # collusion mode only
 
@@ -193,6 +196,14 @@ class RunningServer:
         while True:
             await asyncio.sleep(interval)
             await loop.run_in_executor(self.executor, self.service.handlers.expire, ttl)
+
+
+def reflected_services(*, tap: bool) -> tuple[str, ...]:
+    """The full names of the services a server offers, as server reflection lists them."""
+    names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if tap:
+        names.append(TAP_SERVICE_NAME)
+    return tuple(names)
 
 
 def build_server(cfg: ServerConfig, *, tap: TapSink | None = None) -> RunningServer:

@@ -30,6 +30,7 @@ from splitnn.server.identity import Authenticator, Identity
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "splitnn.v1.SplitLearning"
+TAP_SERVICE_NAME = "splitnn.v1.Tap"
 Work = Callable[[bytes, Identity], bytes]
 Context = grpc.aio.ServicerContext[bytes, bytes]
 # A waiting Sync looks at its group again at least this often (changes wake it sooner).

@@ -23,7 +23,7 @@ from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.errors import InvalidRequest
 from splitnn.server.handlers import parse
 from splitnn.server.identity import Authenticator
-from splitnn.server.servicer import identify
+from splitnn.server.servicer import TAP_SERVICE_NAME, identify
 
 logger = logging.getLogger(__name__)
 
@@ -129,4 +129,4 @@ def tap_handler(hub: TapHub, authenticator: Authenticator) -> grpc.GenericRpcHan
             yield record.SerializeToString()
 
     methods = {"Subscribe": grpc.unary_stream_rpc_method_handler(subscribe)}
-    return grpc.method_handlers_generic_handler("splitnn.v1.Tap", methods)
+    return grpc.method_handlers_generic_handler(TAP_SERVICE_NAME, methods)
