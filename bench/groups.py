@@ -31,7 +31,6 @@ from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 from splitnn.common.processes import ServerProcess
 from splitnn.common.weights import from_blob, to_blob
-from splitnn.proto import splitnn_pb2 as pb
 
 BATCH = 128
 
@@ -88,18 +87,18 @@ def main() -> None:
 
                 def group_step() -> None:
                     step = StepId("shared", 1, counters["shared"])
-                    shared_link.sync(pb.SyncRequest.TURN, epoch=1, batch=step.batch)
+                    shared_link.turn(1, step.batch)
                     member.step(step, images, labels)
                     counters["shared"] += 1
 
                 def handover_step() -> None:
                     epoch = counters["turns"] + 1
-                    blob = turns_link.sync(pb.SyncRequest.TURN, epoch=epoch, batch=0)
+                    blob = turns_link.turn(epoch, 0)
                     if blob is not None:
                         passer.body.load_state_dict(from_blob(blob))
                     passer.step(StepId("turns", epoch, 0), images, labels)
                     weights = to_blob(passer.body.state_dict())
-                    turns_link.sync(pb.SyncRequest.HAND_IN, epoch=epoch, weights=weights)
+                    turns_link.hand_in(epoch, weights)
                     counters["turns"] += 1
 
                 times = measure([alone_step, group_step, handover_step], args)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from splitnn.client.config import ClientConfig
-from splitnn.client.group import SHARED_BODY_TOPOLOGIES, GroupRun, share_of
+from splitnn.client.group import GroupRun, share_of, shares_body
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
 from splitnn.client.trainer import EVAL_BATCH_SIZE, SplitTrainer
 from splitnn.client.training import (
@@ -109,7 +109,7 @@ def run(cfg: ClientConfig) -> RunReport:
         group_timeout=cfg.group_timeout,
     ) as link:
         # A group that shares part 1 starts every holder from the same weights.
-        own_body = link.topology not in SHARED_BODY_TOPOLOGIES
+        own_body = not shares_body(link.topology)
         trainer = SplitTrainer(
             body=build_body(seed_for(cfg.seed, "body", member=member(cfg) if own_body else None)),
             link=link,
@@ -252,7 +252,7 @@ def _group_report(cfg: ClientConfig, training: TrainingRun) -> GroupReport | Non
     assert cfg.group is not None
     return GroupReport(
         name=cfg.group,
-        topology=training.topology,
+        topology=training.topology.name,
         holders=cfg.holders,
         holder=cfg.holder,
         partition=cfg.partition,

@@ -1,8 +1,8 @@
-"""A data holder's run as one member of a training group (see `splitnn/server/groups.py`).
+"""A data holder's run as one member of a training group (see `splitnn/common/topology.py`).
 
 The holder trains on its share of the training set (`partition`), waits for its turn before
 every step (`Sync TURN`, which may hand it part 1 to continue from), hands in part 1 after each
-epoch in round-robin and splitfed, and once the whole group has finished (`Sync FINISHED`) takes
+epoch where the topology shares it, and once the whole group has finished (`Sync FINISHED`) takes
 the final part 1, saves it, and tests it. A group run keeps its final epoch: there is no best
 epoch to go back to, since the others trained on after it.
 
@@ -23,16 +23,19 @@ from splitnn.client.trainer import EvalResult, SplitTrainer
 from splitnn.client.training import TrainingRun, body_manifest, eval_noise, validation_noise
 from splitnn.client.transport import RolledBack
 from splitnn.common.checkpoints import CheckpointError, classifier_stem, save_checkpoint
-from splitnn.common.codec import CodecError, StepId
+from splitnn.common.codec import CodecError, StepId, WeightsBlob
 from splitnn.common.datasets import DatasetSplits
 from splitnn.common.noise import LaplaceNoise
 from splitnn.common.partitions import partition, subset_for
+from splitnn.common.topology import topology
 from splitnn.common.weights import from_blob, to_blob
-from splitnn.proto import splitnn_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-SHARED_BODY_TOPOLOGIES = ("round-robin", "splitfed")
+
+def shares_body(name: str) -> bool:
+    """Whether the topology the server named (empty: no group) hands part 1 around."""
+    return bool(name) and topology(name).shares_body
 
 
 def share_of(cfg: ClientConfig, splits: DatasetSplits) -> tuple[DatasetSplits, dict[str, Any]]:
@@ -83,7 +86,7 @@ class GroupRun(TrainingRun):
     ) -> None:
         super().__init__(cfg=cfg, splits=splits, trainer=trainer, state_path=state_path)
         self.shares = shares
-        self.topology = trainer.link.topology
+        self.topology = topology(trainer.link.topology)
 
     def train(self) -> tuple[Best, EvalResult, LaplaceNoise]:
         """Trains with the group to the end, then validates and tests the final model.
@@ -102,7 +105,7 @@ class GroupRun(TrainingRun):
             except RolledBack as back:
                 self._roll_back(back.step)
         logger.info("waiting for the group to finish")
-        self._take(link.sync(pb.SyncRequest.FINISHED))
+        self._take(link.finish())
         val = self.trainer.evaluate(
             "val", self.splits.val, noise=validation_noise(cfg), tag=cfg.epochs + 1
         )
@@ -111,22 +114,18 @@ class GroupRun(TrainingRun):
         return best, self.trainer.evaluate("test", self.splits.test, noise=noise), noise
 
     def _after_steps(self) -> None:
-        """Hands in part 1 after the epoch's last step (round-robin, splitfed)."""
-        if self.topology in SHARED_BODY_TOPOLOGIES:
-            self.trainer.link.sync(
-                pb.SyncRequest.HAND_IN,
-                epoch=self.progress.epoch,
-                weights=to_blob(self.trainer.body.state_dict()),
-            )
+        """Hands in part 1 after the epoch's last step, where the topology shares it."""
+        if self.topology.shares_body:
+            self.trainer.link.hand_in(self.progress.epoch, to_blob(self.trainer.body.state_dict()))
 
     def _keep(self, record: EpochRecord) -> None:
         """Nothing: a group run keeps its final epoch."""
 
     def _before_step(self, step: StepId) -> None:
         """Waits for this holder's turn at `step`; takes the part 1 the group hands over."""
-        self._take(self.trainer.link.sync(pb.SyncRequest.TURN, epoch=step.epoch, batch=step.batch))
+        self._take(self.trainer.link.turn(step.epoch, step.batch))
 
-    def _take(self, blob: pb.WeightsBlob | None) -> None:
+    def _take(self, blob: WeightsBlob | None) -> None:
         if blob is None:
             return
         try:
@@ -144,7 +143,7 @@ class GroupRun(TrainingRun):
         manifest = {
             **body_manifest(cfg, self.trainer.run, cfg.epochs, val_accuracy),
             "group": cfg.group,
-            "topology": self.topology,
+            "topology": self.topology.name,
             "holder": cfg.holder,
             "holders": cfg.holders,
             "partition": self.shares,

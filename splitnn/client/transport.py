@@ -17,7 +17,15 @@ from typing import Any
 import grpc
 import torch
 
-from splitnn.common.codec import StepId, step_to_proto, tensor_from_proto, tensor_to_proto
+from splitnn.common.codec import (
+    StepId,
+    WeightsBlob,
+    blob_from_proto,
+    blob_to_proto,
+    step_to_proto,
+    tensor_from_proto,
+    tensor_to_proto,
+)
 from splitnn.common.credentials import Credentials, open_channel
 from splitnn.common.models import CUT_SHAPE
 from splitnn.common.rpc_options import grpc_options, message_limit
@@ -348,19 +356,32 @@ class ServerLink:
         )
         return EvalReply(logits=logits, loss=reply.loss, correct=reply.correct)
 
-    def sync(
+    def turn(self, epoch: int, batch: int) -> WeightsBlob | None:
+        """Waits for this group member's turn at step (epoch, batch); returns the part 1 to take
+        it with, if the group hands one over."""
+        return self._sync(pb.SyncRequest.TURN, epoch=epoch, batch=batch)
+
+    def hand_in(self, epoch: int, weights: WeightsBlob) -> None:
+        """Hands part 1 to the group after this member's last step of `epoch`."""
+        self._sync(pb.SyncRequest.HAND_IN, epoch=epoch, weights=weights)
+
+    def finish(self) -> WeightsBlob | None:
+        """Waits for the whole group to finish; returns the final part 1, if not this one's."""
+        return self._sync(pb.SyncRequest.FINISHED)
+
+    def _sync(
         self,
         point: pb.SyncRequest.Point,
         *,
         epoch: int = 0,
         batch: int = 0,
-        weights: pb.WeightsBlob | None = None,
-    ) -> pb.WeightsBlob | None:
+        weights: WeightsBlob | None = None,
+    ) -> WeightsBlob | None:
         """A group member's synchronisation (see the proto's `SyncRequest`): waits up to
         `group_timeout` for the other holders; returns the part 1 to continue with, if any."""
         request = pb.SyncRequest(point=point, epoch=epoch, batch=batch)
         if weights is not None:
-            request.weights.CopyFrom(weights)
+            request.weights.CopyFrom(blob_to_proto(weights))
 
         def attempt() -> pb.SyncReply:
             request.session_id = self.session_id
@@ -377,7 +398,7 @@ class ServerLink:
             return reply
 
         reply = self._call(attempt)
-        return reply.weights if reply.has_weights else None
+        return blob_from_proto(reply.weights) if reply.has_weights else None
 
     def checkpoint(self, name: str, *, replace_previous: bool) -> str:
         """Asks the server to write its head as ``<name>.head.ckpt``; returns the server's path."""

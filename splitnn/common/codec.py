@@ -8,6 +8,7 @@ little-endian bytes only; never pickle.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,28 @@ class StepId:
 
     def __str__(self) -> str:
         return f"{self.run}/epoch={self.epoch}/batch={self.batch}"
+
+
+@dataclass(frozen=True)
+class WeightsBlob:
+    """Part 1's weights in transit through a group: serialized `Weights` and their SHA-256."""
+
+    data: bytes
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class GroupJoin:
+    """A data holder's request to take place `holder` (0..K-1) in the declared group `name`.
+
+    samples: its training samples (weights the averages); epochs: must agree across the group.
+    """
+
+    name: str
+    holder: int
+    batches_per_epoch: int
+    samples: int
+    epochs: int
 
 
 def tensor_to_proto(tensor: torch.Tensor) -> pb.Tensor:
@@ -128,3 +151,71 @@ def step_from_proto(message: pb.StepId, *, run: str | None = None) -> StepId:
     if run is not None and message.run != run:
         raise CodecError(f"step of run {message.run!r} on a session of run {run!r}")
     return StepId(run=message.run, epoch=message.epoch, batch=message.batch)
+
+
+def weights_to_bytes(weights: Mapping[str, torch.Tensor]) -> bytes:
+    """Serializes a state dict as a `Weights` message, every tensor as float32."""
+    message = pb.Weights(
+        tensors=[
+            pb.NamedTensor(name=name, tensor=tensor_to_proto(value.detach().to(torch.float32)))
+            for name, value in weights.items()
+        ]
+    )
+    return message.SerializeToString()
+
+
+def weights_from_bytes(
+    data: bytes, *, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """The state dict in a serialized `Weights`: float32 tensors of exactly `shapes`, finite.
+
+    Raises:
+        CodecError: not a `Weights` message, or a tensor missing, extra, twice, of another
+            shape or dtype, or not finite.
+    """
+    try:
+        message = pb.Weights.FromString(data)
+    except Exception:  # protobuf raises DecodeError, or RuntimeError on some inputs
+        raise CodecError("the weights blob is not a Weights message") from None
+    weights: dict[str, torch.Tensor] = {}
+    for item in message.tensors:
+        if item.name not in shapes:
+            raise CodecError(f"unexpected tensor {item.name!r} in the weights")
+        if item.name in weights:
+            raise CodecError(f"tensor {item.name!r} twice in the weights")
+        weights[item.name] = tensor_from_proto(
+            item.tensor, dtype="float32", shape=shapes[item.name], finite=True
+        )
+    missing = sorted(set(shapes) - set(weights))
+    if missing:
+        raise CodecError(f"the weights lack {', '.join(missing)}")
+    return weights
+
+
+def blob_to_proto(blob: WeightsBlob) -> pb.WeightsBlob:
+    return pb.WeightsBlob(data=blob.data, sha256=blob.sha256)
+
+
+def blob_from_proto(message: pb.WeightsBlob) -> WeightsBlob:
+    """The blob as it arrived; its SHA-256 is checked where it is decoded (`weights.from_blob`)."""
+    return WeightsBlob(data=message.data, sha256=message.sha256)
+
+
+def group_join_to_proto(join: GroupJoin) -> pb.GroupMember:
+    return pb.GroupMember(
+        name=join.name,
+        holder=join.holder,
+        batches_per_epoch=join.batches_per_epoch,
+        samples=join.samples,
+        epochs=join.epochs,
+    )
+
+
+def group_join_from_proto(message: pb.GroupMember) -> GroupJoin:
+    return GroupJoin(
+        name=message.name,
+        holder=message.holder,
+        batches_per_epoch=message.batches_per_epoch,
+        samples=message.samples,
+        epochs=message.epochs,
+    )

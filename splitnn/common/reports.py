@@ -51,7 +51,7 @@ class GroupReport:
     """A data holder's place in a training group: which holder of which group, its share."""
 
     name: str
-    topology: str  # shared-head, round-robin or splitfed
+    topology: str  # a name in `splitnn.common.topology.TOPOLOGIES`
     holders: int  # K
     holder: int  # 0..K-1
     partition: str  # iid or dirichlet

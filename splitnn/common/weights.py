@@ -1,9 +1,10 @@
 """Part 1's weights as an integrity-checked blob, and their weighted average.
 
-A training group hands part 1 from holder to holder (round-robin) or averages the holders' copies
-(splitfed) through the server. The blob is the serialized `Weights` message (every tensor float32,
-named as in the state dict) and its SHA-256: the server checks it when the blob arrives and the
-holder that receives it checks it again, so a blob damaged anywhere on its way is refused.
+A training group hands part 1 from holder to holder or averages the holders' copies (see
+`topology.py`) through the server. The blob is the serialized `Weights` message (every tensor
+float32, named as in the state dict) and its SHA-256: the server checks it when the blob arrives
+and the holder that receives it checks it again, so a blob damaged anywhere on its way is
+refused.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from splitnn.common.codec import CodecError, tensor_from_proto, tensor_to_proto
+from splitnn.common.codec import CodecError, WeightsBlob, weights_from_bytes, weights_to_bytes
 from splitnn.common.models import build_body
-from splitnn.proto import splitnn_pb2 as pb
 
 # name -> shape of part 1's state dict: a blob must hold exactly these tensors.
 BODY_SHAPES: dict[str, tuple[int, ...]] = {
@@ -25,20 +25,14 @@ BODY_SHAPES: dict[str, tuple[int, ...]] = {
 BODY_BYTES = 4 * sum(torch.Size(shape).numel() for shape in BODY_SHAPES.values())
 
 
-def to_blob(weights: Mapping[str, torch.Tensor]) -> pb.WeightsBlob:
+def to_blob(weights: Mapping[str, torch.Tensor]) -> WeightsBlob:
     """Serializes a state dict (as float32) and signs it with its SHA-256."""
-    message = pb.Weights(
-        tensors=[
-            pb.NamedTensor(name=name, tensor=tensor_to_proto(value.detach().to(torch.float32)))
-            for name, value in weights.items()
-        ]
-    )
-    data = message.SerializeToString()
-    return pb.WeightsBlob(data=data, sha256=hashlib.sha256(data).digest())
+    data = weights_to_bytes(weights)
+    return WeightsBlob(data=data, sha256=hashlib.sha256(data).digest())
 
 
 def from_blob(
-    blob: pb.WeightsBlob, *, shapes: Mapping[str, tuple[int, ...]] = BODY_SHAPES
+    blob: WeightsBlob, *, shapes: Mapping[str, tuple[int, ...]] = BODY_SHAPES
 ) -> dict[str, torch.Tensor]:
     """The state dict in `blob`: float32 tensors of exactly `shapes`, all finite.
 
@@ -48,23 +42,7 @@ def from_blob(
     """
     if hashlib.sha256(blob.data).digest() != blob.sha256:
         raise CodecError("the weights do not match their SHA-256: damaged on the way")
-    try:
-        message = pb.Weights.FromString(blob.data)
-    except Exception:  # protobuf raises DecodeError, or RuntimeError on some inputs
-        raise CodecError("the weights blob is not a Weights message") from None
-    weights: dict[str, torch.Tensor] = {}
-    for item in message.tensors:
-        if item.name not in shapes:
-            raise CodecError(f"unexpected tensor {item.name!r} in the weights")
-        if item.name in weights:
-            raise CodecError(f"tensor {item.name!r} twice in the weights")
-        weights[item.name] = tensor_from_proto(
-            item.tensor, dtype="float32", shape=shapes[item.name], finite=True
-        )
-    missing = sorted(set(shapes) - set(weights))
-    if missing:
-        raise CodecError(f"the weights lack {', '.join(missing)}")
-    return weights
+    return weights_from_bytes(blob.data, shapes=shapes)
 
 
 def average(

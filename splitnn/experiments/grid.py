@@ -15,6 +15,7 @@ from typing import Literal
 
 from splitnn.common.checkpoints import setting_tag
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.topology import NAMES
 
 NOISE_LEVELS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 NOPEEK_WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -29,7 +30,6 @@ AUX_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)
 # Multi-holder simulations (the ``multi`` group): holders K, topologies, Dirichlet label skew,
 # and the victims' noise at K = 4 with iid data.
 MULTI_HOLDERS = (2, 4, 8)
-TOPOLOGIES = ("shared-head", "round-robin", "splitfed")
 DIRICHLET_ALPHA = 0.5
 MULTI_NOISE_HOLDERS = 4
 MULTI_NOISE = (0.5, 1.0, 2.0, 5.0)
@@ -188,7 +188,8 @@ class MultiSetting:
 
     @property
     def tag(self) -> str:
-        """E.g. ``round-robin_k4_iid_05noise_00nopeek``, ``splitfed_k8_dir05_00noise_00nopeek``."""
+        """``<topology>_k<K>_<iid|dir<alpha>>_<b>noise_<W>nopeek``, e.g. with K = 8 and
+        Dirichlet alpha 0.5: ``<topology>_k8_dir05_00noise_00nopeek``."""
         split = "iid" if self.alpha is None else f"dir{setting_tag(self.alpha)}"
         return (
             f"{self.topology}_k{self.holders}_{split}_"
@@ -208,7 +209,7 @@ class MultiSpec:
 
     @property
     def name(self) -> str:
-        """E.g. ``mnist5k_multi_round-robin_k4_iid_00noise_00nopeek`` (``_seed<k>`` for k > 0)."""
+        """E.g. ``mnist5k_multi_<topology>_k4_iid_00noise_00nopeek`` (``_seed<k>`` for k > 0)."""
         return run_name(self.dataset, f"multi_{self.setting.tag}", self.seed)
 
 
@@ -222,12 +223,12 @@ def multi_settings() -> list[MultiSetting]:
     plain = [
         MultiSetting(k, topology, partition, alpha, 0.0)
         for k in MULTI_HOLDERS
-        for topology in TOPOLOGIES
+        for topology in NAMES
         for partition, alpha in partitions
     ]
     noisy = [
         MultiSetting(MULTI_NOISE_HOLDERS, topology, "iid", None, b)
-        for topology in TOPOLOGIES
+        for topology in NAMES
         for b in MULTI_NOISE
     ]
     return plain + noisy

@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from splitnn.common.topology import NAMES as TOPOLOGIES
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, TOPOLOGIES, MultiSpec
+from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSpec
 from splitnn.experiments.multi import multi_records
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord

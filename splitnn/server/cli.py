@@ -10,9 +10,10 @@ import click
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
 from splitnn.common.seeds import SEED_TYPE
+from splitnn.common.topology import DEFAULT, describe
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
-from splitnn.server.groups import GroupSpec
+from splitnn.server.group_spec import GroupSpec
 from splitnn.server.security import SecurityError
 
 
@@ -131,10 +132,8 @@ def _parse_groups(
     multiple=True,
     metavar="NAME=TOPOLOGY:K",
     callback=_parse_groups,
-    help="Declare a training group of K data holders (repeatable). TOPOLOGY: shared-head "
-    "(one head, each holder its own part 1), round-robin (holders take turns and pass part 1 "
-    "on) or splitfed (parallel, part 1 and heads averaged every epoch). E.g. "
-    "--group clinics=splitfed:4",
+    help="Declare a training group of K data holders (repeatable). TOPOLOGY: "
+    f"{describe()}. E.g. --group clinics={DEFAULT.name}:4",
 )
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitnn.server.groups import GroupSpec
+from splitnn.server.group_spec import GroupSpec
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ServerConfig:
             live: a one-shot deployment such as docker compose ends by itself. None: never.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
-        groups: training groups that several data holders join (see `groups.py`).
+        groups: training groups that several data holders join (see `group.py`).
     """
 
     host: str = "127.0.0.1"

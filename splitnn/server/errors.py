@@ -48,6 +48,13 @@ class WrongState(ServerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotYet(Exception):
+    """A group must move on before this request can be answered: ask again after a change.
+
+    Not a peer's error: the servicer waits and retries (see `servicer.py`).
+    """
+
+
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     """Maps an exception to (status, public detail). Unknown errors leak no detail."""
     if isinstance(error, ServerError):

@@ -18,14 +18,18 @@ from google.protobuf.message import DecodeError, Message
 
 from splitnn.common.codec import (
     StepId,
+    blob_from_proto,
+    blob_to_proto,
+    group_join_from_proto,
     step_from_proto,
     step_to_proto,
     tensor_from_proto,
     tensor_to_proto,
 )
 from splitnn.proto import splitnn_pb2 as pb
-from splitnn.server.errors import InvalidRequest, WrongState
-from splitnn.server.groups import Groups, step_digest
+from splitnn.server.errors import InvalidRequest
+from splitnn.server.group_head import GroupMemberHead
+from splitnn.server.groups import Groups
 from splitnn.server.head import HeadSession, SessionSpec
 from splitnn.server.identity import Identity
 from splitnn.server.sessions import SessionRegistry
@@ -75,7 +79,7 @@ class SplitLearningHandlers:
         self.sessions.expire(ttl)
         idle = self.groups.expire(ttl)
         if idle:
-            self.sessions.drop_members(idle)
+            self.sessions.drop_members({group.spec.name for group in idle})
 
     def open_session(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.OpenSessionRequest, raw)
@@ -96,8 +100,8 @@ class SplitLearningHandlers:
             max_message_bytes=self._max_message_bytes,
             replaced=session.replaced,
         )
-        if resumed and session.last_step is not None:
-            reply.last_applied.CopyFrom(step_to_proto(session.last_step))
+        if resumed and session.head.last_step is not None:
+            reply.last_applied.CopyFrom(step_to_proto(session.head.last_step))
             reply.has_last_applied = True
         return reply.SerializeToString()
 
@@ -107,20 +111,8 @@ class SplitLearningHandlers:
         step = step_from_proto(request.step, run=session.spec.run)
         activations, labels, indices = _decode_batch(session, request, need_labels=True)
         assert labels is not None
-        if session.member is not None:
-            group, member = session.member.group, session.member.member
-            digest = step_digest(request)
-            result, applied = group.train(
-                member, step, activations, labels, digest, save=request.save
-            )
-        else:
-            result, applied = session.train_step(step, activations, labels)
-        if (
-            session.member is None
-            and request.save
-            and (applied or self.sessions.store_of(session.owner).find(step) is None)
-        ):
-            self.sessions.save_point(session)
+        result, applied = session.head.train(step, activations, labels, save=request.save)
+        self.sessions.after_step(session, step, applied=applied, save=request.save)
         if applied:
             self._publish(session, step, "train", "train", request, indices)
         reply = pb.TrainReply(
@@ -136,7 +128,7 @@ class SplitLearningHandlers:
         session = self.sessions.get(request.session_id, owner=caller.folder)
         step = step_from_proto(request.step, run=session.spec.run)
         activations, labels, indices = _decode_batch(session, request, need_labels=False)
-        result = session.evaluate(activations, labels)
+        result = session.head.evaluate(activations, labels)
         self._publish(session, step, "eval", request.split or "eval", request, indices)
         reply = pb.EvalReply(
             step=request.step,
@@ -166,30 +158,27 @@ class SplitLearningHandlers:
         return pb.CloseSessionReply().SerializeToString()
 
     def sync(self, raw: bytes, caller: Identity) -> bytes:
-        """A group member's turn, hand-in or finish (see `groups.py`).
+        """A group member's turn, hand-in or finish (see `group.py`).
 
         Raises:
             NotYet: the group must move on first; the servicer asks again after a change.
         """
         request = parse(pb.SyncRequest, raw)
-        session = self.sessions.get(request.session_id, owner=caller.folder)
-        if session.member is None:
-            raise WrongState("Sync is for the members of a training group")
-        group, member = session.member.group, session.member.member
+        head = self.sessions.get(request.session_id, owner=caller.folder).head
         weights = None
         if request.point == pb.SyncRequest.TURN:
-            weights = group.turn(member, request.epoch, request.batch)
+            weights = head.turn(request.epoch, request.batch)
         elif request.point == pb.SyncRequest.HAND_IN:
             if not request.HasField("weights"):
                 raise InvalidRequest("a hand-in carries part 1's weights")
-            group.hand_in(member, request.epoch, request.weights)
+            head.hand_in(request.epoch, blob_from_proto(request.weights))
         elif request.point == pb.SyncRequest.FINISHED:
-            weights = group.finish(member)
+            weights = head.finish()
         else:
             raise InvalidRequest(f"unknown sync point {request.point}")
         reply = pb.SyncReply(has_weights=weights is not None)
         if weights is not None:
-            reply.weights.CopyFrom(weights)
+            reply.weights.CopyFrom(blob_to_proto(weights))
         return reply.SerializeToString()
 
     def _join_group(
@@ -202,17 +191,21 @@ class SplitLearningHandlers:
         self.sessions.check_spec(spec)
         group = self.groups.get(request.group.name)
         member, after, resumed = group.join(
-            spec, request.group, owner=caller.folder, resume=request.resume, offers=resume_from
+            spec,
+            group_join_from_proto(request.group),
+            owner=caller.folder,
+            resume=request.resume,
+            offers=resume_from,
         )
-        session = HeadSession(secrets.token_hex(16), spec, owner=caller.folder)
-        self.groups.attach(session, group, member)
+        head = GroupMemberHead(group, member)
+        session = HeadSession(secrets.token_hex(16), spec, head=head, owner=caller.folder)
         self.sessions.adopt(session)
         reply = pb.OpenSessionReply(
             session_id=session.session_id,
             resumed=resumed,
             max_message_bytes=self._max_message_bytes,
             replaced=session.replaced,
-            topology=group.spec.topology,
+            topology=group.topology.name,
             group_size=group.spec.size,
         )
         if after is not None:

@@ -1,21 +1,25 @@
-"""One data holder's session: the head (model part 2), its optimizer and the exactly-once cache."""
+"""A data holder's session and the head it trains through, behind one interface.
+
+`HeadPolicy` is how a step reaches a head, whoever owns it: `LoneHead` is a session's own head
+(here), `GroupMemberHead` a training group's (`group_head.py`). The handlers call the interface
+and never ask which one it is. A session's own head is made by the policy named in
+`HEAD_POLICIES`: another way of answering steps is one class and one entry there.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch.nn import functional as F
 
-from splitnn.common.codec import StepId
+from splitnn.common.codec import StepId, WeightsBlob
 from splitnn.common.models import build_head, make_optimizer
 from splitnn.server.errors import InvalidRequest, WrongState
-
-if TYPE_CHECKING:
-    from splitnn.server.groups import GroupMembership
 
 # Whose runs these are when the server authenticates nobody (see `identity.py`).
 ANONYMOUS_OWNER = "_anonymous"
@@ -82,22 +86,99 @@ def apply_step(
     )
 
 
-class HeadSession:
-    """Trains the head on the batches of one run, each step at most once.
+def evaluate_head(
+    head: torch.nn.Module, activations: torch.Tensor, labels: torch.Tensor | None
+) -> EvalResult:
+    """Logits of a batch without any update: activations [B, *cut], labels int64 [B] or None."""
+    with torch.no_grad():
+        head.eval()
+        logits = head(activations.to(torch.float32))
+    if labels is None:
+        return EvalResult(logits=logits, loss=0.0, correct=0)
+    loss = float(F.cross_entropy(logits, labels))
+    correct = int((logits.argmax(dim=1) == labels).sum())
+    return EvalResult(logits=logits, loss=loss, correct=correct)
+
+
+class HeadPolicy(Protocol):
+    """How a session's steps are applied, whatever owns the head.
+
+    Attributes:
+        group_name: the training group whose head this is; None: the session's own.
+        resumable: the server keeps resume states of this head on disk (a group keeps its
+            members' replies in memory instead).
+        last_step: the last step applied through `train`, as a resume state would record it.
+        steps_applied: steps applied through `train` (restored ones included).
+        restored: the head holds weights from `load_weights`, not the state after `last_step`.
+    """
+
+    group_name: str | None
+    resumable: bool
+
+    @property
+    def last_step(self) -> StepId | None: ...
+
+    @property
+    def steps_applied(self) -> int: ...
+
+    @property
+    def restored(self) -> bool: ...
+
+    def train(
+        self, step: StepId, activations: torch.Tensor, labels: torch.Tensor, *, save: bool
+    ) -> tuple[StepResult, bool]:
+        """Applies step `step` (at most once); returns the result and whether this call
+        applied it. `save`: the data holder marks a save point after it."""
+        ...
+
+    def evaluate(self, activations: torch.Tensor, labels: torch.Tensor | None) -> EvalResult: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's weights."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Weights, optimizer moments, steps applied, and the last step and its reply if any."""
+        ...
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Loads head weights only (e.g. the best epoch, to evaluate it)."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Loads what `state()` returned."""
+        ...
+
+    def turn(self, epoch: int, batch: int) -> WeightsBlob | None:
+        """Returns when step (epoch, batch) may be taken, with part 1 to take it with."""
+        ...
+
+    def hand_in(self, epoch: int, blob: WeightsBlob) -> None:
+        """Takes part 1 after the holder's last step of `epoch`."""
+        ...
+
+    def finish(self) -> WeightsBlob | None:
+        """Returns when the training is over, with the final part 1 (None: keep yours)."""
+        ...
+
+    def close(self, *, finished: bool) -> None:
+        """The session ends (`finished`: its run is complete)."""
+        ...
+
+
+class LoneHead:
+    """A session's own head: trains on the batches of one run, each step at most once.
 
     Calls are serialised by a lock (the server may compute on several threads). A step whose id
     equals the last applied one is answered from the cache (the data holder retried after a lost
     reply); an older one is refused. Nothing changes unless the whole step succeeds.
-
-    `restored` is true while the head holds weights loaded by `load_weights` rather than the state
-    after `last_step`: such a head is not a resume state of the run.
     """
 
-    def __init__(self, session_id: str, spec: SessionSpec, *, owner: str = ANONYMOUS_OWNER) -> None:
-        self.session_id = session_id
+    group_name: str | None = None
+    resumable = True
+
+    def __init__(self, spec: SessionSpec) -> None:
         self.spec = spec
-        self.owner = owner  # the folder of the identity that opened it
-        self.replaced = False  # it replaced a live session of the same run
         self.head = build_head(spec.seed, spec.num_classes)
         self.optimizer = make_optimizer(self.head, spec.lr)
         self.lock = threading.Lock()
@@ -105,62 +186,35 @@ class HeadSession:
         self._last_result: StepResult | None = None
         self.steps_applied = 0
         self.restored = False
-        self.last_used = time.monotonic()
-        # In a training group (see `groups.py`): the group and this holder's place in it. The
-        # group trains through `head` and `optimizer`, which may be shared with other members.
-        self.member: GroupMembership | None = None
 
-    def touch(self) -> None:
-        """Records activity: idle sessions expire."""
-        self.last_used = time.monotonic()
-
-    def check_batch(self, activations: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Checks a decoded batch against the session: activations [B, *cut], labels int64 [B]."""
-        batch = activations.shape[0]
-        if not 1 <= batch <= self.spec.max_batch_size:
-            raise InvalidRequest(f"batch size {batch} outside 1..{self.spec.max_batch_size}")
-        if labels is None:
-            return
-        if labels.shape != (batch,):
-            raise InvalidRequest(f"{labels.shape[0]} labels for a batch of {batch}")
-        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.spec.num_classes):
-            raise InvalidRequest(f"label outside 0..{self.spec.num_classes - 1}")
-
-    def train_step(
-        self, step: StepId, activations: torch.Tensor, labels: torch.Tensor
+    def train(
+        self, step: StepId, activations: torch.Tensor, labels: torch.Tensor, *, save: bool
     ) -> tuple[StepResult, bool]:
-        """One Adam step of the head.
-
-        Returns:
-            The result (gradient = d(mean CE)/d(activations)) and whether this call applied the
-            step (False when it was answered from the cache).
-        """
-        self.check_batch(activations, labels)
+        """One Adam step of the head (gradient = d(mean CE)/d(activations)); see the class."""
         with self.lock:
             if self.last_step is not None and step.key() <= self.last_step.key():
                 if step == self.last_step and self._last_result is not None:
                     return self._last_result, False
                 raise WrongState(f"step {step} is not after the last applied {self.last_step}")
-            result = apply_step(self.head, self.optimizer, step, activations, labels)
+            result = self.apply(step, activations, labels)
             self.last_step, self._last_result = step, result
             self.steps_applied += 1
             self.restored = False
             return result, True
 
+    def apply(self, step: StepId, activations: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """The step itself, on the head (called under the lock)."""
+        return apply_step(self.head, self.optimizer, step, activations, labels)
+
     def evaluate(self, activations: torch.Tensor, labels: torch.Tensor | None) -> EvalResult:
-        """Logits of a batch without any update."""
-        self.check_batch(activations, labels)
-        with self.lock, torch.no_grad():
-            self.head.eval()
-            logits = self.head(activations.to(torch.float32))
-        if labels is None:
-            return EvalResult(logits=logits, loss=0.0, correct=0)
-        loss = float(F.cross_entropy(logits, labels))
-        correct = int((logits.argmax(dim=1) == labels).sum())
-        return EvalResult(logits=logits, loss=loss, correct=correct)
+        with self.lock:
+            return evaluate_head(self.head, activations, labels)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        with self.lock:
+            return self.head.state_dict()
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimizer moments, the last step and its reply."""
         with self.lock:
             state: dict[str, Any] = {
                 "head": self.head.state_dict(),
@@ -175,7 +229,7 @@ class HeadSession:
             return state
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Loads head weights only (e.g. the best epoch, to evaluate it); the optimizer stays."""
+        """Loads head weights only; the optimizer stays. The head is no resume state then."""
         with self.lock:
             self.head.load_state_dict(weights)
             self.restored = True
@@ -195,3 +249,77 @@ class HeadSession:
                     loss=float(state["last_loss"]),
                     correct=int(state["last_correct"]),
                 )
+
+    def turn(self, epoch: int, batch: int) -> WeightsBlob | None:
+        raise _not_in_a_group()
+
+    def hand_in(self, epoch: int, blob: WeightsBlob) -> None:
+        raise _not_in_a_group()
+
+    def finish(self) -> WeightsBlob | None:
+        raise _not_in_a_group()
+
+    def close(self, *, finished: bool) -> None:
+        """Nothing to release: the registry saves or clears the run."""
+
+
+def _not_in_a_group() -> WrongState:
+    return WrongState("Sync is for the members of a training group")
+
+
+# How a session's own head answers steps, by name. The server is honest unless told otherwise.
+HEAD_POLICIES: dict[str, Callable[[SessionSpec], LoneHead]] = {"honest": LoneHead}
+
+
+def lookup_head_policy(name: str) -> Callable[[SessionSpec], LoneHead]:
+    """The factory of head policy `name`.
+
+    Raises:
+        ValueError: no such policy, naming the known ones.
+    """
+    found = HEAD_POLICIES.get(name)
+    if found is None:
+        raise ValueError(f"head policy {name!r}: one of {', '.join(HEAD_POLICIES)}")
+    return found
+
+
+class HeadSession:
+    """One data holder's session: who opened it, what it announced, and the head it trains.
+
+    Args:
+        session_id: the bearer token.
+        spec: what the data holder announced.
+        head: how its steps are applied (default: its own honest head).
+        owner: the folder of the identity that opened it.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        spec: SessionSpec,
+        *,
+        head: HeadPolicy | None = None,
+        owner: str = ANONYMOUS_OWNER,
+    ) -> None:
+        self.session_id = session_id
+        self.spec = spec
+        self.owner = owner
+        self.replaced = False  # it replaced a live session of the same run
+        self.head: HeadPolicy = LoneHead(spec) if head is None else head
+        self.last_used = time.monotonic()
+
+    def touch(self) -> None:
+        """Records activity: idle sessions expire."""
+        self.last_used = time.monotonic()
+
+    def check_batch(self, activations: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Checks a decoded batch against the session: activations [B, *cut], labels int64 [B]."""
+        batch = activations.shape[0]
+        if not 1 <= batch <= self.spec.max_batch_size:
+            raise InvalidRequest(f"batch size {batch} outside 1..{self.spec.max_batch_size}")
+        if labels is None:
+            return
+        if labels.shape != (batch,):
+            raise InvalidRequest(f"{labels.shape[0]} labels for a batch of {batch}")
+        if batch and (int(labels.min()) < 0 or int(labels.max()) >= self.spec.num_classes):
+            raise InvalidRequest(f"label outside 0..{self.spec.num_classes - 1}")

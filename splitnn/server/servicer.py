@@ -22,8 +22,7 @@ from typing import NoReturn
 import grpc
 
 from splitnn.common.certs import HOLDER
-from splitnn.server.errors import Busy, ServerError, status_of
-from splitnn.server.groups import NotYet
+from splitnn.server.errors import Busy, NotYet, ServerError, status_of
 from splitnn.server.handlers import SplitLearningHandlers
 from splitnn.server.identity import Authenticator, Identity
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from splitnn.common.checkpoints import (
     CheckpointError,
@@ -21,10 +21,7 @@ from splitnn.common.checkpoints import (
 from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
-from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec
-
-if TYPE_CHECKING:
-    from splitnn.server.groups import Group
+from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec, lookup_head_policy
 from splitnn.server.saves import ResumeStore, Save
 
 logger = logging.getLogger(__name__)
@@ -46,10 +43,19 @@ class SessionRegistry:
             and its resume states under ``model_dir/server/<owner>/<run>/`` (see `ResumeStore`).
         max_batch_size: the largest batch any session may announce (sizes the message limit).
         max_sessions: live sessions at most; one more is refused with RESOURCE_EXHAUSTED.
+        head_policy: how a session's own head answers steps (a name in `HEAD_POLICIES`).
     """
 
-    def __init__(self, *, model_dir: Path, max_batch_size: int, max_sessions: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        model_dir: Path,
+        max_batch_size: int,
+        max_sessions: int = 64,
+        head_policy: str = "honest",
+    ) -> None:
         self.model_dir = model_dir
+        self._make_head = lookup_head_policy(head_policy)
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
         self._sessions: dict[str, HeadSession] = {}
@@ -94,7 +100,7 @@ class SessionRegistry:
                 session = self._resumable(spec, live, resume_from, store, from_start=from_start)
             resumed = session is not None
             if session is None:
-                session = HeadSession(secrets.token_hex(16), spec, owner=owner)
+                session = self._new_session(spec, owner)
             if session is not live:
                 if resume and live is not None:
                     self.snapshot(live)  # its steps stay resumable
@@ -102,9 +108,9 @@ class SessionRegistry:
             session.spec = spec  # the same head settings; the batch bound is the newest
             if not resumed:
                 store.clear(spec.run)  # a run that starts over has no future to resume
-            elif session.last_step is not None:
-                store.discard_after(session.last_step)
-        where = session.last_step if resumed else "the start"
+            elif session.head.last_step is not None:
+                store.discard_after(session.head.last_step)
+        where = session.head.last_step if resumed else "the start"
         logger.info(
             "session %s: %s's run %s %s at %s (%d live)",
             session.session_id[:8],
@@ -117,7 +123,7 @@ class SessionRegistry:
         return session, resumed
 
     def adopt(self, session: HeadSession) -> None:
-        """Makes `session` (a group member's, see `groups.py`) the live one of its run."""
+        """Makes `session` (a group member's, see `group_head.py`) the live one of its run."""
         with self._lock:
             self._register(session, replacing=self._live(session.owner, session.spec.run))
 
@@ -141,8 +147,7 @@ class SessionRegistry:
     def close(self, session_id: str, *, finished: bool, owner: str | None = None) -> None:
         """Forgets the session. A finished run's saves are dropped; otherwise it is saved."""
         session = self.get(session_id, owner=owner)
-        if session.member is not None:
-            session.member.group.closed(session.member.member, finished=finished)
+        session.head.close(finished=finished)
         if finished:
             self.store_of(session.owner).clear(session.spec.run)
             self.finished_runs += 1
@@ -163,7 +168,9 @@ class SessionRegistry:
         with self._lock:
             # A group's members wait for each other as long as it takes: they never expire.
             idle = [
-                s for s in self._sessions.values() if now - s.last_used > ttl and s.member is None
+                s
+                for s in self._sessions.values()
+                if now - s.last_used > ttl and s.head.group_name is None
             ]
         dropped = 0
         for session in idle:
@@ -179,21 +186,30 @@ class SessionRegistry:
                 session.owner,
                 session.spec.run,
                 ttl,
-                session.last_step,
+                session.head.last_step,
             )
         return dropped
 
-    def drop_members(self, groups: set[Group]) -> int:
-        """Forgets the sessions of these groups' members (their runs were dropped)."""
+    def drop_members(self, groups: set[str]) -> int:
+        """Forgets the sessions of the members of these groups, by name (their runs were
+        dropped)."""
         with self._lock:
             members = [
                 s
                 for s in self._sessions.values()
-                if s.member is not None and s.member.group in groups
+                if s.head.group_name is not None and s.head.group_name in groups
             ]
         for session in members:
             self._drop(session)
         return len(members)
+
+    def after_step(self, session: HeadSession, step: StepId, *, applied: bool, save: bool) -> None:
+        """Writes the save point the holder marked at `step` (`save`), unless the head's resume
+        states are kept elsewhere (a group's) or a retried step's point is written already."""
+        if not save or not session.head.resumable:
+            return
+        if applied or self.store_of(session.owner).find(step) is None:
+            self.save_point(session)
 
     def save_point(self, session: HeadSession) -> Path:
         """Saves the run's state after the step just applied, a save point the holder marked."""
@@ -201,9 +217,9 @@ class SessionRegistry:
 
     def snapshot(self, session: HeadSession) -> Path | None:
         """Saves the run's state unless there is nothing to save or the head is not resumable."""
-        if session.last_step is None or session.restored:
+        if session.head.last_step is None or session.head.restored:
             return None
-        found = self.store_of(session.owner).find(session.last_step)
+        found = self.store_of(session.owner).find(session.head.last_step)
         if found is not None:
             return found.path  # this very step is saved already
         return self._write(session, point=False)
@@ -216,7 +232,10 @@ class SessionRegistry:
             path = self.snapshot(session)
             if path is not None:
                 logger.info(
-                    "saved run %s (%d steps) to %s", session.spec.run, session.steps_applied, path
+                    "saved run %s (%d steps) to %s",
+                    session.spec.run,
+                    session.head.steps_applied,
+                    path,
                 )
 
     def save_head(self, session: HeadSession, label: str, *, replace_previous: bool) -> Path:
@@ -226,7 +245,7 @@ class SessionRegistry:
         `replace_previous`, the run's other head checkpoints are removed.
         """
         path = self._head_path(session.owner, session.spec.run, label)
-        state = session.state()
+        state = session.head.state()
         manifest = {
             "part": "head",
             "owner": session.owner,
@@ -257,7 +276,7 @@ class SessionRegistry:
             ) from None
         if manifest.get("num_classes") != session.spec.num_classes:
             raise WrongState(f"head {label!r} has {manifest.get('num_classes')} classes")
-        session.load_weights(state)
+        session.head.load_weights(state)
         return int(manifest.get("steps_applied", 0))
 
     def _head_path(self, owner: str, run: str, label: str) -> Path:
@@ -268,12 +287,14 @@ class SessionRegistry:
             raise InvalidRequest(str(error)) from None
 
     def _write(self, session: HeadSession, *, point: bool) -> Path:
-        state = session.state()
-        assert session.last_step is not None, "a resume state is saved after a step"
+        state = session.head.state()
+        assert session.head.last_step is not None, "a resume state is saved after a step"
         spec = asdict(session.spec)
         state["spec"] = {**spec, "cut_shape": list(session.spec.cut_shape)}
         manifest = {"part": "head-resume", "owner": session.owner, **spec}
-        return self.store_of(session.owner).write(session.last_step, state, manifest, point=point)
+        return self.store_of(session.owner).write(
+            session.head.last_step, state, manifest, point=point
+        )
 
     def _live(self, owner: str, run: str) -> HeadSession | None:
         token = self._by_run.get((owner, run))
@@ -290,7 +311,7 @@ class SessionRegistry:
     ) -> HeadSession | None:
         """The session to continue from (None: start over); see `open`."""
         owner = store.root.name
-        usable = live if live is not None and not live.restored else None
+        usable = live if live is not None and not live.head.restored else None
         if not resume_from and not from_start:
             if usable is not None:
                 return usable
@@ -299,7 +320,7 @@ class SessionRegistry:
         for step in resume_from:
             if step.run != spec.run:
                 raise InvalidRequest(f"resume step of run {step.run!r} for run {spec.run!r}")
-            if usable is not None and usable.last_step == step:
+            if usable is not None and usable.head.last_step == step:
                 return usable
             save = store.find(step)
             if save is not None:
@@ -310,16 +331,18 @@ class SessionRegistry:
         wanted = ", ".join(str(s) for s in resume_from)
         raise WrongState(f"cannot resume at {wanted}: the server holds {', '.join(held)}")
 
-    @staticmethod
-    def _load(spec: SessionSpec, save: Save, store: ResumeStore, owner: str) -> HeadSession:
+    def _new_session(self, spec: SessionSpec, owner: str) -> HeadSession:
+        return HeadSession(secrets.token_hex(16), spec, head=self._make_head(spec), owner=owner)
+
+    def _load(self, spec: SessionSpec, save: Save, store: ResumeStore, owner: str) -> HeadSession:
         state = store.load(save)
         saved: dict[str, Any] = state.get("spec", {})
         ours = {**asdict(spec), "cut_shape": list(spec.cut_shape)}
         if any(saved.get(k) != ours[k] for k in _RESUME_FIELDS):
             kept = {k: saved.get(k) for k in _RESUME_FIELDS}
             raise WrongState(f"run {spec.run!r} was saved with other settings: {kept}")
-        session = HeadSession(secrets.token_hex(16), spec, owner=owner)
-        session.restore(state)
+        session = self._new_session(spec, owner)
+        session.head.restore(state)
         return session
 
     def _register(self, session: HeadSession, *, replacing: HeadSession | None) -> None:

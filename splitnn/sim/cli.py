@@ -16,7 +16,7 @@ from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_
 from splitnn.common.partitions import SCHEMES
 from splitnn.common.processes import ProcessError
 from splitnn.common.seeds import SEED_TYPE
-from splitnn.server.groups import TOPOLOGIES
+from splitnn.common.topology import DEFAULT, NAMES, describe
 from splitnn.sim.app import SimConfig, SimSummary, run
 from splitnn.sim.multi import MultiConfig, MultiSummary, run_multi
 
@@ -67,10 +67,9 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 )
 @click.option(
     "--topology",
-    type=click.Choice(TOPOLOGIES),
-    default="round-robin",
-    help="With --holders K >= 2: shared-head (one head, each holder its own part 1), "
-    "round-robin (turns; part 1 passed on) or splitfed (parallel; averaged every epoch).",
+    type=click.Choice(NAMES),
+    default=DEFAULT.name,
+    help=f"With --holders K >= 2: {describe()}.",
 )
 @click.option(
     "--partition",
@@ -119,7 +118,7 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     attack_validator_accuracy, ...).
 
     \b
-    Example: splitnn-sim --holders 4 --topology splitfed --noise 0.5 --epochs 5
+    Example: splitnn-sim --holders 4 --noise 0.5 --epochs 5
     """
     configure_logging(quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}

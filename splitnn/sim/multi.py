@@ -24,6 +24,7 @@ from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ProcessError, ServerProcess
 from splitnn.common.reports import AttackReport, ReportError, RunReport, checked
+from splitnn.common.topology import DEFAULT, topology
 from splitnn.sim.app import SimConfig
 
 GROUP = "sim"
@@ -39,7 +40,7 @@ class MultiConfig(SimConfig):
     """
 
     holders: int = 4
-    topology: str = "round-robin"
+    topology: str = DEFAULT.name
     partition: str = "iid"
     alpha: float | None = None
     colluder: int = 0
@@ -158,7 +159,8 @@ def holder_command(
 ) -> ClientCommand:
     noise, nopeek = cfg.defences(holder)
     # Holders that take turns leave the cores to whoever trains; parallel ones share them.
-    threads = max(1, (os.cpu_count() or 1) // cfg.holders) if cfg.topology == "splitfed" else None
+    parallel = topology(cfg.topology).schedule is None
+    threads = max(1, (os.cpu_count() or 1) // cfg.holders) if parallel else None
     return ClientCommand(
         server=server,
         dataset=cfg.dataset,

@@ -126,7 +126,7 @@ def _refusal(call: Callable[[], object]) -> grpc.StatusCode:
 def _snapshot(opened: Opened) -> Snapshot:
     session = opened.server.sessions.get(opened.session_id)
     weights = {k: v.detach().clone() for k, v in session.head.state_dict().items()}
-    return Snapshot(weights, (session.steps_applied, session.last_step, len(opened.taps)))
+    return Snapshot(weights, (session.head.steps_applied, session.head.last_step, len(opened.taps)))
 
 
 def _assert_same(before: Snapshot, after: Snapshot) -> None:
@@ -512,7 +512,7 @@ def test_link_retries_a_lost_reply_and_the_step_applies_once(
     with ServerLink(address, settings(RUN), reconnect_timeout=5.0) as link:
         reply = link.train_step(step, activations, labels)
         session = running_server.sessions.get(link.session_id)
-        steps, last = session.steps_applied, session.last_step
+        steps, last = session.head.steps_applied, session.head.last_step
         weights = {k: v.clone() for k, v in session.head.state_dict().items()}
 
     gradient, reference = _one_step_reference(activations, labels)
@@ -539,4 +539,4 @@ def test_fresh_link_resending_the_applied_step_gets_the_cached_gradient(
             assert again.last_applied == step
     assert torch.equal(resent.gradient, sent.gradient)
     assert (resent.loss, resent.correct) == (sent.loss, sent.correct)
-    assert session.steps_applied == 1
+    assert session.head.steps_applied == 1

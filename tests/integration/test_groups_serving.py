@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused
-from splitnn.common.codec import StepId
+from splitnn.common.codec import StepId, WeightsBlob
 from splitnn.common.credentials import Credentials, open_channel
-from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer
-from splitnn.server.groups import Group, GroupSpec
+from splitnn.server.group import Group
+from splitnn.server.group_spec import GroupSpec
 from tests.conftest import address_of, seeded_batch, send_raw, settings, start_server
 
 Code = grpc.StatusCode
@@ -92,9 +92,9 @@ def test_garbage_sync_bytes_are_invalid_and_the_server_goes_on(server: RunningSe
         refusals = [_refusal(_sending(channel, "Sync", payload)) for payload in garbage]
 
     with _member(server, 0) as first, _member(server, 1) as second:
-        assert first.sync(pb.SyncRequest.TURN, epoch=1, batch=0) is None
+        assert first.turn(1, 0) is None
         first.train_step(StepId("run0", 1, 0), *seeded_batch(0, B))
-        assert second.sync(pb.SyncRequest.TURN, epoch=1, batch=0) is None
+        assert second.turn(1, 0) is None
 
     assert [code for code, _ in refusals] == [Code.INVALID_ARGUMENT] * len(garbage)
     assert all("not a valid SyncRequest" in detail for _, detail in refusals)
@@ -102,7 +102,7 @@ def test_garbage_sync_bytes_are_invalid_and_the_server_goes_on(server: RunningSe
 
 def test_sync_from_a_session_outside_any_group_is_refused(server: RunningServer) -> None:
     with ServerLink(address_of(server), settings("alone", max_batch_size=B)) as link:
-        code, detail = _refusal(lambda: link.sync(pb.SyncRequest.TURN, epoch=1, batch=0))
+        code, detail = _refusal(lambda: link.turn(1, 0))
         link.train_step(StepId("alone", 1, 0), *seeded_batch(0, B))  # still served alone
 
     assert code == Code.FAILED_PRECONDITION
@@ -141,13 +141,13 @@ def test_an_index_taken_by_alice_is_denied_to_bob(tmp_path: Path) -> None:
 
 
 def test_a_turn_waits_until_the_other_holder_joins(server: RunningServer) -> None:
-    replies: list[pb.WeightsBlob | None] = []
+    replies: list[WeightsBlob | None] = []
     errors: list[BaseException] = []
     with _member(server, 0) as first:
 
         def wait_for_turn() -> None:
             try:
-                replies.append(first.sync(pb.SyncRequest.TURN, epoch=1, batch=0))
+                replies.append(first.turn(1, 0))
             except BaseException as error:  # reported to the test's thread
                 errors.append(error)
 

@@ -253,7 +253,7 @@ def test_idle_session_expires_saved_and_its_holder_resumes(tmp_path: Path) -> No
             saves = [s.path.name for s in running.sessions.store_of().saves(run)]
             link.train_step(StepId(run, 1, 2), *seeded_batch(2))  # the link reopens the session
             session = running.sessions.get(link.session_id)
-            resumed_id, steps = link.session_id, session.steps_applied
+            resumed_id, steps = link.session_id, session.head.steps_applied
             weights = {k: v.clone() for k, v in session.head.state_dict().items()}
     finally:
         running.shutdown(grace=0.0)
@@ -305,7 +305,7 @@ def test_a_step_past_its_timeout_is_sent_again_and_applied_once(
             threading.Timer(1.5, busy.set).start()
             reply = link.train_step(StepId(run, 1, 0), *seeded_batch(0))
             session = running.sessions.get(link.session_id)
-            steps = session.steps_applied
+            steps = session.head.steps_applied
             weights = {k: v.clone() for k, v in session.head.state_dict().items()}
     finally:
         busy.set()
@@ -385,7 +385,9 @@ def _train_through(address: str, server: RunningServer, steps: int) -> Trained:
             labels = torch.randint(0, 10, (32,), generator=generator)
             trainer.step(StepId(run, 1, batch), images, labels)
         session = server.sessions.get(link.session_id)
-        return Trained(trainer.body.state_dict(), session.head.state_dict(), session.steps_applied)
+        return Trained(
+            trainer.body.state_dict(), session.head.state_dict(), session.head.steps_applied
+        )
 
 
 def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:

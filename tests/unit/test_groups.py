@@ -13,21 +13,17 @@ from typing import Any
 import pytest
 import torch
 
-from splitnn.common.codec import StepId, tensor_to_proto
+from splitnn.common.codec import GroupJoin, StepId, WeightsBlob
 from splitnn.common.models import build_body, build_head
+from splitnn.common.topology import TOPOLOGIES, Slot
 from splitnn.common.weights import average, from_blob, to_blob
-from splitnn.proto import splitnn_pb2 as pb
-from splitnn.server.errors import Forbidden, InvalidRequest, WrongState
-from splitnn.server.groups import (
-    Changes,
-    Group,
-    Groups,
-    GroupSpec,
-    Member,
-    NotYet,
-    Topology,
-    step_digest,
-)
+from splitnn.server.changes import Changes
+from splitnn.server.errors import Forbidden, InvalidRequest, NotYet, WrongState
+from splitnn.server.group import Group
+from splitnn.server.group_head import GroupMemberHead
+from splitnn.server.group_member import Member, batch_digest
+from splitnn.server.group_spec import GroupSpec
+from splitnn.server.groups import Groups
 from splitnn.server.head import HeadSession, SessionSpec, StepResult
 from splitnn.server.sessions import SessionRegistry
 
@@ -59,8 +55,8 @@ def make_spec(run: str, *, lr: float = LR, seed: int = SEED, num_classes: int = 
     )
 
 
-def make_group(topology: Topology, size: int) -> Group:
-    return Group(GroupSpec(name="g", topology=topology, size=size), Changes())
+def make_group(topology: str, size: int) -> Group:
+    return Group(GroupSpec(name="g", topology=TOPOLOGIES[topology], size=size), Changes())
 
 
 def join(
@@ -79,7 +75,7 @@ def join(
     num_classes: int = 10,
 ) -> Member:
     spec = make_spec(run or f"run{holder}", lr=lr, seed=seed, num_classes=num_classes)
-    request = pb.GroupMember(
+    request = GroupJoin(
         name="g", holder=holder, batches_per_epoch=batches, samples=samples, epochs=epochs
     )
     member, _, _ = group.join(
@@ -96,10 +92,7 @@ def batch_of(holder: int, epoch: int, batch: int) -> tuple[torch.Tensor, torch.T
 
 
 def digest_of(activations: torch.Tensor, labels: torch.Tensor) -> bytes:
-    request = pb.TrainRequest(
-        activations=tensor_to_proto(activations), labels=tensor_to_proto(labels)
-    )
-    return step_digest(request)
+    return batch_digest(activations, labels)
 
 
 def train(
@@ -113,7 +106,7 @@ def train(
 
 
 @cache
-def body_blob(seed: int) -> pb.WeightsBlob:
+def body_blob(seed: int) -> WeightsBlob:
     return to_blob(build_body(seed).state_dict())
 
 
@@ -133,10 +126,10 @@ def assert_equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("hospitals=splitfed:4", GroupSpec("hospitals", "splitfed", 4)),
-        ("g=shared-head:1", GroupSpec("g", "shared-head", 1)),
-        ("a_b.c-d=round-robin:64", GroupSpec("a_b.c-d", "round-robin", 64)),
-        ("g=splitfed:02", GroupSpec("g", "splitfed", 2)),
+        ("hospitals=splitfed:4", GroupSpec("hospitals", TOPOLOGIES["splitfed"], 4)),
+        ("g=shared-head:1", GroupSpec("g", TOPOLOGIES["shared-head"], 1)),
+        ("a_b.c-d=round-robin:64", GroupSpec("a_b.c-d", TOPOLOGIES["round-robin"], 64)),
+        ("g=splitfed:02", GroupSpec("g", TOPOLOGIES["splitfed"], 2)),
     ],
 )
 def test_group_spec_parses(text: str, expected: GroupSpec) -> None:
@@ -190,7 +183,7 @@ def test_groups_refuse_two_groups_of_one_name_and_name_the_declared_ones() -> No
 
 
 @pytest.mark.parametrize("topology", ["shared-head", "round-robin"])
-def test_the_schedule_does_not_depend_on_the_order_of_joining(topology: Topology) -> None:
+def test_the_schedule_does_not_depend_on_the_order_of_joining(topology: str) -> None:
     batches = {0: 2, 1: 3, 2: 1}
     schedules = []
     for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
@@ -209,7 +202,7 @@ def test_shared_head_order_is_epoch_batch_holder() -> None:
         join(group, holder, batches=batches, epochs=2)
 
     expected = [
-        ("train", e, h, b)
+        Slot("train", e, h, b)
         for e in (1, 2)
         for h, b in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (1, 2)]
     ]
@@ -415,12 +408,12 @@ def test_round_robin_refuses_a_damaged_hand_in_and_keeps_waiting_for_it() -> Non
     first, second = join(group, 0, batches=1), join(group, 1, batches=1)
     train(group, first, 1, 0)
     good = body_blob(1)
-    damaged = pb.WeightsBlob(data=good.data[:-1] + bytes([good.data[-1] ^ 1]), sha256=good.sha256)
+    damaged = WeightsBlob(data=good.data[:-1] + bytes([good.data[-1] ^ 1]), sha256=good.sha256)
 
     with pytest.raises(InvalidRequest, match=r"part 1's weights: .*SHA-256"):
         group.hand_in(first, 1, damaged)
     with pytest.raises(InvalidRequest, match="part 1's weights"):
-        group.hand_in(first, 1, pb.WeightsBlob(data=b"", sha256=b""))
+        group.hand_in(first, 1, WeightsBlob(data=b"", sha256=b""))
 
     assert group.handed == {} and group.cursor == 1
     with pytest.raises(NotYet):
@@ -608,7 +601,7 @@ def _resumable(owner: str = "party0") -> tuple[Group, Member]:
 @pytest.mark.parametrize("at", [1, 2, 3, 4])
 def test_a_resume_inside_the_kept_replies_succeeds(at: int) -> None:
     group, member = _resumable()
-    request = pb.GroupMember(name="g", holder=0, batches_per_epoch=6, epochs=1)
+    request = GroupJoin(name="g", holder=0, batches_per_epoch=6, samples=0, epochs=1)
     offers = [StepId("run0", 1, at), StepId("run0", 1, 0)]
 
     again, after, resumed = group.join(
@@ -630,7 +623,7 @@ def test_a_resume_inside_the_kept_replies_succeeds(at: int) -> None:
 )
 def test_a_resume_the_group_cannot_serve_is_refused(offers: list[StepId]) -> None:
     group, member = _resumable()
-    request = pb.GroupMember(name="g", holder=0, batches_per_epoch=6, epochs=1)
+    request = GroupJoin(name="g", holder=0, batches_per_epoch=6, samples=0, epochs=1)
 
     with pytest.raises(WrongState, match=r"cannot resume holder 0 .*\(1, 1\) to \(1, 4\)"):
         group.join(make_spec("run0"), request, owner="party0", resume=True, offers=offers)
@@ -653,7 +646,7 @@ def test_a_rejoin_before_any_step_is_a_fresh_start() -> None:
 
     again, after, resumed = group.join(
         make_spec("run0"),
-        pb.GroupMember(name="g", holder=0, batches_per_epoch=2, epochs=1),
+        GroupJoin(name="g", holder=0, batches_per_epoch=2, samples=0, epochs=1),
         owner="party0",
         resume=False,
         offers=[],
@@ -738,7 +731,7 @@ class Outcome:
     finals: dict[int, bytes | None] = field(default_factory=dict)
 
 
-def _handed_body(holder: int, epoch: int) -> pb.WeightsBlob:
+def _handed_body(holder: int, epoch: int) -> WeightsBlob:
     return body_blob(100 + 10 * epoch + holder)
 
 
@@ -756,7 +749,7 @@ def _holder_calls(group: Group, member: Member, outcome: Outcome) -> Iterator[No
             assert applied
             outcome.gradients[(member.holder, epoch, batch)] = result.gradient
             yield
-        if group.spec.topology != "shared-head":
+        if group.topology.name != "shared-head":
             group.hand_in(member, epoch, _handed_body(member.holder, epoch))
             yield
     while True:
@@ -769,7 +762,7 @@ def _holder_calls(group: Group, member: Member, outcome: Outcome) -> Iterator[No
 
 
 def _run_group(
-    topology: Topology, batches: Sequence[int], *, join_order: Sequence[int], seed: int
+    topology: str, batches: Sequence[int], *, join_order: Sequence[int], seed: int
 ) -> tuple[Group, Outcome]:
     """Runs a whole group of 2 epochs, the holders' calls interleaved at random by `seed`."""
     group = make_group(topology, len(batches))
@@ -815,7 +808,7 @@ def _assert_same_run(a: tuple[Group, Outcome], b: tuple[Group, Outcome]) -> None
     [("shared-head", (2, 3, 1)), ("round-robin", (2, 3, 1)), ("splitfed", (3, 1))],
 )
 def test_a_group_gives_the_same_parameters_whatever_the_interleaving(
-    topology: Topology, batches: tuple[int, ...]
+    topology: str, batches: tuple[int, ...]
 ) -> None:
     holders = list(range(len(batches)))
 
@@ -879,8 +872,10 @@ def test_a_group_whose_holders_are_all_gone_drops_its_run_after_the_ttl(tmp_path
     sessions = []
     for member in members:
         assert group.settings is not None
-        session = HeadSession(f"token{member.holder}", group.settings, owner=member.owner)
-        groups.attach(session, group, member)
+        head = GroupMemberHead(group, member)
+        session = HeadSession(
+            f"token{member.holder}", group.settings, head=head, owner=member.owner
+        )
         registry.adopt(session)
         sessions.append(session)
 
@@ -888,7 +883,7 @@ def test_a_group_whose_holders_are_all_gone_drops_its_run_after_the_ttl(tmp_path
     assert groups.expire(60.0) == set()  # not idle long enough
     _idle(group, 20.0)
     assert groups.expire(60.0) == {group}
-    assert registry.drop_members({group}) == 2
+    assert registry.drop_members({"g"}) == 2
 
     assert group.members == {} and group.cursor == 0 and not group.started
     assert len(registry) == 0

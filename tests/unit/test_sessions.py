@@ -43,8 +43,8 @@ def make_batch(seed: int, rows: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 def apply(session: HeadSession, epoch: int, batch: int) -> None:
     """Applies step (epoch, batch) with a batch drawn from its position."""
-    _, applied = session.train_step(
-        StepId(session.spec.run, epoch, batch), *make_batch(100 * epoch + batch)
+    _, applied = session.head.train(
+        StepId(session.spec.run, epoch, batch), *make_batch(100 * epoch + batch), save=False
     )
     assert applied
 
@@ -55,11 +55,12 @@ def saved_steps(registry: SessionRegistry, run: str = RUN) -> list[tuple[int, in
 
 def assert_same_head(a: HeadSession, b: HeadSession) -> None:
     """Weights and Adam moments equal, key by key."""
-    weights_a, weights_b = a.head.state_dict(), b.head.state_dict()
+    state_a, state_b = a.head.state(), b.head.state()
+    weights_a, weights_b = state_a["head"], state_b["head"]
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
         assert torch.equal(weights_a[key], weights_b[key]), key
-    opt_a, opt_b = a.optimizer.state_dict(), b.optimizer.state_dict()
+    opt_a, opt_b = state_a["optimizer"], state_b["optimizer"]
     assert opt_a["param_groups"] == opt_b["param_groups"]
     assert opt_a["state"].keys() == opt_b["state"].keys()
     for index, moments in opt_a["state"].items():
@@ -78,7 +79,7 @@ def test_a_fresh_open_drops_the_runs_old_saves(tmp_path: Path) -> None:
     session, resumed = make_registry(tmp_path).open(make_spec(), resume=False)
 
     assert not resumed
-    assert session.last_step is None
+    assert session.head.last_step is None
     assert saved_steps(registry) == []
 
 
@@ -100,7 +101,7 @@ def test_resume_after_a_restart_restores_the_saved_head(tmp_path: Path) -> None:
     original, _ = before.open(spec, resume=False)
     apply(original, 1, 1)
     step = StepId(RUN, 1, 2)
-    reply, _ = original.train_step(step, *make_batch(7))
+    reply, _ = original.head.train(step, *make_batch(7), save=False)
     before.save_point(original)
     after = make_registry(tmp_path)
 
@@ -108,12 +109,12 @@ def test_resume_after_a_restart_restores_the_saved_head(tmp_path: Path) -> None:
 
     assert resumed
     assert session.session_id != original.session_id
-    assert session.last_step == step
-    assert session.steps_applied == 2
-    assert not session.restored
+    assert session.head.last_step == step
+    assert session.head.steps_applied == 2
+    assert not session.head.restored
     assert_same_head(session, original)
     # A retry of the saved step is answered from the restored cache, unchanged.
-    retry, applied = session.train_step(step, *make_batch(7))
+    retry, applied = session.head.train(step, *make_batch(7), save=False)
     assert not applied
     assert torch.equal(retry.gradient, reply.gradient)
     assert (retry.loss, retry.correct) == (reply.loss, reply.correct)
@@ -148,7 +149,7 @@ def test_the_first_held_offer_wins(tmp_path: Path) -> None:
     resumed_session, resumed = after.open(spec, resume=True, resume_from=offers)
 
     assert resumed
-    assert resumed_session.last_step == StepId(RUN, 1, 2)
+    assert resumed_session.head.last_step == StepId(RUN, 1, 2)
 
 
 def test_resuming_at_an_older_save_discards_the_newer_ones(tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ def test_an_earlier_held_save_wins_over_a_later_live_match(tmp_path: Path) -> No
 
     assert resumed
     assert session.session_id != live.session_id
-    assert session.last_step == StepId(RUN, 1, 1)
+    assert session.head.last_step == StepId(RUN, 1, 1)
     assert len(registry) == 1
     with pytest.raises(UnknownSession):
         registry.get(live.session_id)
@@ -245,8 +246,8 @@ def test_no_offer_held_with_from_start_opens_a_fresh_head(tmp_path: Path) -> Non
     )
 
     assert not resumed
-    assert session.last_step is None
-    assert session.steps_applied == 0
+    assert session.head.last_step is None
+    assert session.head.steps_applied == 0
     fresh = build_head(spec.seed, spec.num_classes).state_dict()
     for key, value in session.head.state_dict().items():
         assert torch.equal(value, fresh[key]), key
@@ -311,7 +312,7 @@ def test_empty_offers_resume_the_newest_save(tmp_path: Path) -> None:
     resumed_session, resumed = after.open(make_spec(), resume=True)
 
     assert resumed
-    assert resumed_session.last_step == StepId(RUN, 1, 2)
+    assert resumed_session.head.last_step == StepId(RUN, 1, 2)
 
 
 def test_the_session_limit_refuses_one_more_run(tmp_path: Path) -> None:
@@ -444,8 +445,8 @@ def test_a_session_with_loaded_weights_is_not_a_resume_state(tmp_path: Path) -> 
     apply(live, 1, 1)
     registry.save_point(live)
     apply(live, 1, 2)
-    live.load_weights(build_head(5, 10).state_dict())
-    assert live.restored
+    live.head.load_weights(build_head(5, 10).state_dict())
+    assert live.head.restored
 
     snapshot = registry.snapshot(live)
 
@@ -459,8 +460,8 @@ def test_a_session_with_loaded_weights_is_not_a_resume_state(tmp_path: Path) -> 
     )
     assert resumed
     assert session is not live
-    assert session.last_step == StepId(RUN, 1, 1)
-    assert not session.restored
+    assert session.head.last_step == StepId(RUN, 1, 1)
+    assert not session.head.restored
 
 
 def test_empty_offers_skip_a_live_session_with_loaded_weights(tmp_path: Path) -> None:
@@ -469,13 +470,13 @@ def test_empty_offers_skip_a_live_session_with_loaded_weights(tmp_path: Path) ->
     apply(live, 1, 1)
     registry.save_point(live)
     apply(live, 1, 2)
-    live.load_weights(build_head(5, 10).state_dict())
+    live.head.load_weights(build_head(5, 10).state_dict())
 
     session, resumed = registry.open(make_spec(), resume=True)
 
     assert resumed
     assert session is not live
-    assert session.last_step == StepId(RUN, 1, 1)
+    assert session.head.last_step == StepId(RUN, 1, 1)
 
 
 def test_expire_and_close_do_not_save_a_head_with_loaded_weights(tmp_path: Path) -> None:
@@ -484,7 +485,7 @@ def test_expire_and_close_do_not_save_a_head_with_loaded_weights(tmp_path: Path)
     closing, _ = registry.open(make_spec("b"), resume=False)
     for session in (expiring, closing):
         apply(session, 1, 1)
-        session.load_weights(build_head(5, 10).state_dict())
+        session.head.load_weights(build_head(5, 10).state_dict())
     expiring.last_used -= 60.0
 
     registry.expire(30.0)
@@ -499,12 +500,12 @@ def test_a_step_after_loading_weights_makes_the_head_resumable_again(tmp_path: P
     registry = make_registry(tmp_path)
     session, _ = registry.open(make_spec(), resume=False)
     apply(session, 1, 1)
-    session.load_weights(build_head(5, 10).state_dict())
+    session.head.load_weights(build_head(5, 10).state_dict())
 
     apply(session, 1, 2)
     path = registry.snapshot(session)
 
-    assert not session.restored
+    assert not session.head.restored
     assert path is not None
     assert saved_steps(registry) == [(1, 2, True)]
 

@@ -8,7 +8,13 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from splitnn.common.codec import CodecError, tensor_to_proto
+from splitnn.common.codec import (
+    CodecError,
+    WeightsBlob,
+    blob_from_proto,
+    blob_to_proto,
+    tensor_to_proto,
+)
 from splitnn.common.models import build_body
 from splitnn.common.weights import BODY_SHAPES, average, from_blob, to_blob
 from splitnn.proto import splitnn_pb2 as pb
@@ -23,14 +29,14 @@ def body_state() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def blob(body_state: dict[str, torch.Tensor]) -> pb.WeightsBlob:
+def blob(body_state: dict[str, torch.Tensor]) -> WeightsBlob:
     return to_blob(body_state)
 
 
-def _signed(tensors: list[pb.NamedTensor]) -> pb.WeightsBlob:
+def _signed(tensors: list[pb.NamedTensor]) -> WeightsBlob:
     """A correctly signed blob of exactly these tensors: only from_blob's own checks apply."""
     data = pb.Weights(tensors=tensors).SerializeToString()
-    return pb.WeightsBlob(data=data, sha256=hashlib.sha256(data).digest())
+    return WeightsBlob(data=data, sha256=hashlib.sha256(data).digest())
 
 
 def _flipped(data: bytes, at: int) -> bytes:
@@ -38,7 +44,7 @@ def _flipped(data: bytes, at: int) -> bytes:
 
 
 def test_round_trip_equals_the_body_state_exactly(
-    body_state: dict[str, torch.Tensor], blob: pb.WeightsBlob
+    body_state: dict[str, torch.Tensor], blob: WeightsBlob
 ) -> None:
     decoded = from_blob(blob)
 
@@ -50,7 +56,13 @@ def test_round_trip_equals_the_body_state_exactly(
     assert to_blob(decoded).data == blob.data  # the encoding is deterministic
 
 
-def test_a_blob_reloads_into_a_fresh_body(blob: pb.WeightsBlob) -> None:
+def test_a_blob_crosses_the_wire_unchanged(blob: WeightsBlob) -> None:
+    wire = pb.WeightsBlob.FromString(blob_to_proto(blob).SerializeToString())
+
+    assert blob_from_proto(wire) == blob
+
+
+def test_a_blob_reloads_into_a_fresh_body(blob: WeightsBlob) -> None:
     body = build_body(SEED + 1)
 
     body.load_state_dict(from_blob(blob))
@@ -61,7 +73,7 @@ def test_a_blob_reloads_into_a_fresh_body(blob: pb.WeightsBlob) -> None:
 
 
 @pytest.mark.parametrize("where", ["data-start", "data-middle", "data-end", "sha256"])
-def test_a_flipped_byte_anywhere_is_refused(blob: pb.WeightsBlob, where: str) -> None:
+def test_a_flipped_byte_anywhere_is_refused(blob: WeightsBlob, where: str) -> None:
     data, sha = blob.data, blob.sha256
     if where == "sha256":
         sha = _flipped(sha, 5)
@@ -70,14 +82,14 @@ def test_a_flipped_byte_anywhere_is_refused(blob: pb.WeightsBlob, where: str) ->
         data = _flipped(data, at)
 
     with pytest.raises(CodecError, match="SHA-256"):
-        from_blob(pb.WeightsBlob(data=data, sha256=sha))
+        from_blob(WeightsBlob(data=data, sha256=sha))
 
 
 def test_signed_bytes_that_are_not_a_weights_message_are_refused() -> None:
     data = b"\xff" * 64  # field 31, wire type 7: not protobuf
 
     with pytest.raises(CodecError, match="not a Weights message"):
-        from_blob(pb.WeightsBlob(data=data, sha256=hashlib.sha256(data).digest()))
+        from_blob(WeightsBlob(data=data, sha256=hashlib.sha256(data).digest()))
 
 
 def _drop(name: str) -> Edit:

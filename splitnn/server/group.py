@@ -1,0 +1,361 @@
+"""The state machine of one training group: joining, the order of steps, hand-ins, resumes.
+
+The server declares each group (``--group NAME=TOPOLOGY:K``, see `group_spec.py`); holders join
+it with their own identity and an index 0..K-1, which is bound to the first identity that uses
+it. The group's `Topology` (`splitnn/common/topology.py`) decides what is shared and in which
+order its steps are applied; this module reads its rules and never its name.
+
+Why a group is reproducible: every step is applied at one fixed place in the topology's
+schedule, or (a parallel topology) touches only its holder's own head, and every average is
+taken in holder order. A step that arrives early waits for its turn in `Sync` (which waits
+without a step timeout); a `Train` request out of turn is refused. So a group's run gives the
+same parameters whatever the processes' timing.
+
+A holder that drops out and comes back resumes: the group keeps each member's replies since the
+save point before its last one, so a holder restarted from its own last save replays its steps
+and is answered exactly as before (the replayed tensors must match: a SHA-256 of each step's
+tensors is kept). The others wait for it meanwhile. Groups live in the server's memory: a server
+restart loses them, and their holders stop with an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import torch
+
+from splitnn.common.codec import CodecError, GroupJoin, StepId, WeightsBlob
+from splitnn.common.models import Head, build_head, make_optimizer
+from splitnn.common.topology import HAND_IN, TRAIN, Slot
+from splitnn.common.weights import from_blob
+from splitnn.server.changes import Changes
+from splitnn.server.errors import InvalidRequest, NotYet, WrongState
+from splitnn.server.fedavg import average_round
+from splitnn.server.group_member import Key, Member
+from splitnn.server.group_spec import GroupSpec
+from splitnn.server.head import SessionSpec, StepResult, apply_step
+
+logger = logging.getLogger(__name__)
+
+
+class Group:
+    """The state of one declared group: members, the head(s), the sequence of steps, the blobs.
+
+    Every method runs on the compute thread under the group's lock and calls `changes.notify`
+    when it moved the group on.
+    """
+
+    def __init__(self, spec: GroupSpec, changes: Changes) -> None:
+        self.spec = spec
+        self.topology = spec.topology
+        self.sequential = spec.topology.schedule is not None  # else: parallel, by rounds
+        self.changes = changes
+        self.lock = threading.Lock()  # also the lock of the heads
+        self._reset()
+
+    def _reset(self) -> None:
+        self.last_active = time.monotonic()  # a waiting Sync counts: it asks every few seconds
+        self.members: dict[int, Member] = {}
+        self.settings: SessionSpec | None = None  # the head settings every member must share
+        self.epochs = 0
+        self.head: Head | None = None  # a one-head topology's head
+        self.optimizer: torch.optim.Adam | None = None
+        self.schedule: list[Slot] = []  # a sequential topology's steps and hand-ins, in order
+        self.position: dict[Slot, int] = {}
+        self.cursor = 0  # the next slot to apply
+        self.handed: dict[tuple[int, int], WeightsBlob] = {}  # (epoch, holder) -> part 1
+        self.averages: dict[int, WeightsBlob] = {}  # epoch -> averaged part 1 (FedAvg)
+
+    @property
+    def started(self) -> bool:
+        return len(self.members) == self.spec.size
+
+    # -- joining ---------------------------------------------------------------------------
+
+    def join(
+        self,
+        spec: SessionSpec,
+        request: GroupJoin,
+        *,
+        owner: str,
+        resume: bool,
+        offers: Sequence[StepId],
+    ) -> tuple[Member, Key | None, bool]:
+        """Adds (or takes back) holder `request.holder`; returns the member, the step it
+        continues after, and whether it resumed.
+
+        Raises:
+            InvalidRequest: a bad index, step count or epoch count.
+            Forbidden: the index is bound to another identity.
+            WrongState: settings that differ from the group's, or a resume the group cannot
+                serve (it keeps a holder's replies since its save point before last).
+        """
+        holder = request.holder
+        with self.lock:
+            self.last_active = time.monotonic()
+            if self.members and all(m.closed for m in self.members.values()):
+                self._reset()  # the previous run of this group is over
+            if holder >= self.spec.size:
+                raise InvalidRequest(
+                    f"group {self.spec.name!r} has holders 0..{self.spec.size - 1}, not {holder}"
+                )
+            if request.batches_per_epoch < 1 or request.epochs < 1:
+                raise InvalidRequest("a group member needs at least one epoch and one batch")
+            self._check_settings(spec, request)
+            for other in self.members.values():
+                if (other.owner, other.run) == (owner, spec.run) and other.holder != holder:
+                    raise WrongState(f"run {spec.run!r} is already holder {other.holder}'s")
+            member = self.members.get(holder)
+            if member is not None:
+                after, resumed = member.rejoin(
+                    group=self.spec.name,
+                    run=spec.run,
+                    batches=request.batches_per_epoch,
+                    owner=owner,
+                    resume=resume,
+                    offers=offers,
+                )
+                return member, after, resumed
+            if resume and offers:
+                raise WrongState(
+                    f"holder {holder} of group {self.spec.name!r} has nothing to resume: the "
+                    "group lost its state (did the server restart?); start the group over"
+                )
+            member = self._add(spec, request, owner)
+            return member, None, False
+
+    def _check_settings(self, spec: SessionSpec, request: GroupJoin) -> None:
+        mine = (spec.cut_shape, spec.dtype, spec.num_classes, spec.lr, spec.seed)
+        if self.settings is not None:
+            s = self.settings
+            if mine != (s.cut_shape, s.dtype, s.num_classes, s.lr, s.seed):
+                raise WrongState(
+                    f"group {self.spec.name!r} trains a head of {s.num_classes} classes, lr "
+                    f"{s.lr:g}, seed {s.seed}, cut {list(s.cut_shape)} {s.dtype}: join with "
+                    "the same settings"
+                )
+        if self.epochs and request.epochs != self.epochs:
+            raise WrongState(f"group {self.spec.name!r} trains for {self.epochs} epochs")
+
+    def _add(self, spec: SessionSpec, request: GroupJoin, owner: str) -> Member:
+        if self.settings is None:
+            self.settings, self.epochs = spec, request.epochs
+            if self.topology.one_head:
+                self.head = build_head(spec.seed, spec.num_classes)
+                self.optimizer = make_optimizer(self.head, spec.lr)
+        if not self.topology.one_head:
+            # Every member's head starts from the same weights (the group's seed).
+            head = build_head(spec.seed, spec.num_classes)
+            optimizer = make_optimizer(head, spec.lr)
+        else:
+            assert self.head is not None and self.optimizer is not None
+            head, optimizer = self.head, self.optimizer
+        member = Member(
+            holder=request.holder,
+            owner=owner,
+            run=spec.run,
+            batches=request.batches_per_epoch,
+            samples=max(int(request.samples), 1),
+            head=head,
+            optimizer=optimizer,
+        )
+        self.members[request.holder] = member
+        logger.info(
+            "group %s: holder %d joined (%s's run %s, %d steps an epoch; %d of %d)",
+            self.spec.name,
+            request.holder,
+            owner,
+            spec.run,
+            member.batches,
+            len(self.members),
+            self.spec.size,
+        )
+        if self.started:
+            self._start()
+        return member
+
+    def _start(self) -> None:
+        """All holders have joined: lays out the sequence of steps."""
+        members = [self.members[h] for h in range(self.spec.size)]
+        if self.topology.schedule is not None:
+            self.schedule = self.topology.schedule(self.epochs, [m.batches for m in members])
+        self.position = {slot: i for i, slot in enumerate(self.schedule)}
+        logger.info(
+            "group %s (%s): all %d holders joined; %d epochs",
+            self.spec.name,
+            self.spec.topology,
+            self.spec.size,
+            self.epochs,
+        )
+        self.changes.notify()
+
+    # -- training --------------------------------------------------------------------------
+
+    def turn(self, member: Member, epoch: int, batch: int) -> WeightsBlob | None:
+        """Returns when `member` may take step (epoch, batch), with the part 1 to take it with
+        (None: its own). Raises `NotYet` while it must wait."""
+        with self.lock:
+            self.last_active = time.monotonic()
+            self._check_step(member, epoch, batch)
+            key = (epoch, batch)
+            applied = member.last is not None and key <= member.last
+            if not applied:
+                if not self.started:
+                    raise NotYet
+                if not self.sequential:
+                    if self._awaits_average(epoch):
+                        raise NotYet
+                elif self.position[Slot(TRAIN, epoch, member.holder, batch)] > self.cursor:
+                    raise NotYet
+            if batch != 0 or not self.topology.shares_body:
+                return None
+            if self.topology.averages_every_epoch:
+                return self.averages.get(epoch - 1)
+            return self.handed.get(self._previous_turn(epoch, member.holder))
+
+    def _awaits_average(self, epoch: int) -> bool:
+        """Epoch `epoch` starts from the previous round's average, not taken yet."""
+        return self.topology.averages_every_epoch and epoch > 1 and epoch - 1 not in self.averages
+
+    def _previous_turn(self, epoch: int, holder: int) -> tuple[int, int]:
+        return (epoch, holder - 1) if holder > 0 else (epoch - 1, self.spec.size - 1)
+
+    def train(
+        self,
+        member: Member,
+        step: StepId,
+        activations: torch.Tensor,
+        labels: torch.Tensor,
+        digest: bytes,
+        *,
+        save: bool,
+    ) -> tuple[StepResult, bool]:
+        """Applies `member`'s step in its turn, or answers a replayed one from the cache.
+
+        `digest`: SHA-256 of the step's bytes; a replay must match it. `save`: the holder saves
+        after this step (its replies since the save point before are kept).
+        Returns the result and whether this call applied it.
+        """
+        key = step.key()
+        with self.lock:
+            self.last_active = time.monotonic()
+            self._check_step(member, *key)
+            cached = member.replay(step, digest)
+            if cached is not None:
+                return cached, False
+            self._check_turn(member, key)
+            result = apply_step(member.head, member.optimizer, step, activations, labels)
+            member.record(key, digest, result, save=save)
+            if self.sequential:
+                self.cursor += 1
+            self.changes.notify()
+            return result, True
+
+    def _check_step(self, member: Member, epoch: int, batch: int) -> None:
+        if not 1 <= epoch <= self.epochs or batch >= member.batches:
+            raise InvalidRequest(
+                f"holder {member.holder} has epochs 1..{self.epochs} of {member.batches} steps; "
+                f"no epoch {epoch} batch {batch}"
+            )
+
+    def _check_turn(self, member: Member, key: Key) -> None:
+        epoch, batch = key
+        if not self.started:
+            raise WrongState(f"group {self.spec.name!r} waits for its other holders (Sync)")
+        if not self.sequential:
+            expected = (1, 0) if member.last is None else member.after(member.last)
+            if key != expected or self._awaits_average(epoch):
+                raise WrongState(
+                    f"holder {member.holder}'s next step is epoch {expected[0]} batch "
+                    f"{expected[1]}, after round {expected[0] - 1} is averaged"
+                )
+            return
+        if self.schedule[self.cursor] != Slot(TRAIN, epoch, member.holder, batch):
+            kind, e, h, b = self.schedule[self.cursor]
+            raise WrongState(
+                f"not holder {member.holder}'s turn: group {self.spec.name!r} waits for holder "
+                f"{h}'s {'epoch ' + str(e) + ' batch ' + str(b) if kind == TRAIN else 'part 1'}"
+            )
+
+    def hand_in(self, member: Member, epoch: int, blob: WeightsBlob) -> None:
+        """Takes `member`'s part 1 after its last step of `epoch` (topologies that share it)."""
+        with self.lock:
+            self.last_active = time.monotonic()
+            if not self.topology.shares_body:
+                raise InvalidRequest(f"a {self.topology} group keeps every holder's part 1 its own")
+            if not 1 <= epoch <= self.epochs:
+                raise InvalidRequest(f"no epoch {epoch} in 1..{self.epochs}")
+            done = (epoch, member.batches - 1)
+            if member.last is None or member.last < done:
+                raise WrongState(f"holder {member.holder} hands in part 1 before its last step")
+            previous = self.handed.get((epoch, member.holder))
+            if previous is not None:
+                if previous.sha256 != blob.sha256:
+                    raise WrongState(f"holder {member.holder} handed in other weights before")
+                return  # a resumed holder hands in again: the same weights
+            try:
+                from_blob(blob)
+            except CodecError as error:
+                raise InvalidRequest(f"part 1's weights: {error}") from None
+            if self.sequential:
+                if self.schedule[self.cursor] != Slot(HAND_IN, epoch, member.holder, 0):
+                    raise WrongState(f"not holder {member.holder}'s hand-in")
+                self.cursor += 1
+            self.handed[(epoch, member.holder)] = blob
+            if self.topology.averages_every_epoch:
+                self._maybe_average(epoch)
+            self.changes.notify()
+
+    def _maybe_average(self, epoch: int) -> None:
+        """FedAvg of round `epoch` once every holder handed in: parts 1 and heads."""
+        members = [self.members[h] for h in range(self.spec.size)]
+        if any((epoch, m.holder) not in self.handed for m in members):
+            return
+        counts = [m.samples for m in members]
+        bodies = [self.handed[(epoch, m.holder)] for m in members]
+        self.averages[epoch] = average_round(bodies, [m.head for m in members], counts)
+        logger.info(
+            "group %s: round %d averaged over %d holders", self.spec.name, epoch, len(counts)
+        )
+
+    def finish(self, member: Member) -> WeightsBlob | None:
+        """Returns when the whole group has trained, with the final part 1 (None: keep yours)."""
+        with self.lock:
+            self.last_active = time.monotonic()
+            if not self.started:
+                raise NotYet
+            last = self.spec.size - 1
+            if not self.sequential:
+                final = self.averages.get(self.epochs)
+                if final is None:
+                    raise NotYet
+            elif self.cursor < len(self.schedule):
+                raise NotYet
+            else:
+                final = self.handed.get((self.epochs, last))
+            member.finished = True
+            return final
+
+    def expire(self, ttl: float) -> bool:
+        """Drops the group's run if no holder has called (or waited) for `ttl` seconds: its
+        holders are gone for good, and the group is free for a run started over."""
+        with self.lock:
+            idle = time.monotonic() - self.last_active
+            if not self.members or all(m.closed for m in self.members.values()) or idle <= ttl:
+                return False
+            logger.warning(
+                "group %s: no holder called for %.0f s; its run is dropped (start it over)",
+                self.spec.name,
+                idle,
+            )
+            self._reset()
+            return True
+
+    def closed(self, member: Member, *, finished: bool) -> None:
+        with self.lock:
+            member.closed = finished
+            if self.members and all(m.closed for m in self.members.values()):
+                logger.info("group %s: every holder finished; the group is free", self.spec.name)
