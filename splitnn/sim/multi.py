@@ -14,16 +14,21 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from splitnn.common.certs import make_certificates
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ProcessError, ServerProcess
-from splitnn.common.reports import AttackReport, ReportError, RunReport, checked
+from splitnn.common.reports import (
+    AttackReport,
+    MemberSummary,
+    MultiSummary,
+    RunReport,
+    VictimSummary,
+)
 from splitnn.sim.app import SimConfig
 
 GROUP = "sim"
@@ -51,82 +56,6 @@ class MultiConfig(SimConfig):
         if holder == self.colluder:
             return self.colluder_noise, self.colluder_nopeek
         return self.noise, self.nopeek
-
-
-@dataclass(frozen=True)
-class MemberSummary:
-    """One holder of a simulation: its training samples, its defences, its test accuracy (%)."""
-
-    holder: int
-    samples: int
-    noise: float
-    nopeek: float
-    test_accuracy: float
-
-
-@dataclass(frozen=True)
-class VictimSummary:
-    """The attack on one victim holder's deployment tensors; accuracies in percent."""
-
-    holder: int
-    noise: float
-    nopeek: float
-    test_accuracy: float
-    attack_mse: float
-    attack_psnr: float
-    attack_ssim: float
-    attack_validator_accuracy: float
-    validator_accuracy_originals: float
-    figure: str
-
-
-@dataclass(frozen=True)
-class MultiSummary:
-    """What `splitnn-sim --holders K` prints (`--json`: these fields as one object)."""
-
-    topology: str
-    holders: int
-    partition: str
-    alpha: float | None
-    colluder: int
-    dataset: str
-    epochs: int
-    seed: int
-    noise: float
-    nopeek: float
-    colluder_noise: float
-    members: list[MemberSummary]
-    victims: list[VictimSummary]
-    seconds: float
-    wire_log: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> MultiSummary:
-        """What `--json` printed, checked field by field.
-
-        Raises:
-            ReportError: a missing, unknown or mistyped field, or holders that do not add up
-                (one member per holder, one victim per holder but the colluder).
-        """
-        summary = checked(cls, data, what="simulation report")
-        everyone = set(range(summary.holders))
-        if sorted(m.holder for m in summary.members) != sorted(everyone):
-            raise ReportError(
-                f"simulation report: members are not holders 0..{summary.holders - 1}"
-            )
-        if sorted(v.holder for v in summary.victims) != sorted(everyone - {summary.colluder}):
-            raise ReportError("simulation report: victims are not every holder but the colluder")
-        return summary
-
-    def member(self, holder: int) -> MemberSummary:
-        """The member entry of `holder` (KeyError if there is none)."""
-        for m in self.members:
-            if m.holder == holder:
-                return m
-        raise KeyError(holder)
 
 
 def holder_name(holder: int) -> str:

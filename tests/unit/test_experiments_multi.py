@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from splitnn.common.processes import ProcessError
+from splitnn.common.reports import MultiSummary
 from splitnn.experiments import multi
 from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
@@ -27,7 +28,6 @@ from splitnn.experiments.multi_report import (
 )
 from splitnn.experiments.records import MultiRecord, multi_record, multi_record_path
 from splitnn.experiments.tables import read_rows, upsert_rows
-from splitnn.sim.multi import MultiSummary
 
 DATA = "0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
