@@ -19,7 +19,7 @@ from splitnn.common.reports import MultiSummary
 from splitnn.common.seeds import SEED_TYPE
 from splitnn.server.groups import TOPOLOGIES
 from splitnn.sim.app import SimConfig, SimSummary, run
-from splitnn.sim.multi import MultiConfig, run_multi
+from splitnn.sim.cross_holder import MultiConfig, run_multi
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 

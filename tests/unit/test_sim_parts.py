@@ -6,7 +6,7 @@ from pathlib import Path
 
 from splitnn.common.credentials import Credentials
 from splitnn.sim.app import SimConfig, certificates, holder_command
-from splitnn.sim.multi import MultiConfig, member_command
+from splitnn.sim.cross_holder import MultiConfig, member_command
 
 CREDENTIALS = Credentials(ca=Path("ca.pem"), cert=Path("h.pem"), key=Path("h.key"))
 

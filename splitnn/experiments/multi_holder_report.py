@@ -12,7 +12,7 @@ from typing import Any
 from splitnn.common.reports import MultiSummary
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, TOPOLOGIES, MultiSpec
-from splitnn.experiments.multi import multi_records
+from splitnn.experiments.multi_holder_runs import multi_records
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
 from splitnn.experiments.tables import mean_se, upsert_rows
