@@ -24,7 +24,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import GroupSettings, ServerLink, SessionSettings
 from splitnn.common.codec import StepId
 from splitnn.common.models import build_body

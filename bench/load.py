@@ -51,7 +51,7 @@ def holder(address: str, run: str, steps: int, threads: int) -> None:
     """One data holder (a child process): waits for "go" on stdin, trains, prints JSON."""
     import torch
 
-    from splitnn.client.trainer import SplitTrainer
+    from splitnn.client.split_trainer import SplitTrainer
     from splitnn.client.transport import ServerLink, SessionSettings
     from splitnn.common.codec import StepId
     from splitnn.common.datasets import epoch_permutation, load_splits

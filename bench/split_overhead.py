@@ -25,7 +25,7 @@ from tempfile import TemporaryDirectory
 import torch
 from torch.nn import functional as F
 
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import ServerLink, SessionSettings
 from splitnn.common.codec import StepId
 from splitnn.common.models import build_body, build_head, make_optimizer

@@ -16,8 +16,8 @@ import torch
 from splitnn.client.config import ClientConfig
 from splitnn.client.group import GroupRun, share_of, shares_body
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
-from splitnn.client.trainer import EVAL_BATCH_SIZE, SplitTrainer
-from splitnn.client.training import (
+from splitnn.client.split_trainer import EVAL_BATCH_SIZE, SplitTrainer
+from splitnn.client.training_run import (
     TrainingRun,
     eval_noise,
     member,

@@ -19,8 +19,8 @@ from typing import Any
 
 from splitnn.client.config import ClientConfig
 from splitnn.client.progress import Best, EpochRecord
-from splitnn.client.trainer import EvalResult, SplitTrainer
-from splitnn.client.training import TrainingRun, body_manifest, eval_noise, validation_noise
+from splitnn.client.split_trainer import EvalScore, SplitTrainer
+from splitnn.client.training_run import TrainingRun, body_manifest, eval_noise, validation_noise
 from splitnn.client.transport import RolledBack
 from splitnn.common.checkpoints import CheckpointError, classifier_stem, save_checkpoint
 from splitnn.common.codec import CodecError, StepId, WeightsBlob
@@ -88,7 +88,7 @@ class GroupRun(TrainingRun):
         self.shares = shares
         self.topology = topology(trainer.link.topology)
 
-    def train(self) -> tuple[Best, EvalResult, LaplaceNoise]:
+    def train(self) -> tuple[Best, EvalScore, LaplaceNoise]:
         """Trains with the group to the end, then validates and tests the final model.
 
         Returns the final epoch (as `Best`, with the final validation), the test result and the

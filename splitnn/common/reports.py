@@ -1,5 +1,6 @@
-"""The programs' reports: what `splitnn-client --json` and `splitnn-attack run --json` print, and
-what the orchestrators (`splitnn-sim`, `splitnn-experiments`) read back.
+"""The programs' reports: what `splitnn-client --json`, `splitnn-attack run --json` and
+`splitnn-sim --holders K --json` print, and what the orchestrators (`splitnn-sim`,
+`splitnn-experiments`) read back.
 
 One typed home for both sides of each process boundary: the producer builds the dataclass, the
 consumer parses the JSON with `from_json`, which checks the kind, the version and every field, so a
@@ -18,8 +19,11 @@ __all__ = [
     "AttackReport",
     "EpochRecord",
     "GroupReport",
+    "MemberSummary",
+    "MultiSummary",
     "ReportError",
     "RunReport",
+    "VictimSummary",
     "checked",
 ]
 
@@ -135,6 +139,82 @@ class AttackReport:
         return _from_json(cls, data)
 
 
+@dataclass(frozen=True)
+class MemberSummary:
+    """One holder of a simulation: its training samples, its defences, its test accuracy (%)."""
+
+    holder: int
+    samples: int
+    noise: float
+    nopeek: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class VictimSummary:
+    """The attack on one victim holder's deployment tensors; accuracies in percent."""
+
+    holder: int
+    noise: float
+    nopeek: float
+    test_accuracy: float
+    attack_mse: float
+    attack_psnr: float
+    attack_ssim: float
+    attack_validator_accuracy: float
+    validator_accuracy_originals: float
+    figure: str
+
+
+@dataclass(frozen=True)
+class MultiSummary:
+    """What `splitnn-sim --holders K` prints (`--json`: these fields as one object)."""
+
+    topology: str
+    holders: int
+    partition: str
+    alpha: float | None
+    colluder: int
+    dataset: str
+    epochs: int
+    seed: int
+    noise: float
+    nopeek: float
+    colluder_noise: float
+    members: list[MemberSummary]
+    victims: list[VictimSummary]
+    seconds: float
+    wire_log: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> MultiSummary:
+        """What `--json` printed, checked field by field.
+
+        Raises:
+            ReportError: a missing, unknown or mistyped field, or holders that do not add up
+                (one member per holder, one victim per holder but the colluder).
+        """
+        summary = checked(cls, data, what="simulation report")
+        everyone = set(range(summary.holders))
+        if sorted(m.holder for m in summary.members) != sorted(everyone):
+            raise ReportError(
+                f"simulation report: members are not holders 0..{summary.holders - 1}"
+            )
+        if sorted(v.holder for v in summary.victims) != sorted(everyone - {summary.colluder}):
+            raise ReportError("simulation report: victims are not every holder but the colluder")
+        return summary
+
+    def member(self, holder: int) -> MemberSummary:
+        """The member entry of `holder` (KeyError if there is none)."""
+        for m in self.members:
+            if m.holder == holder:
+                return m
+        raise KeyError(holder)
+
+
 def checked(cls: type[R], data: object, *, what: str) -> R:
     """`data` (a JSON object) as the dataclass `cls`, every field checked as `from_json` does.
 
@@ -182,7 +262,12 @@ def _build(cls: type[R], data: dict[str, Any], where: str) -> R:
 
 
 def _value(hint: Any, value: Any, where: str) -> Any:
-    """`value` checked against the annotation `hint` (ints are accepted for floats)."""
+    """`value` checked against the annotation `hint` (ints are accepted for floats).
+
+    A dataclass with its own `from_json` (a report nested in a record) is decoded by it.
+    """
+    if hint is Any:
+        return value
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         options = get_args(hint)
@@ -195,7 +280,14 @@ def _value(hint: Any, value: Any, where: str) -> Any:
             raise ReportError(f"{where}: expected a list, got {type(value).__name__}")
         (item,) = get_args(hint)
         return [_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ReportError(f"{where}: expected an object, got {value!r}")
+        _, item = get_args(hint)
+        return {k: _value(item, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
+        if hasattr(hint, "from_json"):
+            return hint.from_json(value)
         if not isinstance(value, dict):
             raise ReportError(f"{where}: expected an object, got {type(value).__name__}")
         return _build(hint, value, where)  # type: ignore[arg-type]

@@ -13,8 +13,8 @@ from splitnn.experiments.attack_report import write_attack_tables
 from splitnn.experiments.attacks import run_attacks
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, train_specs
-from splitnn.experiments.multi import run_simulations
-from splitnn.experiments.multi_report import write_multi_tables
+from splitnn.experiments.multi_holder_report import write_multi_tables
+from splitnn.experiments.multi_holder_runs import run_simulations
 from splitnn.experiments.performance import NothingToMeasure, write_classifier_tables
 from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,7 @@ def panels_plot(path: Path, panels: Sequence[Panel], *, title: str | None = None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         _draw(ax, panel)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title=title)
 
 
 def _draw(ax: Axes, panel: Panel) -> None:
@@ -102,7 +97,13 @@ def stack_images(path: Path, panels: Sequence[tuple[str, Path]], *, title: str) 
         ax.imshow(image)
         ax.set_title(label, fontsize="small", loc="left")
         ax.axis("off")
-    fig.suptitle(title)
+    return _save(fig, path, title=title)
+
+
+def _save(fig: Figure, path: Path, *, title: str | None) -> Path:
+    """Writes `fig` to `path` (a PNG, folders made), under `title` if given, and closes it."""
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

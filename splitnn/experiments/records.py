@@ -17,15 +17,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from splitnn.common.checkpoints import load_checkpoint, manifest_path
 from splitnn.common.datasets import DatasetSplits
-from splitnn.common.reports import AttackReport, ReportError, RunReport
+from splitnn.common.reports import AttackReport, MultiSummary, ReportError, RunReport, checked
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MultiSpec, TrainSpec
-from splitnn.sim.multi import MultiSummary
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ _MANIFEST_KEYS = ("dataset", "noise", "nopeek", "seed", "batch_size")
 class ClassifierRecord:
     """A finished training run: its settings, the data holder's report, its wire log."""
 
+    KIND: ClassVar[str] = "classifier"
+
     settings: dict[str, Any]
     report: RunReport
     wirelog: str
@@ -46,27 +47,20 @@ class ClassifierRecord:
     finished_at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "classifier", **asdict(self), "report": self.report.to_json()}
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClassifierRecord:
-        """Raises ReportError (also for a missing or mistyped field of the record)."""
-        try:
-            return cls(
-                settings=dict(data["settings"]),
-                report=RunReport.from_json(data["report"]),
-                wirelog=str(data["wirelog"]),
-                wall_seconds=float(data["wall_seconds"]),
-                finished_at=str(data["finished_at"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ReportError(f"classifier record: {error}") from None
+        """Raises ReportError: see `_from_json`."""
+        return _from_json(cls, data)
 
 
 @dataclass(frozen=True)
 class AttackRecord:
     """A finished attack: which classifier family and setting it attacked, its settings, the
     attacker's report."""
+
+    KIND: ClassVar[str] = "attack"
 
     family: str
     model: str
@@ -79,30 +73,19 @@ class AttackRecord:
     finished_at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "attack", **asdict(self), "report": self.report.to_json()}
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AttackRecord:
-        """Raises ReportError (also for a missing or mistyped field of the record)."""
-        try:
-            return cls(
-                family=str(data["family"]),
-                model=str(data["model"]),
-                classifier_seed=int(data["classifier_seed"]),
-                noise=float(data["noise"]),
-                nopeek=float(data["nopeek"]),
-                settings=dict(data["settings"]),
-                report=AttackReport.from_json(data["report"]),
-                wall_seconds=float(data["wall_seconds"]),
-                finished_at=str(data["finished_at"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ReportError(f"attack record: {error}") from None
+        """Raises ReportError: see `_from_json`."""
+        return _from_json(cls, data)
 
 
 @dataclass(frozen=True)
 class MultiRecord:
     """A finished multi-holder simulation: its settings and what `splitnn-sim` reported."""
+
+    KIND: ClassVar[str] = "multi"
 
     settings: dict[str, Any]
     report: MultiSummary
@@ -110,20 +93,29 @@ class MultiRecord:
     finished_at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "multi", **asdict(self), "report": self.report.to_json()}
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MultiRecord:
-        """Raises ReportError (also for a missing or mistyped field of the record)."""
-        try:
-            return cls(
-                settings=dict(data["settings"]),
-                report=MultiSummary.from_json(data["report"]),
-                wall_seconds=float(data["wall_seconds"]),
-                finished_at=str(data["finished_at"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ReportError(f"multi record: {error}") from None
+        """Raises ReportError: see `_from_json`."""
+        return _from_json(cls, data)
+
+
+def _to_json(record: ClassifierRecord | AttackRecord | MultiRecord) -> dict[str, Any]:
+    return {"kind": record.KIND, **asdict(record), "report": record.report.to_json()}
+
+
+def _from_json(cls: type[_Record], data: Mapping[str, Any]) -> _Record:
+    """`data` as a record of `cls`: its kind, then every field checked by `reports.checked`
+    (the report by its own `from_json`).
+
+    Raises:
+        ReportError: another kind of record, or a missing, unknown or mistyped field.
+    """
+    if data.get("kind") != cls.KIND:
+        raise ReportError(f"expected a {cls.KIND} record, got kind {data.get('kind')!r}")
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return checked(cls, fields, what=f"{cls.KIND} record")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

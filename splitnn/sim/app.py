@@ -1,8 +1,11 @@
-"""The three-party simulation: server, victim and attacker as separate OS processes."""
+"""The three-party simulation: server, victim and attacker as separate OS processes; and the
+parts every simulation shares (certificates, the colluding server and its wire log, the holders'
+and the attacker's command lines), which the cross-holder simulation builds on."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,26 +100,62 @@ class SimSummary:
         return asdict(self)
 
 
-def certificates(workdir: Path) -> tuple[list[str], Credentials]:
-    """Development certificates for this simulation (made once, then reused): the server's
-    TLS flags, and the victim's credentials. Every party speaks mutual TLS."""
+def certificates(workdir: Path, holders: Sequence[str]) -> tuple[list[str], list[Credentials]]:
+    """Development certificates for a simulation under `workdir`/certs (each made once, then
+    reused): the server's TLS flags, and the credentials of each of `holders` (certificate
+    names). Every party speaks mutual TLS."""
     out = workdir / "certs"
-    if not all((out / f"{name}.pem").exists() for name in ("server", VICTIM)):
-        make_certificates(out, server_names=["localhost", "127.0.0.1"], holders=[VICTIM], taps=[])
+    missing = [name for name in ("server", *holders) if not (out / f"{name}.pem").exists()]
+    if missing:
+        make_certificates(
+            out,
+            server_names=["localhost", "127.0.0.1"] if "server" in missing else [],
+            holders=[name for name in holders if name in missing],
+            taps=[],
+        )
     server = ["--tls-cert", str(out / "server.pem"), "--tls-key", str(out / "server.key"),
               "--client-ca", str(out / "ca.pem")]  # fmt: skip
-    victim = Credentials(ca=out / "ca.pem", cert=out / f"{VICTIM}.pem", key=out / f"{VICTIM}.key")
-    return server, victim
+    credentials = [
+        Credentials(ca=out / "ca.pem", cert=out / f"{name}.pem", key=out / f"{name}.key")
+        for name in holders
+    ]
+    return server, credentials
 
 
-def victim_command(cfg: SimConfig, *, server: str, credentials: Credentials) -> ClientCommand:
+def wire_log(cfg: SimConfig) -> Path:
+    """Where the server of this simulation logs the wire; an earlier simulation's log is gone."""
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    log = cfg.workdir / "wire.log"
+    log.unlink(missing_ok=True)
+    return log
+
+
+def colluding_server(
+    cfg: SimConfig, *, log: Path, tls: Sequence[str], extra: Sequence[str] = ()
+) -> ServerProcess:
+    """The server started in collusion mode (it keeps what it receives in `log`); use it as a
+    context manager, which stops it.
+
+    Args:
+        tls: the TLS flags of `certificates`.
+        extra: further `splitnn-server` flags.
+    """
+    args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *extra, *tls]
+    return ServerProcess([*args, *(["-q"] if cfg.quiet else [])])
+
+
+def holder_command(
+    cfg: SimConfig, *, server: str, credentials: Credentials, noise: float, nopeek: float
+) -> ClientCommand:
+    """A data holder that trains with defences `noise` (b) and `nopeek` (W), deploys, and
+    reveals its sample indices so that the attack can be scored."""
     return ClientCommand(
         server=server,
         dataset=cfg.dataset,
-        noise=cfg.noise,
-        nopeek=cfg.nopeek,
+        noise=noise,
+        nopeek=nopeek,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size or study_batch_size(cfg.nopeek),
+        batch_size=cfg.batch_size or study_batch_size(nopeek),
         seed=cfg.seed,
         max_steps=cfg.max_steps,
         model_dir=cfg.model_dir,
@@ -127,10 +166,20 @@ def victim_command(cfg: SimConfig, *, server: str, credentials: Credentials) -> 
     )
 
 
-def attack_command(cfg: SimConfig, *, classifier: str, log: Path) -> AttackCommand:
+def attack_command(
+    cfg: SimConfig,
+    *,
+    classifier: str,
+    log: Path,
+    run: str | None = None,
+    figure: Path | None = None,
+) -> AttackCommand:
+    """The attacker of `classifier` (part 1's checkpoint), scored on `log`: on run `run` of it if
+    given, its figure written to `figure` (default `cfg.figure`)."""
     return AttackCommand(
         classifier=Path(classifier),
         from_log=log,
+        run=run,
         dataset=cfg.dataset,
         aux=cfg.aux,
         aux_fraction=cfg.aux_fraction,
@@ -139,7 +188,7 @@ def attack_command(cfg: SimConfig, *, classifier: str, log: Path) -> AttackComma
         epochs=cfg.attack_epochs,
         seed=cfg.seed,
         model_dir=cfg.model_dir,
-        figure=cfg.figure,
+        figure=cfg.figure if figure is None else figure,
         validator_epochs=cfg.validator_epochs,
         quiet=cfg.quiet,
     )
@@ -154,15 +203,18 @@ def run(cfg: SimConfig) -> SimSummary:
         ProcessError: a party failed to start or exited with an error.
         CertificateError: the certificates cannot be made.
     """
-    cfg.workdir.mkdir(parents=True, exist_ok=True)
-    log = cfg.workdir / "wire.log"
-    log.unlink(missing_ok=True)  # this simulation's log only
     began = time.perf_counter()
-    tls, victim_credentials = certificates(cfg.workdir)
-    server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *tls]
-    with ServerProcess([*server_args, *(["-q"] if cfg.quiet else [])]) as server:
+    log = wire_log(cfg)
+    tls, (credentials,) = certificates(cfg.workdir, [VICTIM])
+    with colluding_server(cfg, log=log, tls=tls) as server:
         victim = run_client(
-            victim_command(cfg, server=server.address, credentials=victim_credentials)
+            holder_command(
+                cfg,
+                server=server.address,
+                credentials=credentials,
+                noise=cfg.noise,
+                nopeek=cfg.nopeek,
+            )
         )
     attack = run_attacker(attack_command(cfg, classifier=victim.checkpoint, log=log))
     return SimSummary.of(victim, attack, wire_log=log, seconds=time.perf_counter() - began)

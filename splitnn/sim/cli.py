@@ -15,10 +15,11 @@ from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 from splitnn.common.partitions import SCHEMES
 from splitnn.common.processes import ProcessError
+from splitnn.common.reports import MultiSummary
 from splitnn.common.seeds import SEED_TYPE
 from splitnn.common.topology import DEFAULT, NAMES, describe
 from splitnn.sim.app import SimConfig, SimSummary, run
-from splitnn.sim.multi import MultiConfig, MultiSummary, run_multi
+from splitnn.sim.cross_holder import MultiConfig, run_multi
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 

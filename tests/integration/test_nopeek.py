@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import ServerLink, StepReply
 from splitnn.common.codec import StepId
 from splitnn.common.datasets import load_splits

@@ -19,7 +19,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch.nn import functional as F
 
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId, tensor_to_proto
 from splitnn.common.models import CUT_SHAPE, build_body, build_head, make_optimizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splitnn.client.progress import Progress
-from splitnn.client.trainer import SplitTrainer
+from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import ServerLink
 from splitnn.common.datasets import Subset
 from splitnn.common.models import build_body

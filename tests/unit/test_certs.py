@@ -64,7 +64,7 @@ def test_leaves_are_issued_by_the_ca(issued: tuple[Path, list[Path]]) -> None:
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert constraints.ca
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.key_cert_sign and usage.crl_sign
+    assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     for stem in ("server", "alice", "bob", "attacker"):
         leaf = load(out / f"{stem}.pem")
@@ -107,6 +107,9 @@ def test_extended_key_usages(issued: tuple[Path, list[Path]]) -> None:
     for stem, usages in expected.items():
         eku = load(out / f"{stem}.pem").extensions.get_extension_for_class(x509.ExtendedKeyUsage)
         assert list(eku.value) == usages
+        usage = load(out / f"{stem}.pem").extensions.get_extension_for_class(x509.KeyUsage)
+        assert usage.critical and usage.value.digital_signature
+        assert not (usage.value.key_cert_sign or usage.value.crl_sign)
 
 
 def test_file_modes_and_keys(issued: tuple[Path, list[Path]]) -> None:

@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from splitnn.common.processes import ProcessError
-from splitnn.experiments import multi
+from splitnn.common.reports import MultiSummary
+from splitnn.experiments import multi_holder_runs
 from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, MultiSetting, MultiSpec, expand, multi_specs
-from splitnn.experiments.multi_report import (
+from splitnn.experiments.multi_holder_report import (
     MULTI_CSV,
     multi_rows,
     topology_series,
@@ -27,7 +28,6 @@ from splitnn.experiments.multi_report import (
 )
 from splitnn.experiments.records import MultiRecord, multi_record, multi_record_path
 from splitnn.experiments.tables import read_rows, upsert_rows
-from splitnn.sim.multi import MultiSummary
 
 DATA = "0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -176,7 +176,7 @@ def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
     spec = MultiSpec("mnist5k", setting, seed=1, epochs=3, max_steps=20)
     name = "mnist5k_multi_splitfed_k8_dir05_20noise_00nopeek_seed1"
 
-    args = multi.sim_args(spec, cfg)
+    args = multi_holder_runs.sim_args(spec, cfg)
 
     assert spec.name == name
     assert args == [
@@ -193,7 +193,7 @@ def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
 
 
 def test_iid_whole_epochs_pass_no_alpha_and_no_max_steps(tmp_path: Path) -> None:
-    args = multi.sim_args(_spec(), _cfg(tmp_path))
+    args = multi_holder_runs.sim_args(_spec(), _cfg(tmp_path))
 
     assert "--alpha" not in args
     assert "--max-steps" not in args
@@ -233,14 +233,14 @@ class FakeSim:
 @pytest.fixture
 def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
     fake = FakeSim()
-    monkeypatch.setattr(multi, "run_json", fake)
+    monkeypatch.setattr(multi_holder_runs, "run_json", fake)
     return fake
 
 
 def test_a_finished_simulation_is_recorded_and_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
 
-    record = multi.simulate(spec, cfg)
+    record = multi_holder_runs.simulate(spec, cfg)
 
     assert multi_record(cfg, spec) == record
     saved = json.loads(multi_record_path(cfg.runs_dir, spec).read_text())
@@ -265,7 +265,7 @@ def test_other_settings_are_not_done(
     tmp_path: Path, fake_sim: FakeSim, cfg_changes: dict[str, Any], spec_changes: dict[str, Any]
 ) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    multi.simulate(spec, cfg)
+    multi_holder_runs.simulate(spec, cfg)
     other_cfg, other = _cfg(tmp_path, **cfg_changes), replace(spec, **spec_changes)
     # Same record file, other settings.
     assert multi_record_path(cfg.runs_dir, other) == multi_record_path(cfg.runs_dir, spec)
@@ -276,7 +276,7 @@ def test_other_settings_are_not_done(
 
 def test_a_simulation_whose_figures_are_gone_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    record = multi.simulate(spec, cfg)
+    record = multi_holder_runs.simulate(spec, cfg)
 
     Path(record.report.victims[1].figure).unlink()
 
@@ -285,7 +285,7 @@ def test_a_simulation_whose_figures_are_gone_is_not_done(tmp_path: Path, fake_si
 
 def test_a_record_of_another_format_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    multi.simulate(spec, cfg)
+    multi_holder_runs.simulate(spec, cfg)
     path = multi_record_path(cfg.runs_dir, spec)
     path.write_text(path.read_text().replace('"attack_ssim"', '"ssim"'))
 
@@ -297,10 +297,10 @@ def test_done_simulations_are_skipped_unless_forced(
     tmp_path: Path, fake_sim: FakeSim, force: bool
 ) -> None:
     cfg = _cfg(tmp_path)
-    first = multi.run_simulations(cfg)
+    first = multi_holder_runs.run_simulations(cfg)
     assert [o.status for o in first] == ["ran"] * 30
 
-    second = multi.run_simulations(_cfg(tmp_path, force=force))
+    second = multi_holder_runs.run_simulations(_cfg(tmp_path, force=force))
 
     assert [o.status for o in second] == ["ran" if force else "skipped"] * 30
     assert len(fake_sim.calls) == (60 if force else 30)
@@ -315,10 +315,10 @@ def test_a_failed_or_wrong_simulation_is_failed_and_not_recorded(
             raise ProcessError("splitnn-sim exited with status 1")
         return summary(topology="shared-head", holders=2)  # whatever was asked
 
-    monkeypatch.setattr(multi, "run_json", broken)
+    monkeypatch.setattr(multi_holder_runs, "run_json", broken)
     cfg = _cfg(tmp_path)
 
-    outcomes = multi.run_simulations(cfg)
+    outcomes = multi_holder_runs.run_simulations(cfg)
 
     statuses = Counter((o.item.setting.topology, o.status) for o in outcomes)
     assert statuses == {
@@ -386,7 +386,7 @@ def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -
     csv_path = cfg.results_dir / MULTI_CSV
     upsert_rows(csv_path, [{"topology": "older", "note": "kept"}], key=("topology",), columns=())
     for spec in (_spec(holders=2, topology="splitfed"), _spec(topology="splitfed", noise=5.0)):
-        multi.simulate(spec, cfg)
+        multi_holder_runs.simulate(spec, cfg)
 
     lines = write_multi_tables(cfg)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import DatasetSplits, Subset
 from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import ProcessError
-from splitnn.common.reports import RunReport
+from splitnn.common.reports import ReportError, RunReport
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import TrainSpec, train_specs
 from splitnn.experiments.records import (
@@ -168,6 +169,44 @@ def test_a_record_of_an_older_report_version_is_not_done(tmp_path: Path) -> None
     path.write_text(path.read_text().replace('"version": 1', '"version": 0'))
 
     assert load_train_record(tmp_path / "runs", spec, lr=LR, data=DATA) is None
+
+
+def test_a_record_reads_back_as_it_was_written() -> None:
+    record = ClassifierRecord(
+        settings={"dataset": "mnist5k", "max_steps": None},
+        report=_report(Path("b.ckpt"), Path("h.ckpt")),
+        wirelog="w.wirelog",
+        wall_seconds=3,
+        finished_at="then",
+    )
+
+    back = ClassifierRecord.from_json(json.loads(json.dumps(record.to_json())))
+
+    assert back == record and isinstance(back.wall_seconds, float)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kind": "attack"}, "expected a classifier record"),
+        ({"wall_seconds": "1 s"}, r"classifier record\.wall_seconds: expected float"),
+        ({"settings": [1]}, r"classifier record\.settings: expected an object"),
+        ({"finished_at": ...}, "missing fields finished_at"),
+        ({"host": "x"}, "unknown fields host"),
+        ({"report": {"kind": "run"}}, "expected a run report"),
+    ],
+)
+def test_a_record_of_another_shape_names_what_is_wrong(
+    changes: dict[str, Any], message: str
+) -> None:
+    data = ClassifierRecord(
+        settings={}, report=_report(Path("b"), Path("h")), wirelog="w", wall_seconds=1.0,
+        finished_at="then",
+    ).to_json()  # fmt: skip
+    data.update(changes)
+
+    with pytest.raises(ReportError, match=message):
+        ClassifierRecord.from_json({k: v for k, v in data.items() if v is not ...})
 
 
 def test_a_run_on_other_data_is_not_done(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from splitnn.attacker.validator import build_validator
 from splitnn.client.config import ClientConfig
-from splitnn.client.training import eval_noise, training_noise, validation_noise
+from splitnn.client.training_run import eval_noise, training_noise, validation_noise
 from splitnn.common.models import build_body
 from splitnn.common.seeds import MAX_SEED, SEED_TYPE, Role, seed_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from splitnn.common.files import write_json_atomic
 from splitnn.common.processes import ProcessError, log_tail, run_json
-from splitnn.common.reports import ReportError
+from splitnn.common.reports import MultiSummary, ReportError
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MultiSpec, multi_specs
 from splitnn.experiments.records import (
@@ -26,7 +26,6 @@ from splitnn.experiments.records import (
     now,
 )
 from splitnn.experiments.runner import Outcome, run_jobs
-from splitnn.sim.multi import MultiSummary
 
 logger = logging.getLogger(__name__)
 

@@ -14,18 +14,28 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from splitnn.common.certs import make_certificates
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.credentials import Credentials
-from splitnn.common.models import study_batch_size
-from splitnn.common.processes import ProcessError, ServerProcess
-from splitnn.common.reports import AttackReport, ReportError, RunReport, checked
+from splitnn.common.processes import ProcessError
+from splitnn.common.reports import (
+    AttackReport,
+    MemberSummary,
+    MultiSummary,
+    RunReport,
+    VictimSummary,
+)
 from splitnn.common.topology import DEFAULT, topology
-from splitnn.sim.app import SimConfig
+from splitnn.sim.app import (
+    SimConfig,
+    attack_command,
+    certificates,
+    colluding_server,
+    holder_command,
+    wire_log,
+)
 
 GROUP = "sim"
 
@@ -54,129 +64,25 @@ class MultiConfig(SimConfig):
         return self.noise, self.nopeek
 
 
-@dataclass(frozen=True)
-class MemberSummary:
-    """One holder of a simulation: its training samples, its defences, its test accuracy (%)."""
-
-    holder: int
-    samples: int
-    noise: float
-    nopeek: float
-    test_accuracy: float
-
-
-@dataclass(frozen=True)
-class VictimSummary:
-    """The attack on one victim holder's deployment tensors; accuracies in percent."""
-
-    holder: int
-    noise: float
-    nopeek: float
-    test_accuracy: float
-    attack_mse: float
-    attack_psnr: float
-    attack_ssim: float
-    attack_validator_accuracy: float
-    validator_accuracy_originals: float
-    figure: str
-
-
-@dataclass(frozen=True)
-class MultiSummary:
-    """What `splitnn-sim --holders K` prints (`--json`: these fields as one object)."""
-
-    topology: str
-    holders: int
-    partition: str
-    alpha: float | None
-    colluder: int
-    dataset: str
-    epochs: int
-    seed: int
-    noise: float
-    nopeek: float
-    colluder_noise: float
-    members: list[MemberSummary]
-    victims: list[VictimSummary]
-    seconds: float
-    wire_log: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> MultiSummary:
-        """What `--json` printed, checked field by field.
-
-        Raises:
-            ReportError: a missing, unknown or mistyped field, or holders that do not add up
-                (one member per holder, one victim per holder but the colluder).
-        """
-        summary = checked(cls, data, what="simulation report")
-        everyone = set(range(summary.holders))
-        if sorted(m.holder for m in summary.members) != sorted(everyone):
-            raise ReportError(
-                f"simulation report: members are not holders 0..{summary.holders - 1}"
-            )
-        if sorted(v.holder for v in summary.victims) != sorted(everyone - {summary.colluder}):
-            raise ReportError("simulation report: victims are not every holder but the colluder")
-        return summary
-
-    def member(self, holder: int) -> MemberSummary:
-        """The member entry of `holder` (KeyError if there is none)."""
-        for m in self.members:
-            if m.holder == holder:
-                return m
-        raise KeyError(holder)
-
-
 def holder_name(holder: int) -> str:
     return f"holder{holder}"
 
 
-def certificates(workdir: Path, holders: int) -> tuple[list[str], list[Credentials]]:
-    """The server's TLS flags and each holder's credentials (made once per set of names)."""
-    out = workdir / "certs"
-    names = [holder_name(h) for h in range(holders)]
-    missing = [n for n in ("server", *names) if not (out / f"{n}.pem").exists()]
-    if missing:
-        make_certificates(
-            out,
-            server_names=["localhost", "127.0.0.1"] if "server" in missing else [],
-            holders=[n for n in names if n in missing],
-            taps=[],
-        )
-    server = ["--tls-cert", str(out / "server.pem"), "--tls-key", str(out / "server.key"),
-              "--client-ca", str(out / "ca.pem")]  # fmt: skip
-    holders_credentials = [
-        Credentials(ca=out / "ca.pem", cert=out / f"{n}.pem", key=out / f"{n}.key") for n in names
-    ]
-    return server, holders_credentials
-
-
-def holder_command(
+def member_command(
     cfg: MultiConfig, holder: int, *, server: str, credentials: Credentials
 ) -> ClientCommand:
+    """Holder `holder`'s command: `holder_command` with its defences, in the group."""
     noise, nopeek = cfg.defences(holder)
+    command = holder_command(
+        cfg, server=server, credentials=credentials, noise=noise, nopeek=nopeek
+    )
     # Holders that take turns leave the cores to whoever trains; parallel ones share them.
     parallel = topology(cfg.topology).schedule is None
     threads = max(1, (os.cpu_count() or 1) // cfg.holders) if parallel else None
-    return ClientCommand(
-        server=server,
-        dataset=cfg.dataset,
-        noise=noise,
-        nopeek=nopeek,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size or study_batch_size(nopeek),
-        seed=cfg.seed,
-        max_steps=cfg.max_steps,
+    return replace(
+        command,
         threads=threads,
-        model_dir=cfg.model_dir,
-        deploy=True,
-        restart=True,
-        send_indices=True,
         quiet=True,
-        credentials=credentials,
         group=GROUP,
         holder=holder,
         holders=cfg.holders,
@@ -185,25 +91,14 @@ def holder_command(
     )
 
 
-def attack_command(
+def victim_attack(
     cfg: MultiConfig, *, colluder: RunReport, victim: RunReport, log: Path
 ) -> AttackCommand:
+    """The attack on `victim`'s run with the colluder's part 1; one figure per victim."""
     assert victim.group is not None
     figure = cfg.figure.with_name(f"{cfg.figure.stem}_h{victim.group.holder}{cfg.figure.suffix}")
-    return AttackCommand(
-        classifier=Path(colluder.checkpoint),
-        from_log=log,
-        run=victim.run,
-        dataset=cfg.dataset,
-        aux=cfg.aux,
-        aux_fraction=cfg.aux_fraction,
-        decoder=cfg.decoder,
-        epochs=cfg.attack_epochs,
-        seed=cfg.seed,
-        model_dir=cfg.model_dir,
-        figure=figure,
-        validator_epochs=cfg.validator_epochs,
-        quiet=cfg.quiet,
+    return attack_command(
+        cfg, classifier=colluder.checkpoint, log=log, run=victim.run, figure=figure
     )
 
 
@@ -213,18 +108,17 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
     Raises:
         ProcessError: a party failed to start or exited with an error.
         CertificateError: the certificates cannot be made.
-        ValueError: a colluder index outside 0..K-1, or fewer than two holders.
+        ValueError: a colluder index outside 0..K-1, fewer than two holders, or a `set_noise`.
     """
     if cfg.holders < 2 or not 0 <= cfg.colluder < cfg.holders:
         raise ValueError(f"--colluder must be one of the holders 0..{cfg.holders - 1} (K >= 2)")
-    cfg.workdir.mkdir(parents=True, exist_ok=True)
-    log = cfg.workdir / "wire.log"
-    log.unlink(missing_ok=True)  # this simulation's log only
+    if cfg.set_noise is not None:
+        raise ValueError("set_noise is for a single holder")
     began = time.perf_counter()
-    tls, credentials = certificates(cfg.workdir, cfg.holders)
-    server_args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log),
-                   "--group", f"{GROUP}={cfg.topology}:{cfg.holders}", *tls]  # fmt: skip
-    with ServerProcess([*server_args, *(["-q"] if cfg.quiet else [])]) as server:
+    log = wire_log(cfg)
+    tls, credentials = certificates(cfg.workdir, [holder_name(h) for h in range(cfg.holders)])
+    group = ["--group", f"{GROUP}={cfg.topology}:{cfg.holders}"]
+    with colluding_server(cfg, log=log, tls=tls, extra=group) as server:
         reports = _train_holders(cfg, server.address, credentials)
     colluder = reports[cfg.colluder]
     victims = []
@@ -232,7 +126,7 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
         assert report.group is not None
         if report.group.holder == cfg.colluder:
             continue
-        attack = run_attacker(attack_command(cfg, colluder=colluder, victim=report, log=log))
+        attack = run_attacker(victim_attack(cfg, colluder=colluder, victim=report, log=log))
         victims.append(_victim(report, attack))
     return MultiSummary(
         topology=cfg.topology,
@@ -258,7 +152,7 @@ def _train_holders(
 ) -> list[RunReport]:
     """Starts the K holders at once (each waits for the others in the group); their reports."""
     commands = [
-        holder_command(cfg, h, server=server, credentials=credentials[h])
+        member_command(cfg, h, server=server, credentials=credentials[h])
         for h in range(cfg.holders)
     ]
     with ThreadPoolExecutor(max_workers=cfg.holders) as pool:

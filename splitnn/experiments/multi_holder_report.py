@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from splitnn.common.topology import NAMES as TOPOLOGIES
+from splitnn.common.reports import MultiSummary
 from splitnn.experiments.config import ExperimentConfig
+from splitnn.common.topology import NAMES as TOPOLOGIES
 from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSpec
-from splitnn.experiments.multi import multi_records
+from splitnn.experiments.multi_holder_runs import multi_records
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
 from splitnn.experiments.tables import mean_se, upsert_rows
-from splitnn.sim.multi import MultiSummary
 
 MULTI_CSV = "multi_holder_attacks.csv"
 MULTI_FIGURE = "multi_holder_attacks.png"

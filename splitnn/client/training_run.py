@@ -18,7 +18,7 @@ import torch
 from splitnn.client.config import ClientConfig
 from splitnn.client.progress import Best, EpochRecord, Progress
 from splitnn.client.resume import HolderState, load_state, save_state
-from splitnn.client.trainer import EvalResult, SplitTrainer
+from splitnn.client.split_trainer import EvalScore, SplitTrainer
 from splitnn.client.transport import RolledBack
 from splitnn.common.checkpoints import (
     CheckpointError,
@@ -128,7 +128,7 @@ class TrainingRun:
         self.trainer.link.position = self.trainer.link.saved = state.step
         logger.info("continuing run %s after %s", self.trainer.run, state.step)
 
-    def train(self) -> tuple[Best, EvalResult, LaplaceNoise]:
+    def train(self) -> tuple[Best, EvalScore, LaplaceNoise]:
         """Trains to the end, then loads the best epoch on both sides and tests it.
 
         Returns the best epoch, its test result and the evaluation noise after the test (a

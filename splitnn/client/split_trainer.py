@@ -23,8 +23,9 @@ EVAL_BATCH_SIZE = 500
 
 
 @dataclass(frozen=True)
-class EvalResult:
-    """accuracy in percent; loss is the mean cross-entropy."""
+class EvalScore:
+    """The split model's score on one data split (`split`: val, test...): accuracy in percent,
+    loss the mean cross-entropy."""
 
     split: str
     accuracy: float
@@ -164,7 +165,7 @@ class SplitTrainer:
         noise: LaplaceNoise,
         tag: int = 0,
         batch_size: int = EVAL_BATCH_SIZE,
-    ) -> EvalResult:
+    ) -> EvalScore:
         """Accuracy of the split model on `data`, the cut tensor noised by `noise`.
 
         Every batch crosses the wire like a deployment-time query (split names it for the server).
@@ -182,7 +183,7 @@ class SplitTrainer:
             loss_sum += reply.loss * len(labels)
             correct += reply.correct
         samples = len(data)
-        return EvalResult(
+        return EvalScore(
             split=split,
             accuracy=100.0 * correct / max(samples, 1),
             loss=loss_sum / max(samples, 1),
