@@ -27,7 +27,11 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
 }
 _NOTES = {
     "splitnn-server": {exits.OK: "success, also after a graceful SIGTERM/SIGINT shutdown"},
-    "splitnn-client": {exits.USAGE: "bad usage, or a state to resume (--resume or --restart)"},
+    "splitnn-client": {
+        exits.USAGE: "bad usage, or a state to resume (--resume or --restart)",
+        exits.UNREACHABLE: "the server could not be reached (--connect-timeout), or was lost "
+        "for longer than --reconnect-timeout",
+    },
 }
 
 

@@ -21,7 +21,7 @@ MEANINGS: dict[int, str] = {
     OK: "success",
     FAILED: "the work failed (a training error, a refused request, a corrupt file)",
     USAGE: "bad usage: a flag, a value or a file the user must change",
-    UNREACHABLE: "the server could not be reached within the connect timeout",
+    UNREACHABLE: "the server could not be reached in the time given (--connect-timeout)",
     INTERRUPTED: "interrupted (Ctrl-C) before the work finished",
 }
 
