@@ -192,3 +192,40 @@ def test_the_launcher_quiets_grpc_unless_told_otherwise(
 
     assert ended.value.code == 0
     assert os.environ["GRPC_VERBOSITY"] == expected
+
+
+@pytest.mark.parametrize(
+    ("main", "target", "args", "settings"),
+    [
+        (server_main, "splitnn.server.cli.serve", ["--port", "0"], "ServerConfig"),
+        (client_main, "splitnn.client.cli.run", [], "ClientConfig"),
+        (
+            attack_main,
+            "splitnn.attacker.cli.run_attack",
+            ["run", "--live", "h:1", "--classifier", "c.ckpt"],
+            "AttackConfig",
+        ),
+        (sim_main, "splitnn.sim.cli.run", [], "SimConfig"),
+        (sim_main, "splitnn.sim.cli.run_multi", ["--holders", "2"], "MultiConfig"),
+        (experiments_main, "splitnn.experiments.cli.run", ["all"], "ExperimentConfig"),
+    ],
+)
+def test_every_option_reaches_the_settings(
+    main: click.Command,
+    target: str,
+    args: list[str],
+    settings: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[object] = []
+
+    def record(cfg: object, **_: object) -> None:
+        built.append(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, record)
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == exits.INTERRUPTED, result.output
+    assert [type(cfg).__name__ for cfg in built] == [settings]
