@@ -181,10 +181,9 @@ def test_importing_splitnn_leaves_the_environment_alone(monkeypatch: pytest.Monk
 def test_the_launcher_quiets_grpc_unless_told_otherwise(
     given: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("GRPC_VERBOSITY", given or "")  # restored, or removed, afterwards
     if given is None:
-        monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
-    else:
-        monkeypatch.setenv("GRPC_VERBOSITY", given)
+        monkeypatch.delenv("GRPC_VERBOSITY")
     monkeypatch.setattr(sys, "argv", ["splitnn-certs", "--version"])
 
     with pytest.raises(SystemExit) as ended:
