@@ -228,3 +228,12 @@ def test_every_option_reaches_the_settings(
 
     assert result.exit_code == exits.INTERRUPTED, result.output
     assert [type(cfg).__name__ for cfg in built] == [settings]
+
+
+def test_settings_refuse_an_option_they_have_no_field_for() -> None:
+    from splitnn.client.config import ClientConfig
+    from splitnn.options import config_from
+
+    with pytest.raises(TypeError, match="ClientConfig has no field for the options colour"):
+        config_from(ClientConfig, {"noise": 0.5, "colour": "red"})
+    assert config_from(ClientConfig, {"noise": 0.5}, seed=3).seed == 3
