@@ -51,6 +51,7 @@ class AttackConfig:
         protocol: "noisy" trains and scores on what crosses the wire; "clean" is the reference's
             shortcut: trained and scored on noise-free tensors the wire never carries.
         credentials: with `live`, the tap party's TLS files and/or token.
+        connect_timeout: with `live`, seconds to wait for the server to answer at all.
         retrain: train the decoder even if one trained under identical settings is saved.
     """
 
@@ -76,6 +77,7 @@ class AttackConfig:
     progress: bool = True
     credentials: Credentials = field(default_factory=Credentials)
     retrain: bool = False
+    connect_timeout: float = 30.0
 
 
 def run_attack(cfg: AttackConfig) -> AttackReport:
@@ -151,7 +153,12 @@ def _intercept(cfg: AttackConfig, *, expected: int) -> Intercepted:
         return from_log(cfg.from_log, split=cfg.split, run=cfg.run)
     assert cfg.live is not None
     return from_live(
-        cfg.live, split=cfg.split, run=cfg.run, expected=expected, credentials=cfg.credentials
+        cfg.live,
+        split=cfg.split,
+        run=cfg.run,
+        expected=expected,
+        credentials=cfg.credentials,
+        connect_timeout=cfg.connect_timeout,
     )
 
 

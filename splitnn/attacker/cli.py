@@ -11,31 +11,28 @@ from typing import Any
 import click
 
 from splitnn.attacker.app import AttackConfig, run_attack
-from splitnn.attacker.decoders import DECODERS, DecoderError
-from splitnn.attacker.intercept import InterceptError
 from splitnn.attacker.validator import load_or_train_validator, validator_path
-from splitnn.common import exits
-from splitnn.common.checkpoints import CheckpointError
-from splitnn.common.credentials import CredentialError, credential_options
-from splitnn.common.datasets import DATASETS, DatasetError, load_splits
+from splitnn.common.datasets import load_splits
 from splitnn.common.logs import configure_logging
 from splitnn.common.reports import AttackReport
-from splitnn.common.seeds import SEED_TYPE
-from splitnn.common.wirelog import WireLogError, read_wirelog
-
-_USER_ERRORS = (
-    CheckpointError,
-    CredentialError,
-    DatasetError,
-    DecoderError,
-    InterceptError,
-    WireLogError,
+from splitnn.common.wirelog import read_wirelog
+from splitnn.options import (
+    EXISTING_FILE,
+    attacker_options,
+    config_from,
+    connect_timeout_option,
+    credential_options,
+    dataset_option,
+    dir_option,
+    json_option,
+    logging_options,
+    seed_option,
 )
+from splitnn.programs import program_group
 
 
-@click.group(context_settings={"auto_envvar_prefix": "SPLITNN_ATTACK", "show_default": True})
-@click.option("-v", "--verbose", count=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars, only warnings.")
+@program_group("splitnn-attack", example_option="RUN_DECODER=study")
+@logging_options
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """The colluding attacker: turn what the server received back into the victim's images.
@@ -46,19 +43,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
                  images (or reuse the one trained under the same settings), invert the
                  victim's intercepted tensors, score and draw them
     3. validator train (or show) the independent classifier that judges reconstructions
+
+    \b
+    Example (after splitnn-sim, which leaves its wire log in runs/sim):
+      splitnn-attack inspect runs/sim/wire.log
     """
     ctx.obj = {"quiet": quiet}
     configure_logging(verbose=verbose, quiet=quiet)
 
 
 @main.command()
-@click.argument("log", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("log", type=EXISTING_FILE)
 def inspect(log: Path) -> None:
     """Summarise a wire log: its header, batches per run/phase/split, and any damage."""
-    try:
-        wirelog = read_wirelog(log)
-    except WireLogError as error:
-        exits.fail("splitnn-attack", str(error), exits.FAILED)
+    wirelog = read_wirelog(log)
     click.echo(f"header: {json.dumps(wirelog.header, sort_keys=True)}")
     counts: Counter[tuple[str, str, str]] = Counter()
     images: Counter[tuple[str, str, str]] = Counter()
@@ -82,51 +80,29 @@ def inspect(log: Path) -> None:
 )
 @click.option(
     "--from-log",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="Wire log written by a collusion-mode server (--tap-log).",
 )
 @click.option("--live", metavar="HOST:PORT", help="Subscribe to a collusion-mode server (--tap).")
-@click.option(
-    "--dataset",
-    type=click.Choice(DATASETS),
-    default=None,
-    help="The victim's data set (ground truth). Default: from the classifier.",
+@connect_timeout_option
+@dataset_option(
+    default=None, help="The victim's data set (ground truth). Default: from the classifier."
 )
-@click.option(
-    "--aux",
-    type=click.Choice(DATASETS),
-    default=None,
-    help="Auxiliary data set of the attacker. Default: the victim's (its aux slice).",
-)
-@click.option(
-    "--aux-fraction",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=1.0,
-    help="Fraction of the auxiliary slice to use.",
-)
-@click.option(
-    "--set-noise",
-    type=click.FloatRange(0),
-    default=None,
-    help="Query part 1 with this noise instead of the deployed noise.",
-)
-@click.option("--decoder", type=click.Choice(DECODERS), default="deep")
+@attacker_options
 @click.option(
     "--protocol",
     type=click.Choice(["noisy", "clean"]),
     default="noisy",
     help="clean = the reference's shortcut (noise-free tensors), for comparison only.",
 )
-@click.option("--epochs", type=click.IntRange(1), default=30)
-@click.option("--batch-size", type=click.IntRange(1), default=64)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3)
-@click.option("--seed", type=SEED_TYPE, default=0)
+@click.option("--epochs", type=click.IntRange(1), default=30, help="Decoder epochs.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Decoder batch size.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Decoder lr.")
+@seed_option(help="Seeds the decoder, its batch order and the oracle's noise.")
 @click.option("--split", default="attack", help="Which intercepted split to invert.")
-@click.option("--run", "run_name", default=None, help="Which run of the log. Default: the last.")
-@click.option(
-    "--model-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models")
-)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"))
+@click.option("--run", default=None, help="Which run of the log. Default: the last.")
+@dir_option("--model-dir", "models")
+@dir_option("--data-dir", "data")
 @click.option(
     "--figure",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -146,7 +122,7 @@ def inspect(log: Path) -> None:
     " bytes) is saved; without it, that one is reused.",
 )
 @credential_options
-@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
+@json_option
 @click.option(
     "--report",
     "report_path",
@@ -165,23 +141,11 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
     """
     if (options["from_log"] is None) == (options["live"] is None):
         raise click.UsageError("give exactly one of --from-log FILE or --live HOST:PORT")
-    cfg = AttackConfig(
-        run=options.pop("run_name"),
-        progress=not ctx.obj["quiet"] and sys.stderr.isatty(),
-        **options,
-    )
-    try:
-        report = run_attack(cfg)
-    except _USER_ERRORS as error:
-        exits.fail("splitnn-attack", str(error), exits.FAILED)
-    except KeyboardInterrupt:
-        exits.fail("splitnn-attack", "interrupted", exits.INTERRUPTED)
+    progress = not ctx.obj["quiet"] and sys.stderr.isatty()
+    report = run_attack(config_from(AttackConfig, options, progress=progress))
     if report_path is not None:
-        try:
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-            report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        except OSError as error:
-            exits.fail("splitnn-attack", f"cannot write {report_path}: {error}", exits.FAILED)
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -189,22 +153,17 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist5k")
-@click.option("--seed", type=SEED_TYPE, default=0)
-@click.option(
-    "--model-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models")
-)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"))
+@dataset_option()
+@seed_option(help="Seeds the validator's weights and batch order.")
+@dir_option("--model-dir", "models")
+@dir_option("--data-dir", "data")
 @click.pass_context
 def validator(ctx: click.Context, dataset: str, seed: int, model_dir: Path, data_dir: Path) -> None:
     """Train (once) the validation classifier that scores reconstructions."""
-    try:
-        splits = load_splits(dataset, root=data_dir)
-        load_or_train_validator(
-            splits=splits, model_dir=model_dir, seed=seed, progress=not ctx.obj["quiet"]
-        )
-    except _USER_ERRORS as error:
-        exits.fail("splitnn-attack", str(error), exits.FAILED)
+    splits = load_splits(dataset, root=data_dir)
+    load_or_train_validator(
+        splits=splits, model_dir=model_dir, seed=seed, progress=not ctx.obj["quiet"]
+    )
     click.echo(f"validator: {validator_path(model_dir, dataset, seed)}")
 
 

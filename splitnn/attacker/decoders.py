@@ -17,10 +17,11 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from splitnn.common import exits
 from splitnn.common.models import CUT_SHAPE, DECODER_NAMES, IMAGE_SHAPE
 
 
-class DecoderError(ValueError):
+class DecoderError(exits.Failed, ValueError):
     """An unknown decoder name; the message lists the known ones."""
 
 

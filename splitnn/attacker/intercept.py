@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from splitnn.common import exits
 from splitnn.common.codec import tensor_from_proto
 from splitnn.common.credentials import Credentials, open_channel
 from splitnn.common.datasets import Subset
@@ -21,8 +22,12 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 
-class InterceptError(Exception):
+class InterceptError(exits.Failed):
     """Nothing usable was intercepted, or it does not match the data set."""
+
+
+class TapUnreachable(exits.Unreachable):
+    """The collusion-mode server did not answer within the connect timeout."""
 
 
 @dataclass(frozen=True)
@@ -120,14 +125,25 @@ def from_live(
     run: str | None = None,
     expected: int,
     timeout: float = 3600.0,
+    connect_timeout: float = 30.0,
     credentials: Credentials | None = None,
 ) -> Intercepted:
     """Subscribes to a collusion-mode server's tap until `expected` images of `split` arrived.
 
     Ends early, with what it has, when the server closes the stream or after `timeout` seconds.
     The server serves its tap to a party with the tap role only (`credentials`).
+
+    Raises:
+        TapUnreachable: no connection to `address` within `connect_timeout` seconds.
     """
     channel = open_channel(address, credentials or Credentials())
+    try:
+        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise TapUnreachable(
+            f"no server answered at {address} within {connect_timeout:g} s"
+        ) from None
     stub = pb_grpc.TapStub(channel)
     records: list[pb.TapRecord] = []
     seen: set[int] = set()

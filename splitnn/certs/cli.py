@@ -7,24 +7,15 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from splitnn.common import exits
-from splitnn.common.certs import (
-    CA_NAME,
-    LEAF_DAYS,
-    SERVER,
-    CertificateError,
-    identity_of,
-    make_certificates,
-)
-
-PROGRAM = "splitnn-certs"
+from splitnn.common.certs import CA_NAME, LEAF_DAYS, SERVER, identity_of, make_certificates
+from splitnn.options import dir_option
+from splitnn.programs import program
 
 
-@click.command(context_settings={"show_default": True})
-@click.option(
+@program("splitnn-certs", example_option="OUT=certs")
+@dir_option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
+    "certs",
     help="Folder of the CA and the certificates; created if missing, its CA reused if present.",
 )
 @click.option(
@@ -65,15 +56,10 @@ def main(
     if not server_names and not holders and not taps:
         raise click.UsageError("nothing to issue: give --server-name, --holder or --tap")
     ca_existed = (out / "ca.pem").exists()
-    try:
-        written = make_certificates(
-            out, server_names=server_names, holders=holders, taps=taps, days=days
-        )
-        lines = [f"{path}  {_describe(path)}" for path in written]
-    except CertificateError as error:
-        exits.fail(PROGRAM, str(error), exits.FAILED)
-    except OSError as error:
-        exits.fail(PROGRAM, _os_message(error), exits.FAILED)
+    written = make_certificates(
+        out, server_names=server_names, holders=holders, taps=taps, days=days
+    )
+    lines = [f"{path}  {_describe(path)}" for path in written]
     if ca_existed:
         click.echo(f"{out / 'ca.pem'}  CA certificate, existing one reused")
     for line in lines:
@@ -105,9 +91,3 @@ def _describe(path: Path) -> str:
         shown += [f"IP:{ip}" for ip in sans.get_values_for_type(x509.IPAddress)]
         description += f" for {', '.join(shown)}"
     return description
-
-
-def _os_message(error: OSError) -> str:
-    if error.filename is not None and error.strerror:
-        return f"{error.filename}: {error.strerror}"
-    return str(error)

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from splitnn.client.progress import Progress
+from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from splitnn.common.codec import StepId
 
 
-class ResumeError(Exception):
+class ResumeError(exits.BadUsage):
     """There is no state to resume, or it belongs to a run with other settings."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import torch
 
+from splitnn.common import exits
 from splitnn.common.codec import (
     StepId,
     WeightsBlob,
@@ -49,7 +50,7 @@ _CLOSE_TIMEOUT_S = 5.0
 _MAX_REOPENS = 3
 
 
-class ServerUnreachable(ConnectionError):
+class ServerUnreachable(exits.Unreachable):
     """The server did not answer within the connect timeout, or went away for good."""
 
 
@@ -65,11 +66,11 @@ class RolledBack(Exception):
         self.step = step
 
 
-class GroupStalled(RuntimeError):
+class GroupStalled(exits.Failed, RuntimeError):
     """A training group did not move on for the group timeout (a holder never came back)."""
 
 
-class ServerRefused(RuntimeError):
+class ServerRefused(exits.Failed, RuntimeError):
     """The server answered with an error status; the message carries its code and detail."""
 
     def __init__(self, error: grpc.RpcError) -> None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from splitnn.common import exits
 from splitnn.common.files import PRIVATE, SHARED, write_atomic
 
 SERVER = "server"
@@ -44,7 +45,7 @@ _BACKDATE = datetime.timedelta(hours=1)  # tolerates clocks a little behind ours
 CA = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
-class CertificateError(Exception):
+class CertificateError(exits.Failed):
     """A certificate that cannot be issued, loaded or accepted; the text says why."""
 
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from splitnn.common import exits
 from splitnn.common.files import PRIVATE, write_atomic, write_json_atomic
 
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}")
 
 
-class CheckpointError(Exception):
+class CheckpointError(exits.Failed):
     """A checkpoint is missing, unreadable, or does not match what was asked for."""
 
 

@@ -8,19 +8,17 @@ With a CA the channel is TLS and the server's certificate must name the address'
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple
 
-import click
 import grpc
 
-F = TypeVar("F", bound=Callable[..., Any])
+from splitnn.common import exits
 
 
-class CredentialError(Exception):
+class CredentialError(exits.Failed):
     """TLS files or a token file that cannot be used; the text says which and why."""
 
 
@@ -87,48 +85,6 @@ def open_channel(
     if token:
         ssl = grpc.composite_channel_credentials(ssl, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(address, ssl, options=options)
-
-
-_OPTION_NAMES = ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")
-
-
-def credential_options(function: F) -> F:
-    """Adds the TLS and token options of every program that calls the server; the command
-    receives them as one argument, ``credentials: Credentials`` (a usage error if unusable)."""
-
-    @functools.wraps(function)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        given = [kwargs.pop(name) for name in _OPTION_NAMES]
-        try:
-            credentials = Credentials(*given)
-        except CredentialError as error:
-            raise click.UsageError(str(error)) from None
-        return function(*args, credentials=credentials, **kwargs)
-
-    file = click.Path(dir_okay=False, exists=True, path_type=Path)
-    options = [
-        click.option(
-            "--tls-ca", type=file, help="CA certificate (PEM) that signed the server's: use TLS."
-        ),
-        click.option(
-            "--tls-cert", type=file, help="This party's certificate (PEM), for mutual TLS."
-        ),
-        click.option(
-            "--tls-key", type=file, help="This party's private key (PEM), for mutual TLS."
-        ),
-        click.option(
-            "--tls-server-name",
-            default=None,
-            help="Name the server's certificate must carry. Default: the host.",
-        ),
-        click.option(
-            "--token-file", type=file, help="File whose first line is this party's bearer token."
-        ),
-    ]
-    wrapped: Any = command
-    for option in reversed(options):
-        wrapped = option(wrapped)
-    return cast(F, wrapped)
 
 
 def _read(path: Path | None) -> bytes:

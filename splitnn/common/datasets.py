@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from splitnn.common import exits
+
 logger = logging.getLogger(__name__)
 
 # role -> (source split, start, stop); the study's slices of MNIST-like train/test splits.
@@ -31,7 +33,7 @@ _MNIST5K_SIZES = {"train": 3_000, "val": 500, "test": 500, "aux": 500, "attack":
 _MNIST5K_SEED = 0
 
 
-class DatasetError(Exception):
+class DatasetError(exits.Failed):
     """Unknown dataset name, data missing offline, failed download or corrupt files."""
 
 

@@ -1,10 +1,9 @@
-"""Exit codes of every splitnn command, in one place.
+"""Exit codes of every splitnn program and the one map from an exception to its code.
 
-0  success (also after a graceful SIGTERM/SIGINT shutdown of the server)
-1  the work failed (a training error, a refused request, a corrupt file)
-2  usage error: a bad flag or value (click's own code)
-3  the peer could not be reached (server down, wrong address)
-130 interrupted by the user before the work finished (data holder, attacker)
+A domain exception says what kind of end it means by deriving from `Failed`, `BadUsage` or
+`Unreachable`; each program's entry point (`splitnn.programs`) turns whatever escapes its command
+into one line on stderr and the code of `exit_code`. Exceptions of no kind are bugs: they keep
+their traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +16,53 @@ FAILED = 1
 USAGE = 2
 UNREACHABLE = 3
 INTERRUPTED = 130
+
+MEANINGS: dict[int, str] = {
+    OK: "success",
+    FAILED: "the work failed (a training error, a refused request, a corrupt file)",
+    USAGE: "bad usage: a flag, a value or a file the user must change",
+    UNREACHABLE: "the server could not be reached in the time given (--connect-timeout)",
+    INTERRUPTED: "interrupted (Ctrl-C) before the work finished",
+}
+
+
+class Failed(Exception):
+    """The work failed: exit 1."""
+
+
+class BadUsage(Exception):
+    """A request the user must change (a setting, a file, a decision): exit 2."""
+
+
+class Unreachable(ConnectionError):
+    """The peer did not answer within the time given to reach it: exit 3."""
+
+
+# Checked in order: the first class the exception is an instance of gives its code.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyboardInterrupt, INTERRUPTED),
+    (Unreachable, UNREACHABLE),
+    (BadUsage, USAGE),
+    (Failed, FAILED),
+    (OSError, FAILED),
+)
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code `error` ends a program with; None: a bug, to be raised as it is."""
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """One line for the user: the message, or for a file error ``<file>: <reason>``."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error) or type(error).__name__
 
 
 def fail(program: str, message: str, code: int) -> NoReturn:

@@ -36,6 +36,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from splitnn.common import exits
 from splitnn.common.datasets import Subset
 from splitnn.common.seeds import SEEDING, seed_for
 
@@ -56,7 +57,7 @@ MAX_DRAWS = 10
 _DIGEST_CHARS = 16
 
 
-class PartitionError(ValueError):
+class PartitionError(exits.Failed, ValueError):
     """A partition asked for with bad arguments (holders, alpha, scheme, labels, seed), or an
     inconsistent Partition, or a subset that does not match its partition."""
 

@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from splitnn.common import exits
+
 logger = logging.getLogger(__name__)
 
 _TAIL_LINES = 15
@@ -27,7 +29,7 @@ _LISTENING = re.compile(r"listening on (\S+:\d+)")
 _CHILD_PREFIXES = ("SPLITNN_SERVER_", "SPLITNN_CLIENT_", "SPLITNN_ATTACK_", "SPLITNN_SIM_")
 
 
-class ProcessError(RuntimeError):
+class ProcessError(exits.Failed, RuntimeError):
     """A program failed; the message carries the end of its log."""
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import click
 import numpy as np
 
-__all__ = ["MAX_SEED", "SEEDING", "SEED_TYPE", "Role", "seed_for"]
+__all__ = ["MAX_SEED", "SEEDING", "Role", "seed_for"]
 
 Role = Literal[
     "body",  # the data holder's part-1 initial weights
@@ -50,8 +49,6 @@ _ROLE_NUMBER: dict[str, int] = {
 # v2: validation noise has its own stream (v1 drew it from the test and deployment stream).
 SEEDING = "seedsequence-v2"
 MAX_SEED = 2**63 - 1
-# The click type of every ``--seed`` option: a non-negative integer.
-SEED_TYPE = click.IntRange(min=0)
 
 
 def seed_for(seed: int, role: Role, *, member: int | None = None) -> int:

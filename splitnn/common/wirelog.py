@@ -28,6 +28,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from splitnn.common import exits
 from splitnn.proto import splitnn_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _MAX_LISTED = 5  # damaged regions named one by one in a problem sentence
 _Buffer = bytes | bytearray | mmap.mmap
 
 
-class WireLogError(Exception):
+class WireLogError(exits.Failed):
     """The file is missing, is not a wire log, or cannot be written."""
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from splitnn.common import exits
 from splitnn.common.logs import configure_logging
-from splitnn.common.seeds import SEED_TYPE
 from splitnn.common.topology import DEFAULT, describe
+from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
+from splitnn.programs import program
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
 from splitnn.server.group_spec import GroupSpec
-from splitnn.server.security import SecurityError
 
 
 def _parse_groups(
@@ -30,14 +30,14 @@ def _parse_groups(
     return specs
 
 
-@click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SERVER", "show_default": True})
+@program("splitnn-server", example_option="PORT=50052")
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, help="0 picks a free port.")
-@click.option(
+@dir_option(
     "--model-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models"),
-    help="Where head checkpoints (classifiers/) and resume states (server/) are written.",
+    "models",
+    help="Written: each run's heads under MODEL_DIR/heads/<party>/<run>/ and its resume states "
+    "under MODEL_DIR/server/<party>/<run>/.",
 )
 @click.option(
     "--max-batch-size",
@@ -51,9 +51,7 @@ def _parse_groups(
     default=1,
     help="Torch threads for the head; 1 leaves the cores to the data holder.",
 )
-@click.option(
-    "--seed", type=SEED_TYPE, default=0, help="Head seed when the data holder sends none."
-)
+@seed_option(help="Head seed when the data holder sends none.")
 @click.option(
     "--grace",
     type=click.FloatRange(0, 3600),
@@ -87,22 +85,22 @@ def _parse_groups(
 )
 @click.option(
     "--tls-cert",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="The server's certificate (PEM): serve TLS. See splitnn-certs.",
 )
 @click.option(
     "--tls-key",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="The server's private key (PEM).",
 )
 @click.option(
     "--client-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="Mutual TLS: require client certificates signed by this CA; they name each party.",
 )
 @click.option(
     "--tokens",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=EXISTING_FILE,
     help="Identities by bearer token: lines of '<name> <holder|tap> <token>'.",
 )
 @click.option(
@@ -135,32 +133,8 @@ def _parse_groups(
     help="Declare a training group of K data holders (repeatable). TOPOLOGY: "
     f"{describe()}. E.g. --group clinics={DEFAULT.name}:4",
 )
-@click.option("-v", "--verbose", count=True, help="More logging.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def main(
-    host: str,
-    port: int,
-    model_dir: Path,
-    max_batch_size: int,
-    threads: int,
-    seed: int,
-    grace: float,
-    max_sessions: int,
-    max_streams: int,
-    max_inflight: int,
-    session_ttl: float,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    client_ca: Path | None,
-    tokens: Path | None,
-    insecure: bool,
-    stop_after_runs: int | None,
-    tap_log: Path | None,
-    tap: bool,
-    groups: tuple[GroupSpec, ...],
-    verbose: int,
-    quiet: bool,
-) -> None:
+@logging_options
+def main(*, verbose: int, quiet: bool, **options: Any) -> None:
     """Serve the head of the split model over gRPC.
 
     Each data holder opens a session, streams its cut-layer tensors with labels, and receives
@@ -171,41 +145,20 @@ def main(
     --client-ca requires client certificates (mutual TLS) and --tokens accepts bearer tokens.
     A run belongs to the identity that opened it: no other party can touch or see it.
 
-    Each run's resume state is saved under MODEL_DIR/server/<run>/ at the save points its data
-    holder marks (every epoch end and every --save-every steps), when its session expires or
-    closes, and on shutdown: after a restart, data holders continue where both sides saved.
+    Each run's resume state is saved under MODEL_DIR/server/<party>/<run>/ at the save points
+    its data holder marks (every epoch end and every --save-every steps), when its session
+    expires or closes, and on shutdown: after a restart, data holders continue where both
+    sides saved.
+
+    \b
+    Example (then splitnn-client --server 127.0.0.1:50051):
+      splitnn-server --port 50051 --model-dir models
     """
     configure_logging(verbose=verbose, quiet=quiet)
-    cfg = ServerConfig(
-        host=host,
-        port=port,
-        model_dir=model_dir,
-        max_batch_size=max_batch_size,
-        threads=threads,
-        seed=seed,
-        grace=grace,
-        max_sessions=max_sessions,
-        max_streams=max_streams,
-        max_inflight=max_inflight,
-        session_ttl=session_ttl,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        client_ca=client_ca,
-        tokens=tokens,
-        insecure=insecure,
-        stop_after_runs=stop_after_runs,
-        tap_log=tap_log,
-        tap=tap,
-        groups=groups,
-    )
+    cfg = config_from(ServerConfig, options)
 
     def announce(bound_host: str, bound_port: int) -> None:
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         sys.stdout.flush()
 
-    try:
-        serve(cfg, on_bound=announce)
-    except SecurityError as error:
-        exits.fail("splitnn-server", str(error), exits.USAGE)
-    except OSError as error:
-        exits.fail("splitnn-server", str(error), exits.FAILED)
+    serve(cfg, on_bound=announce)

@@ -12,12 +12,8 @@ import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitnn.common.credentials import (
-    CredentialError,
-    Credentials,
-    credential_options,
-    open_channel,
-)
+from splitnn.common.credentials import CredentialError, Credentials, open_channel
+from splitnn.options import credential_options
 
 
 def probe(address: str, *, timeout: float = 3.0, credentials: Credentials | None = None) -> bool:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import grpc
 
+from splitnn.common import exits
 from splitnn.server.config import ServerConfig
 from splitnn.server.identity import Authenticator, TokenError, load_tokens
 
 logger = logging.getLogger(__name__)
 
 
-class SecurityError(ValueError):
+class SecurityError(exits.BadUsage, ValueError):
     """Settings that would expose the server, or TLS files that cannot be used."""
 
 

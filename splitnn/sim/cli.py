@@ -8,63 +8,44 @@ from typing import Any
 
 import click
 
-from splitnn.common import exits
-from splitnn.common.certs import CertificateError
-from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
-from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
-from splitnn.common.partitions import SCHEMES
-from splitnn.common.processes import ProcessError
 from splitnn.common.reports import MultiSummary
-from splitnn.common.seeds import SEED_TYPE
 from splitnn.common.topology import DEFAULT, NAMES, describe
+from splitnn.options import (
+    attacker_options,
+    config_from,
+    dataset_option,
+    dir_option,
+    json_option,
+    logging_options,
+    noise_option,
+    nopeek_option,
+    partition_options,
+    training_options,
+)
+from splitnn.programs import program
 from splitnn.sim.app import SimConfig, SimSummary, run
 from splitnn.sim.cross_holder import MultiConfig, run_multi
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 
 
-@click.command(context_settings={"auto_envvar_prefix": "SPLITNN_SIM", "show_default": True})
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist5k")
-@click.option("--noise", type=click.FloatRange(0), default=0.0, help="Victim's Laplace scale b.")
-@click.option("--nopeek", type=click.FloatRange(0), default=0.0, help="Victim's NoPeek weight W.")
-@click.option("--epochs", type=click.IntRange(1), default=10, help="Victim's training epochs.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(2),
-    default=None,
-    help=f"Victim's batch size. Default: {PLAIN_BATCH_SIZE}, or {NOPEEK_BATCH_SIZE} with NoPeek.",
-)
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Smoke runs.")
-@click.option("--seed", type=SEED_TYPE, default=0)
-@click.option("--aux", type=click.Choice(DATASETS), default=None, help="Attacker's data set.")
-@click.option("--aux-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0)
-@click.option("--set-noise", type=click.FloatRange(0), default=None)
-@click.option(
-    "--decoder", type=click.Choice(DECODER_NAMES), default="deep", help="Attacker's decoder."
-)
+@program("splitnn-sim", example_option="NOISE=0.5")
+@dataset_option()
+@training_options(whose="Victim's", batch_size=None)
+@attacker_options
 @click.option("--attack-epochs", type=click.IntRange(1), default=30)
 @click.option("--validator-epochs", type=click.IntRange(1), default=5)
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/sim"),
-    help="Holds the wire log of this simulation.",
-)
-@click.option(
-    "--model-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models")
-)
+@dir_option("--workdir", "runs/sim", help="Holds the wire log of this simulation.")
+@dir_option("--model-dir", "models")
 @click.option(
     "--figure",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("results/figures/sim_reconstructions.png"),
 )
-@click.option(
-    "--holders",
-    type=click.IntRange(1, 64),
-    default=1,
-    help="Data holders K. With K >= 2 they train one model in a group of --topology, and the "
-    "server colludes with holder --colluder to invert every other holder's tensors.",
+@partition_options(
+    holders_help="Data holders K. With K >= 2 they train one model in a group of --topology, "
+    "and the server colludes with holder --colluder to invert every other holder's tensors."
 )
 @click.option(
     "--topology",
@@ -73,32 +54,16 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
     help=f"With --holders K >= 2: {describe()}.",
 )
 @click.option(
-    "--partition",
-    type=click.Choice(SCHEMES),
-    default="iid",
-    help="With --holders: how the training set is shared out (dirichlet: non-IID by label).",
-)
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help="Dirichlet concentration for --partition dirichlet. Default: 0.5.",
-)
-@click.option(
     "--colluder", type=click.IntRange(0), default=0, help="With --holders: the colluding holder."
 )
-@click.option(
+@noise_option(
     "--colluder-noise",
-    type=click.FloatRange(0),
-    default=0.0,
     help="With --holders: the colluder's Laplace b (--noise and --nopeek are the victims').",
 )
-@click.option(
-    "--colluder-nopeek", type=click.FloatRange(0), default=0.0, help="The colluder's NoPeek W."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results.")
-@click.option("-q", "--quiet", is_flag=True)
-def main(as_json: bool, quiet: bool, **options: Any) -> None:
+@nopeek_option("--colluder-nopeek", help="The colluder's NoPeek W.")
+@json_option
+@logging_options
+def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     """Run the three parties of the threat model as separate processes on loopback.
 
     \b
@@ -121,30 +86,27 @@ def main(as_json: bool, quiet: bool, **options: Any) -> None:
     \b
     Example: splitnn-sim --holders 4 --noise 0.5 --epochs 5
     """
-    configure_logging(quiet=quiet or as_json)
+    configure_logging(verbose=verbose, quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")
-    try:
-        if holders == 1:
-            if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
-                raise click.UsageError("--alpha and --colluder need --holders K >= 2")
-            summary: SimSummary | MultiSummary = run(SimConfig(quiet=quiet or as_json, **options))
-        else:
-            if multi_options["colluder"] >= holders:
-                raise click.BadParameter(
-                    f"holder {multi_options['colluder']} of {holders}", param_hint="--colluder"
-                )
-            if multi_options["alpha"] is not None and multi_options["partition"] != "dirichlet":
-                raise click.UsageError("--alpha needs --partition dirichlet")
-            if options["set_noise"] is not None:
-                raise click.UsageError("--set-noise is for a single holder")
-            summary = run_multi(
-                MultiConfig(holders=holders, quiet=quiet or as_json, **multi_options, **options)
+    if holders == 1:
+        if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
+            raise click.UsageError("--alpha and --colluder need --holders K >= 2")
+        summary: SimSummary | MultiSummary = run(
+            config_from(SimConfig, options, quiet=quiet or as_json)
+        )
+    else:
+        if multi_options["colluder"] >= holders:
+            raise click.BadParameter(
+                f"holder {multi_options['colluder']} of {holders}", param_hint="--colluder"
             )
-    except (ProcessError, CertificateError, OSError) as error:
-        exits.fail("splitnn-sim", str(error), exits.FAILED)
-    except KeyboardInterrupt:
-        exits.fail("splitnn-sim", "interrupted", exits.INTERRUPTED)
+        if options["set_noise"] is not None:
+            raise click.UsageError("--set-noise is for a single holder")
+        summary = run_multi(
+            config_from(
+                MultiConfig, {**options, **multi_options}, holders=holders, quiet=quiet or as_json
+            )
+        )
     if as_json:
         click.echo(json.dumps(summary.to_json()))
     elif isinstance(summary, MultiSummary):

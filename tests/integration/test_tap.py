@@ -132,3 +132,15 @@ def test_attacker_live_interception_collects_the_deployment_split(colluding: Run
     assert torch.equal(result[0].indices, torch.arange(16) + 40)
     assert torch.equal(result[0].activations, deployed)
     assert result[0].run == "victim"
+
+
+def test_attacker_live_interception_gives_up_on_an_absent_server() -> None:
+    from splitnn.attacker.intercept import TapUnreachable, from_live
+    from splitnn.common import exits
+
+    started = time.monotonic()
+    with pytest.raises(TapUnreachable, match=r"no server answered at 127\.0\.0\.1:1") as raised:
+        from_live("127.0.0.1:1", expected=1, connect_timeout=0.5)
+
+    assert time.monotonic() - started < 10
+    assert exits.exit_code(raised.value) == exits.UNREACHABLE

@@ -34,7 +34,7 @@ def test_client_refuses_bad_group_flags(args: list[str], problem: str) -> None:
     ("args", "problem"),
     [
         (["--holders", "3", "--colluder", "3"], "holder 3 of 3"),
-        (["--alpha", "0.5"], "--alpha and --colluder need --holders"),
+        (["--partition", "dirichlet", "--alpha", "0.5"], "--alpha and --colluder need --holders"),
         (["--holders", "2", "--alpha", "0.5"], "--alpha needs --partition dirichlet"),
         (["--holders", "2", "--set-noise", "0.5"], "--set-noise is for a single holder"),
         (["--holders", "2", "--topology", "ring"], "'ring' is not one of"),
