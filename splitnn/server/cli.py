@@ -10,6 +10,7 @@ import click
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
 from splitnn.common.seeds import SEED_TYPE
+from splitnn.common.wirelog import WireLogError
 from splitnn.server.app import serve
 from splitnn.server.config import ServerConfig
 from splitnn.server.groups import GroupSpec
@@ -126,6 +127,12 @@ def _parse_groups(
     "--tap", is_flag=True, help="COLLUSION MODE: serve received batches live (Tap service)."
 )
 @click.option(
+    "--anonymous-tap",
+    is_flag=True,
+    help="COLLUSION MODE without --client-ca or --tokens: let every (anonymous) caller "
+    "subscribe to --tap; otherwise anonymous callers only train.",
+)
+@click.option(
     "--group",
     "groups",
     multiple=True,
@@ -158,6 +165,7 @@ def main(
     stop_after_runs: int | None,
     tap_log: Path | None,
     tap: bool,
+    anonymous_tap: bool,
     groups: tuple[GroupSpec, ...],
     verbose: int,
     quiet: bool,
@@ -197,6 +205,7 @@ def main(
         stop_after_runs=stop_after_runs,
         tap_log=tap_log,
         tap=tap,
+        anonymous_tap=anonymous_tap,
         groups=groups,
     )
 
@@ -208,5 +217,5 @@ def main(
         serve(cfg, on_bound=announce)
     except SecurityError as error:
         exits.fail("splitnn-server", str(error), exits.USAGE)
-    except OSError as error:
+    except (OSError, WireLogError) as error:
         exits.fail("splitnn-server", str(error), exits.FAILED)

@@ -148,7 +148,9 @@ def test_undecodable_bytes_are_invalid_argument(
 
 
 def test_tap_refuses_undecodable_bytes(tmp_path: Path) -> None:
-    running = build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap=True))
+    running = build_server(
+        ServerConfig(port=0, model_dir=tmp_path / "m", tap=True, anonymous_tap=True)
+    )
     try:
         with grpc.insecure_channel(address_of(running)) as channel:
             subscribe = channel.unary_stream(
