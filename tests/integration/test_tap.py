@@ -12,14 +12,17 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from click.testing import CliRunner
 
 from splitnn.client.transport import ServerLink
+from splitnn.common import exits
 from splitnn.common.certs import HOLDER, TAP
 from splitnn.common.codec import StepId, tensor_from_proto
 from splitnn.common.wirelog import WireLogError, read_wirelog
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
+from splitnn.server.cli import main as server_main
 from splitnn.server.config import ServerConfig
 from splitnn.server.errors import Forbidden
 from splitnn.server.security import SecurityError
@@ -194,3 +197,20 @@ def test_tap_log_is_private_whether_new_or_already_there(tmp_path: Path) -> None
         build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap_log=log)).shutdown(0.0)
 
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_the_server_program_refuses_a_tap_nobody_may_use_and_a_linked_tap_log(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"someone else's file")
+    link = tmp_path / "wire.log"
+    link.symlink_to(target)
+    common = ["--port", "0", "--model-dir", str(tmp_path / "models")]
+
+    no_tapper = CliRunner().invoke(server_main, [*common, "--tap"])
+    linked = CliRunner().invoke(server_main, [*common, "--tap-log", str(link)])
+
+    assert no_tapper.exit_code == exits.USAGE and "--anonymous-tap" in no_tapper.output
+    assert linked.exit_code == exits.FAILED and "symbolic link" in linked.output
+    assert "Traceback" not in linked.output and target.read_bytes() == b"someone else's file"
