@@ -22,7 +22,7 @@ class Best:
     val_accuracy: float
     train_accuracy: float
     checkpoint: str  # the data holder's part 1
-    head_checkpoint: str  # the server's part 2, as the server named it
+    head_checkpoint: str  # the server's part 2, as the server named it (within its model folder)
 
 
 @dataclass

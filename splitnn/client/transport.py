@@ -402,7 +402,8 @@ class ServerLink:
         return blob_from_proto(reply.weights) if reply.has_weights else None
 
     def checkpoint(self, name: str, *, replace_previous: bool) -> str:
-        """Asks the server to write its head as ``<name>.head.ckpt``; returns the server's path."""
+        """Asks the server to write its head as ``<name>.head.ckpt``; returns the server's name
+        for the file, relative to its model folder (``heads/<owner>/<run>/<name>.head.ckpt``)."""
         request = pb.CheckpointRequest(name=name, replace_previous=replace_previous)
         reply = self._call(lambda: self._unary(self._stub.Checkpoint, request))
         return str(reply.path)

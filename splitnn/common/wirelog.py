@@ -17,6 +17,7 @@ import json
 import logging
 import mmap
 import os
+import stat
 import struct
 import threading
 import time
@@ -40,6 +41,7 @@ _FRAME = struct.Struct("<4sII")  # sync marker, payload length, CRC-32 of the pa
 # A record of 128 x 500 float32 is 256 KiB; the cap stops a corrupt length from allocating GiBs.
 MAX_PAYLOAD_BYTES = 64 << 20
 _MAX_LISTED = 5  # damaged regions named one by one in a problem sentence
+_PRIVATE = 0o600  # the holders' cut tensors and labels: readable by the server's user only
 
 _Buffer = bytes | bytearray | mmap.mmap
 
@@ -150,7 +152,9 @@ def _parse_header(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         header = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # json recurses once per nesting level: a damaged or hostile header nested deeper than
+        # the interpreter's stack limit is damage like any other, not a crash of the reader.
         return None
     return header if isinstance(header, dict) else None
 
@@ -189,6 +193,10 @@ class WireLogWriter:
     without rewriting its header (the `header` argument is then unused); a torn tail left by a
     crash is cut off first, with a warning, so new frames follow the last intact one. One writer
     per file: two processes appending to one log could interleave a torn frame with a new one.
+
+    The log holds the holders' cut tensors and labels: it is created readable by its owner only,
+    an existing one is narrowed to that, and a symbolic link or anything but a regular file at
+    `path` is refused (the records would go wherever the link points, with that file's mode).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, header: Mapping[str, Any]) -> None:
@@ -202,17 +210,32 @@ class WireLogWriter:
             raise WireLogError(f"wire log header is not JSON-serialisable: {error}") from error
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            # The holders' cut tensors and labels: readable by this user only, from the start.
-            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-            self._fd: int | None = os.open(self._path, flags, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+            self._fd: int | None = os.open(self._path, flags, _PRIVATE)
         except OSError as error:
-            raise WireLogError(f"cannot open wire log {self._path}: {error.strerror}") from error
+            reason = "it is a symbolic link" if self._path.is_symlink() else error.strerror
+            raise WireLogError(f"cannot open wire log {self._path}: {reason}") from error
         try:
+            self._make_private()
             self._prepare(header_frame)
         except BaseException:
             os.close(self._fd)
             self._fd = None
             raise
+
+    def _make_private(self) -> None:
+        """Refuses anything but a regular file; narrows a log others may read to its owner."""
+        assert self._fd is not None
+        found = os.fstat(self._fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise WireLogError(f"wire log {self._path} is not a regular file")
+        if stat.S_IMODE(found.st_mode) & ~_PRIVATE:
+            logger.warning("wire log %s was readable by others; now by its owner only", self._path)
+            try:
+                os.fchmod(self._fd, _PRIVATE)
+            except OSError as error:
+                raise WireLogError(f"cannot restrict wire log {self._path}: {error}") from error
+        os.set_blocking(self._fd, True)
 
     def _prepare(self, header_frame: bytes) -> None:
         """Writes magic + header to an empty log, or finds where an existing one ends."""

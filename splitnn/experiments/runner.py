@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -145,6 +145,9 @@ def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> ClassifierRecord:
         try:
             with ServerProcess(server_args, log=log) as server:
                 report = run_client(client_command(spec, cfg, server=server.address), log=log)
+            # The server names its head within its model folder, which is ours.
+            head = cfg.model_dir / report.head_checkpoint
+            report = replace(report, head_checkpoint=str(head))
         except ProcessError as error:
             log.flush()
             raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None

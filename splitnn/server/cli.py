@@ -125,6 +125,12 @@ def _parse_groups(
     "--tap", is_flag=True, help="COLLUSION MODE: serve received batches live (Tap service)."
 )
 @click.option(
+    "--anonymous-tap",
+    is_flag=True,
+    help="COLLUSION MODE without --client-ca or --tokens: let every (anonymous) caller "
+    "subscribe to --tap; otherwise anonymous callers only train.",
+)
+@click.option(
     "--group",
     "groups",
     multiple=True,

@@ -35,6 +35,8 @@ class ServerConfig:
             live: a one-shot deployment such as docker compose ends by itself. None: never.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
+        anonymous_tap: without client certificates or tokens, every caller may also tap
+            (otherwise the anonymous party only trains).
         groups: training groups that several data holders join (see `group.py`).
     """
 
@@ -57,4 +59,5 @@ class ServerConfig:
     stop_after_runs: int | None = None
     tap_log: Path | None = None
     tap: bool = False
+    anonymous_tap: bool = False
     groups: tuple[GroupSpec, ...] = ()

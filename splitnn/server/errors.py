@@ -61,6 +61,6 @@ def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
         return error.code, str(error)
     if isinstance(error, CodecError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, CheckpointError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, CheckpointError):  # its text names the server's files: not for the peer
+        return grpc.StatusCode.FAILED_PRECONDITION, "a file saved on the server cannot be read"
     return grpc.StatusCode.INTERNAL, "internal server error"

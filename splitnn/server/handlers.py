@@ -144,7 +144,9 @@ class SplitLearningHandlers:
         path = self.sessions.save_head(
             session, request.name, replace_previous=request.replace_previous
         )
-        return pb.CheckpointReply(path=str(path)).SerializeToString()
+        # Named within the model folder: the peer learns nothing of the server's file system.
+        name = path.relative_to(self.sessions.model_dir).as_posix()
+        return pb.CheckpointReply(path=name).SerializeToString()
 
     def restore(self, raw: bytes, caller: Identity) -> bytes:
         request = parse(pb.RestoreRequest, raw)

@@ -5,8 +5,9 @@ Three ways a server can run, chosen by its flags:
 - mutual TLS (``--client-ca``): the identity is the client certificate's name and role (CN, OU);
 - bearer tokens (``--tokens FILE``): the ``authorization: Bearer <token>`` header names a party,
   compared in constant time against every token of the file;
-- neither (a loopback or ``--insecure`` server): every caller is one anonymous party that holds
-  every role, as on a single user's machine.
+- neither (a loopback or ``--insecure`` server): every caller is one anonymous party, as on a
+  single user's machine. It holds the holder role, and the tap role only where the operator
+  grants it (``--anonymous-tap``): on loopback any local user can call.
 
 Runs, sessions, resume states and head checkpoints belong to an identity's `folder`.
 """
@@ -55,7 +56,8 @@ class Identity:
             raise Forbidden(f"this needs the {role} role; {self.name!r} holds: {held}")
 
 
-ANONYMOUS = Identity("anonymous", frozenset(ROLES), anonymous=True)
+ANONYMOUS = Identity("anonymous", frozenset({HOLDER}), anonymous=True)
+ANONYMOUS_TAP = Identity("anonymous", frozenset(ROLES), anonymous=True)
 
 
 class TokenError(Exception):
@@ -100,11 +102,19 @@ class Authenticator:
     Args:
         certificates: the server requires client certificates (mutual TLS).
         tokens: token -> identity (``--tokens``), or None.
+        anonymous_tap: without certificates or tokens, callers also hold the tap role.
     """
 
-    def __init__(self, *, certificates: bool, tokens: Mapping[str, Identity] | None) -> None:
+    def __init__(
+        self,
+        *,
+        certificates: bool,
+        tokens: Mapping[str, Identity] | None,
+        anonymous_tap: bool = False,
+    ) -> None:
         self._certificates = certificates
         self._tokens = dict(tokens or {})
+        self._anonymous = ANONYMOUS_TAP if anonymous_tap else ANONYMOUS
 
     @property
     def anonymous(self) -> bool:
@@ -132,7 +142,7 @@ class Authenticator:
             return self._by_token(metadata or ())
         if self._certificates:
             raise Unauthenticated("a client certificate is required")
-        return ANONYMOUS
+        return self._anonymous
 
     def _by_token(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
         given = b""

@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitnn.common.checkpoints import load_checkpoint, remove_checkpoint, save_checkpoint
+from splitnn.common.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from splitnn.common.codec import StepId
+from splitnn.server.errors import WrongState
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +93,20 @@ class ResumeStore:
 
     @staticmethod
     def load(save: Save) -> dict[str, Any]:
-        state, _ = load_checkpoint(save.path)
+        """The saved state.
+
+        Raises:
+            WrongState: the file cannot be read; the message, sent to the data holder, names the
+                run and the step, never the file (logged here with its path).
+        """
+        try:
+            state, _ = load_checkpoint(save.path)
+        except CheckpointError as error:
+            logger.warning("unreadable resume state: %s", error)
+            raise WrongState(
+                f"the server's save of run {save.path.parent.name!r} at step "
+                f"{save.epoch}-{save.batch} cannot be read; start the run over"
+            ) from None
         return state
 
     def discard_after(self, step: StepId) -> None:

@@ -44,6 +44,14 @@ def check(cfg: ServerConfig) -> None:
             f"plaintext is served on loopback only, not on {cfg.host}: give --tls-cert and "
             "--tls-key (and --client-ca for mutual TLS), or --insecure"
         )
+    authenticated = cfg.client_ca is not None or cfg.tokens is not None
+    if cfg.anonymous_tap and authenticated:
+        raise SecurityError("--anonymous-tap is for servers without --client-ca or --tokens")
+    if cfg.tap and not authenticated and not cfg.anonymous_tap:
+        raise SecurityError(
+            "--tap without --client-ca or --tokens serves no one: callers are anonymous and "
+            "hold the tap role only with --anonymous-tap"
+        )
 
 
 def credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
@@ -71,10 +79,13 @@ def authenticator(cfg: ServerConfig) -> Authenticator:
         tokens = load_tokens(cfg.tokens) if cfg.tokens is not None else None
     except TokenError as error:
         raise SecurityError(str(error)) from None
-    found = Authenticator(certificates=cfg.client_ca is not None, tokens=tokens)
+    found = Authenticator(
+        certificates=cfg.client_ca is not None, tokens=tokens, anonymous_tap=cfg.anonymous_tap
+    )
     if found.anonymous:
         log = logger.info if is_loopback(cfg.host) else logger.warning
-        log("no authentication: every caller is one anonymous party with every role")
+        roles = "holder and tap roles" if cfg.anonymous_tap else "holder role"
+        log("no authentication: every caller is one anonymous party with the %s", roles)
     return found
 
 

@@ -170,6 +170,6 @@ async def _abort(context: Context, error: Exception) -> NoReturn:
     if code == grpc.StatusCode.INTERNAL:
         logger.error("internal error while serving a request", exc_info=error)
     else:
-        logger.info("refused a request: %s: %s", code.name, detail)
+        logger.info("refused a request: %s: %s", code.name, error)
     await context.abort(code, detail)
     raise AssertionError("unreachable")  # context.abort raises

@@ -90,7 +90,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     server_log = root / "server.log"
     with server_log.open("w") as log:
         server = ServerProcess(
-            ["--model-dir", str(root / "server"), "--tap", "--tap-log", str(wirelog)], log=log
+            [
+                "--model-dir",
+                str(root / "server"),
+                "--tap",
+                "--anonymous-tap",
+                "--tap-log",
+                str(wirelog),
+            ],
+            log=log,
         )
         with server:
             victim = ["--server", server.address, "--model-dir", str(models), "-q", "--json"]

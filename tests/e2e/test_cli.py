@@ -138,7 +138,7 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     assert report.samples_per_second > 0
     body = client_dir / "classifiers" / f"{STEM}.ckpt"
     head = server.model_dir / "heads" / ANONYMOUS_OWNER / report.run / f"{STEM}.head.ckpt"
-    assert Path(report.checkpoint) == body and Path(report.head_checkpoint) == head
+    assert Path(report.checkpoint) == body and server.model_dir / report.head_checkpoint == head
     assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
     assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
     assert server_code == 0

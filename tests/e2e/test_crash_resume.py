@@ -48,12 +48,12 @@ def _client(server: str, model_dir: Path, *extra: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=child_env())  # fmt: skip
 
 
-def _finish(client: subprocess.Popen[str]) -> Outcome:
+def _finish(client: subprocess.Popen[str], server_dir: Path) -> Outcome:
     stdout, stderr = client.communicate(timeout=RUN_S)
     assert client.returncode == 0, stderr
     report = json.loads(stdout)
     body = load_checkpoint(Path(report["checkpoint"]))[0]
-    head = load_checkpoint(Path(report["head_checkpoint"]))[0]
+    head = load_checkpoint(server_dir / report["head_checkpoint"])[0]  # named in its folder
     return Outcome(report, body, head, stderr)
 
 
@@ -88,7 +88,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     """The same run, never interrupted."""
     root = tmp_path_factory.mktemp("uninterrupted")
     with _server(root) as server:
-        return _finish(_client(server.address, root / "client"))
+        return _finish(_client(server.address, root / "client"), root / "server")
 
 
 def test_server_killed_at_a_random_step_restarts_and_the_holder_finishes_the_same(
@@ -106,13 +106,13 @@ def test_server_killed_at_a_random_step_restarts_and_the_holder_finishes_the_sam
     interrupted = client.poll() is None
     time.sleep(1.0)  # the holder retries against nothing for a while
     with _server(tmp_path, port=port):
-        outcome = _finish(client)
+        outcome = _finish(client, tmp_path / "server")
 
     assert interrupted, f"the run had ended before the kill ({delay:.2f} s after a save)"
     assert "the server lost the session" in outcome.stderr
     _assert_same_run(outcome, reference)
     heads = list((tmp_path / "server" / "heads").rglob("*.head.ckpt"))
-    assert heads == [Path(outcome.report["head_checkpoint"])]  # earlier bests removed
+    assert heads == [tmp_path / "server" / outcome.report["head_checkpoint"]]  # earlier removed
 
 
 def test_holder_killed_at_a_random_step_resumes_with_resume_and_finishes_the_same(
@@ -129,7 +129,7 @@ def test_holder_killed_at_a_random_step_resumes_with_resume_and_finishes_the_sam
         client.communicate()
         unresumed = _client(server.address, client_dir)
         _, refusal = unresumed.communicate(timeout=RUN_S)
-        outcome = _finish(_client(server.address, client_dir, "--resume"))
+        outcome = _finish(_client(server.address, client_dir, "--resume"), tmp_path / "server")
 
     assert client.returncode == -signal.SIGKILL, f"the run had ended ({delay:.2f} s after a save)"
     assert unresumed.returncode == 2 and "--resume" in refusal and "Traceback" not in refusal

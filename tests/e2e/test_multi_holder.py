@@ -65,16 +65,18 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             env=child_env())  # fmt: skip
 
 
-def _finish(process: subprocess.Popen[str]) -> Member:
+def _finish(process: subprocess.Popen[str], server_dir: Path) -> Member:
     stdout, stderr = process.communicate(timeout=RUN_S)
     assert process.returncode == 0, stderr[-3000:]
     report = RunReport.from_json(json.loads(stdout))
     body = load_checkpoint(Path(report.checkpoint))[0]
-    head = load_checkpoint(Path(report.head_checkpoint))[0]
+    head = load_checkpoint(server_dir / report.head_checkpoint)[0]  # named in its folder
     return Member(report, body, head)
 
 
-def _run_group(server: str, model_dir: Path, *, order: list[int], kill: int | None) -> list[Member]:
+def _run_group(
+    server: str, model_dir: Path, *, order: list[int], kill: int | None, server_dir: Path
+) -> list[Member]:
     """Starts the holders in `order`; kills holder `kill` with SIGKILL once it has saved, and
     starts it again with --resume. Returns the members by holder index."""
     processes: dict[int, subprocess.Popen[str]] = {}
@@ -94,7 +96,7 @@ def _run_group(server: str, model_dir: Path, *, order: list[int], kill: int | No
         assert state.exists(), "killed after its run finished: nothing left to resume"
         args = [a for a in _command(server, model_dir, kill) if a != "--restart"]
         processes[kill] = _start([*args, "--resume"])
-    return [_finish(processes[h]) for h in range(K)]
+    return [_finish(processes[h], server_dir) for h in range(K)]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -112,11 +114,16 @@ def _fields(report: RunReport) -> dict[str, Any]:
 def test_group_reproduces_its_parameters_across_timing_and_a_killed_holder(
     tmp_path: Path, topology: str
 ) -> None:
-    args = ["--model-dir", str(tmp_path / "server"), "--group", f"{GROUP}={topology}:{K}", "-q"]
+    served = tmp_path / "server"
+    args = ["--model-dir", str(served), "--group", f"{GROUP}={topology}:{K}", "-q"]
     with ServerProcess(args) as server:
-        plain = _run_group(server.address, tmp_path / "a", order=[0, 1, 2], kill=None)
+        plain = _run_group(
+            server.address, tmp_path / "a", order=[0, 1, 2], kill=None, server_dir=served
+        )
         # The group is free again once all its holders finished: the same group runs again.
-        again = _run_group(server.address, tmp_path / "b", order=[2, 1, 0], kill=1)
+        again = _run_group(
+            server.address, tmp_path / "b", order=[2, 1, 0], kill=1, server_dir=served
+        )
 
     assert again[1].report.resumed_from is not None  # holder 1 did continue from a save
     for first, second in zip(plain, again, strict=True):

@@ -5,6 +5,7 @@ Each test runs a real server on port 0 with the CLI's default limits unless it t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch.nn import functional as F
 
 from splitnn.client.split_trainer import SplitTrainer
-from splitnn.client.transport import ServerLink
+from splitnn.client.transport import ServerLink, ServerRefused
 from splitnn.common.codec import StepId, tensor_to_proto
 from splitnn.common.models import CUT_SHAPE, build_body, build_head, make_optimizer
 from splitnn.common.noise import LaplaceNoise
@@ -148,7 +149,9 @@ def test_undecodable_bytes_are_invalid_argument(
 
 
 def test_tap_refuses_undecodable_bytes(tmp_path: Path) -> None:
-    running = build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap=True))
+    running = build_server(
+        ServerConfig(port=0, model_dir=tmp_path / "m", tap=True, anonymous_tap=True)
+    )
     try:
         with grpc.insecure_channel(address_of(running)) as channel:
             subscribe = channel.unary_stream(
@@ -407,3 +410,34 @@ def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:
         mine, theirs = getattr(trained, part), getattr(reference, part)
         for name, value in theirs.items():
             assert torch.equal(mine[name], value), f"{part} {name}"
+
+
+def test_a_checkpoint_reply_names_the_head_within_the_model_folder_only(
+    server: RunningServer,
+) -> None:
+    run = settings().run
+    with ServerLink(address_of(server), settings(max_batch_size=B)) as link:
+        link.train_step(StepId(run, 1, 0), *seeded_batch(0))
+        name = link.checkpoint("best", replace_previous=True)
+
+    assert name == f"heads/{ANONYMOUS_OWNER}/{run}/best.head.ckpt"
+    assert (server.sessions.model_dir / name).is_file()
+
+
+def test_an_unreadable_resume_state_is_refused_without_the_servers_paths(
+    server: RunningServer,
+) -> None:
+    run = settings().run
+    with ServerLink(address_of(server), settings(max_batch_size=B)) as link:
+        link.train_step(StepId(run, 1, 0), *seeded_batch(0), save=True)
+    saved = server.sessions.store_of().saves(run)
+    for save in saved:
+        save.path.write_bytes(b"not a checkpoint")
+    resuming = dataclasses.replace(settings(max_batch_size=B), resume=True)
+
+    with pytest.raises(ServerRefused) as refused:
+        ServerLink(address_of(server), resuming, resume_at=StepId(run, 1, 0))
+
+    detail = str(refused.value)
+    assert saved and f"run {run!r} at step 1-0 cannot be read" in detail
+    assert str(server.sessions.model_dir) not in detail and ".ckpt" not in detail

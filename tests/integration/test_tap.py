@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -10,14 +12,20 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from click.testing import CliRunner
 
 from splitnn.client.transport import ServerLink
+from splitnn.common import exits
+from splitnn.common.certs import HOLDER, TAP
 from splitnn.common.codec import StepId, tensor_from_proto
-from splitnn.common.wirelog import read_wirelog
+from splitnn.common.wirelog import WireLogError, read_wirelog
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer, build_server
+from splitnn.server.cli import main as server_main
 from splitnn.server.config import ServerConfig
+from splitnn.server.errors import Forbidden
+from splitnn.server.security import SecurityError
 from tests.conftest import settings
 
 SUBSCRIBER_DEADLINE_S = 60.0
@@ -26,7 +34,11 @@ SUBSCRIBER_DEADLINE_S = 60.0
 @pytest.fixture
 def colluding(tmp_path: Path) -> Iterator[RunningServer]:
     cfg = ServerConfig(
-        port=0, model_dir=tmp_path / "models", tap=True, tap_log=tmp_path / "wire.log"
+        port=0,
+        model_dir=tmp_path / "models",
+        tap=True,
+        anonymous_tap=True,
+        tap_log=tmp_path / "wire.log",
     )
     running = build_server(cfg)
     yield running
@@ -144,3 +156,73 @@ def test_attacker_live_interception_gives_up_on_an_absent_server() -> None:
 
     assert time.monotonic() - started < 10
     assert exits.exit_code(raised.value) == exits.UNREACHABLE
+
+
+def test_anonymous_callers_tap_only_where_the_operator_grants_it(tmp_path: Path) -> None:
+    plain = ServerConfig(port=0, model_dir=tmp_path / "models", tap=True)
+
+    with pytest.raises(SecurityError, match="--anonymous-tap"):
+        build_server(plain)
+    for insecure in (False, True):
+        granted = build_server(dataclasses.replace(plain, anonymous_tap=True, insecure=insecure))
+        try:
+            caller = granted.authenticator.identify({}, None)
+        finally:
+            granted.shutdown(grace=0.0)
+        assert caller.anonymous and caller.roles == {HOLDER, TAP}
+
+
+def test_anonymous_callers_of_a_log_only_server_train_but_do_not_tap(tmp_path: Path) -> None:
+    running = build_server(
+        ServerConfig(port=0, model_dir=tmp_path / "models", tap_log=tmp_path / "wire.log")
+    )
+    try:
+        caller = running.authenticator.identify({}, None)
+    finally:
+        running.shutdown(grace=0.0)
+
+    assert caller.roles == {HOLDER}
+    with pytest.raises(Forbidden):
+        caller.require(TAP)
+
+
+def test_tap_log_through_a_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"someone else's file")
+    target.chmod(0o644)
+    link = tmp_path / "wire.log"
+    link.symlink_to(target)
+
+    with pytest.raises(WireLogError, match="symbolic link"):
+        build_server(ServerConfig(port=0, model_dir=tmp_path / "models", tap_log=link))
+
+    assert target.read_bytes() == b"someone else's file"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_tap_log_is_private_whether_new_or_already_there(tmp_path: Path) -> None:
+    fresh, existing = tmp_path / "fresh.log", tmp_path / "existing.log"
+    existing.touch(mode=0o644)
+    existing.chmod(0o644)
+
+    for log in (fresh, existing):
+        build_server(ServerConfig(port=0, model_dir=tmp_path / "m", tap_log=log)).shutdown(0.0)
+
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_the_server_program_refuses_a_tap_nobody_may_use_and_a_linked_tap_log(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"someone else's file")
+    link = tmp_path / "wire.log"
+    link.symlink_to(target)
+    common = ["--port", "0", "--model-dir", str(tmp_path / "models")]
+
+    no_tapper = CliRunner().invoke(server_main, [*common, "--tap"])
+    linked = CliRunner().invoke(server_main, [*common, "--tap-log", str(link)])
+
+    assert no_tapper.exit_code == exits.USAGE and "--anonymous-tap" in no_tapper.output
+    assert linked.exit_code == exits.FAILED and "symbolic link" in linked.output
+    assert "Traceback" not in linked.output and target.read_bytes() == b"someone else's file"

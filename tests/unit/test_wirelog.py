@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -295,3 +298,57 @@ def test_float64_activations_are_converted() -> None:
     cut, _ = stack_records([record])
 
     assert cut.dtype == torch.float32 and torch.all(cut == 0.25)
+
+
+def frame(payload: bytes) -> bytes:
+    """One frame as the writer lays it out: sync marker, length, CRC-32, payload."""
+    return SYNC + struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_a_header_nested_past_the_stack_limit_is_damage_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "wire.log"
+    depth = 100_000
+    nested = b'{"run": ' + b"[" * depth + b"]" * depth + b"}"
+    record = make_record(3)
+    path.write_bytes(MAGIC + frame(nested) + frame(record.SerializeToString()))
+
+    log = read_wirelog(path)
+
+    assert log.header == {} and log.records == [record]
+    assert log.problem is not None and "no intact header frame" in log.problem
+
+
+def test_writer_refuses_a_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"not yours")
+    target.chmod(0o644)
+    link = tmp_path / "wire.log"
+    link.symlink_to(target)
+
+    with pytest.raises(WireLogError, match="symbolic link"):
+        WireLogWriter(link, header={})
+
+    assert target.read_bytes() == b"not yours"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_writer_creates_the_log_private_and_narrows_an_open_one(tmp_path: Path) -> None:
+    fresh, existing = tmp_path / "fresh.log", tmp_path / "existing.log"
+    write_log(existing, [make_record(0)])
+    existing.chmod(0o666)
+
+    for path in (fresh, existing):
+        with WireLogWriter(path, header={"run": "r"}) as writer:
+            writer.write(make_record(1))
+
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
+    assert batches(read_wirelog(existing).records) == [0, 1]
+
+
+def test_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "wire.log"
+    os.mkfifo(fifo)
+
+    with pytest.raises(WireLogError, match="not a regular file"):
+        WireLogWriter(fifo, header={})
