@@ -25,6 +25,8 @@ from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.head import ANONYMOUS_OWNER
 
+pytestmark = pytest.mark.slow  # starts the programs as processes
+
 BIN = Path(sys.executable).parent
 STARTUP_S = 60.0
 RUN_S = 180.0
