@@ -385,6 +385,7 @@ def _train_through(address: str, server: RunningServer, steps: int) -> Trained:
         return Trained(trainer.body.state_dict(), session.head.state_dict(), session.steps_applied)
 
 
+@pytest.mark.slow  # 2 x 80 training steps through a cutting proxy
 def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:
     uncut, cut = _serve(tmp_path / "uncut"), _serve(tmp_path / "cut")
     try:
