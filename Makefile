@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test compose-test lint format proto check-protos bench clean
+.PHONY: demo test check compose-test lint format proto check-protos bench clean
 
 # The virtualenv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/splitnn-sim --noise 0.5 --epochs 10
 
+# The whole suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The edit loop's fast tier: lint, then every test that starts no process and trains nothing
+# beyond a step or two (tests marked `slow` are left to `make test`).
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not slow and not docker'
 
 # `docker compose up` for real (needs a Docker engine; set TORCH_INDEX_URL to build elsewhere).
 compose-test: $(STAMP)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import grpc
 import pytest
 import torch
 
-from splitnn.client.transport import SessionSettings
+from splitnn.client.transport import ServerRefused, SessionSettings
 from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer, build_server
@@ -60,6 +60,18 @@ def send_raw(channel: grpc.Channel, method: str, payload: bytes, *, timeout: flo
     else:
         unary = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
         unary(payload, timeout=timeout)
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status code and detail with which the server refused `call` (a raw gRPC call or a
+    `ServerLink` method); fails the test if the call was accepted."""
+    try:
+        call()
+    except ServerRefused as error:
+        return error.code, str(error)
+    except grpc.RpcError as error:
+        return error.code(), str(error.details())
+    pytest.fail("the server accepted the call")
 
 
 def idle_train_streams(channel: grpc.Channel, count: int) -> tuple[list[Any], threading.Event]:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,59 +15,19 @@ import torch
 
 from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.codec import tensor_to_proto
-from splitnn.common.processes import listening_address
+from splitnn.common.processes import ProcessError, ServerProcess
 from splitnn.common.reports import RunReport
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.head import ANONYMOUS_OWNER
+from tests.conftest import BIN, ENV, run_program
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # starts the programs as processes
+
 STARTUP_S = 60.0
 RUN_S = 180.0
 STEM = "mnist5k_00noise_00nopeek_epoch=1"  # the study's name for noise 0, NoPeek 0, epoch 1
 CLEARLY_ABOVE_CHANCE = 40.0  # percent; guessing among ten classes gets 10
-# Settings must come from the flags under test, not from the caller's environment.
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SPLITNN")}
-
-
-@dataclass(frozen=True)
-class ServerProcess:
-    process: subprocess.Popen[str]
-    address: str | None  # None: it exited without listening
-    model_dir: Path
-    stderr: Path
-
-
-def _start_server(model_dir: Path, *args: str) -> ServerProcess:
-    """Starts splitnn-server and waits until it prints where it listens, or exits."""
-    stderr = model_dir.with_suffix(".stderr")
-    stderr.parent.mkdir(parents=True, exist_ok=True)
-    with stderr.open("w") as sink:
-        process = subprocess.Popen(
-            [str(BIN / "splitnn-server"), "--model-dir", str(model_dir), *args],
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            text=True,
-            env=ENV,
-        )
-    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line.strip())
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        while (line := lines.get(timeout=STARTUP_S)) is not None:
-            if address := listening_address(line):
-                return ServerProcess(process, address, model_dir, stderr)
-    except queue.Empty:
-        process.kill()
-        pytest.fail(f"splitnn-server said nothing for {STARTUP_S} s")
-    process.wait(timeout=STARTUP_S)
-    return ServerProcess(process, None, model_dir, stderr)
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -81,19 +37,17 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / script), *args], capture_output=True, text=True, timeout=RUN_S, cwd=cwd, env=ENV
-    )
+    return run_program(script, *args, cwd=cwd, timeout=RUN_S)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    started = _start_server(tmp_path / "server-models", "--port", "0")
-    try:
-        assert started.address is not None, started.stderr.read_text()
-        yield started
-    finally:
-        _stop(started.process)
+    """splitnn-server on a free port, its models under tmp_path/server-models, its stderr in
+    tmp_path/server.stderr."""
+    with (tmp_path / "server.stderr").open("w") as log:
+        args = ["--model-dir", str(tmp_path / "server-models")]
+        with ServerProcess(args, log=log, start_timeout=STARTUP_S) as started:
+            yield started
 
 
 def _leave_a_session_open(address: str, run: str) -> None:
@@ -117,7 +71,6 @@ def _leave_a_session_open(address: str, run: str) -> None:
 
 
 def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Path) -> None:
-    assert server.address is not None
     client_dir = tmp_path / "client-models"
     # Five steps of 128 images at lr 1e-3 take mnist5k to about 70 % (measured 69.6 % test).
     flags = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "5", "--lr", "1e-3"]
@@ -137,15 +90,16 @@ def test_training_run_then_graceful_shutdown(server: ServerProcess, tmp_path: Pa
     assert report.val_accuracy > CLEARLY_ABOVE_CHANCE, report
     assert report.samples_per_second > 0
     body = client_dir / "classifiers" / f"{STEM}.ckpt"
-    head = server.model_dir / "heads" / ANONYMOUS_OWNER / report.run / f"{STEM}.head.ckpt"
-    assert Path(report.checkpoint) == body and server.model_dir / report.head_checkpoint == head
+    server_dir = tmp_path / "server-models"
+    head = server_dir / "heads" / ANONYMOUS_OWNER / report.run / f"{STEM}.head.ckpt"
+    assert Path(report.checkpoint) == body and server_dir / report.head_checkpoint == head
     assert json.loads(body.with_name(body.name + ".json").read_text())["epoch"] == 1
     assert load_checkpoint(body)[0] and load_checkpoint(head)[0]
     assert server_code == 0
-    saved = server.model_dir / "server" / ANONYMOUS_OWNER / "live-at-sigterm" / "1-0.snapshot.ckpt"
+    saved = server_dir / "server" / ANONYMOUS_OWNER / "live-at-sigterm" / "1-0.snapshot.ckpt"
     resume_state, manifest = load_checkpoint(saved)
     assert resume_state["steps_applied"] == 1 and manifest["run"] == "live-at-sigterm"
-    assert "Traceback" not in server.stderr.read_text()
+    assert "Traceback" not in (tmp_path / "server.stderr").read_text()
 
 
 @dataclass(frozen=True)
@@ -232,13 +186,11 @@ def test_user_error_is_one_line_and_an_exit_code(
 
 
 def test_second_server_on_a_port_in_use_is_refused(server: ServerProcess, tmp_path: Path) -> None:
-    assert server.address is not None
-    port = server.address.rsplit(":", 1)[1]
+    port = int(server.address.rsplit(":", 1)[1])
+    stderr = tmp_path / "second.stderr"
 
-    second = _start_server(tmp_path / "second-models", "--port", port)
-    _stop(second.process)
+    with stderr.open("w") as log, pytest.raises(ProcessError, match=r"\(exit status 1\)"):
+        ServerProcess(["--model-dir", str(tmp_path / "second-models")], log=log, port=port)
 
-    assert second.address is None
-    assert second.process.returncode == 1
-    assert "cannot listen" in second.stderr.read_text()
-    assert "Traceback" not in second.stderr.read_text()
+    assert "cannot listen" in stderr.read_text()
+    assert "Traceback" not in stderr.read_text()

@@ -33,6 +33,8 @@ from splitnn.experiments.measure import DCOR_SAMPLES, load_classifier
 from splitnn.experiments.records import fingerprint
 from tests.conftest import run_program
 
+pytestmark = pytest.mark.slow  # every test reads what one real splitnn-experiments run wrote
+
 RUN_S = 300.0
 SMOKE = ["--dataset", "mnist5k", "--epochs", "1", "--max-steps", "2"]
 REDEPLOY_NOISE = 0.5
@@ -102,7 +104,6 @@ def test_plain_group_trains_through_real_processes_and_writes_tables(workdir: Wo
     assert "epsilon" in (results / "epsilon.txt").read_text()
 
 
-@pytest.mark.slow
 def test_the_table_holds_what_the_trained_checkpoints_give(workdir: Workdir) -> None:
     """Noise 0: accuracies and dCor are deterministic functions of the two checkpoints, so the
     table's numbers are recomputed here, dCor by the `dcor` package on the test images."""
@@ -153,7 +154,6 @@ def test_a_done_run_is_skipped_and_other_rows_survive(workdir: Workdir) -> None:
     ]
 
 
-@pytest.mark.slow
 def test_one_attacker_process_and_the_attack_table(workdir: Workdir) -> None:
     cfg = workdir.config()
     # A stand-in validator: this test checks the plumbing, not how well reconstructions classify.
@@ -176,7 +176,6 @@ def test_one_attacker_process_and_the_attack_table(workdir: Workdir) -> None:
     assert (cfg.figures_dir / "reconstructions_noise.png").is_file()
 
 
-@pytest.mark.slow
 def test_a_post_training_noise_attacker_gets_a_redeployment_with_that_noise(
     workdir: Workdir,
 ) -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_program
+
+pytestmark = pytest.mark.slow  # starts splitnn-experiments as a process
 
 RUN_S = 300.0
 

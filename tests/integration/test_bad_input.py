@@ -29,7 +29,7 @@ from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer
 from splitnn.server.config import ServerConfig
 from splitnn.server.head import ANONYMOUS_OWNER
-from tests.conftest import settings
+from tests.conftest import refusal, settings
 
 RUN = "bad-input"
 B = 4
@@ -112,15 +112,6 @@ def _train(stub: pb_grpc.SplitLearningStub, request: pb.TrainRequest) -> pb.Trai
     reply: pb.TrainReply
     (reply,) = stub.Train(iter([request]), timeout=TIMEOUT)
     return reply
-
-
-def _refusal(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()
-        return code
-    pytest.fail("the server accepted a bad request")
 
 
 def _snapshot(opened: Opened) -> Snapshot:
@@ -257,7 +248,7 @@ def test_bad_train_request_changes_nothing(
     mutate(request)
     before = _snapshot(opened)
 
-    refused = _refusal(lambda: _train(opened.stub, request))
+    refused, _ = refusal(lambda: _train(opened.stub, request))
 
     assert refused == code
     _assert_same(before, _snapshot(opened))
@@ -272,7 +263,7 @@ def test_bad_eval_request_changes_nothing(
     mutate(request)
     before = _snapshot(opened)
 
-    refused = _refusal(lambda: list(opened.stub.Evaluate(iter([request]), timeout=TIMEOUT)))
+    refused, _ = refusal(lambda: list(opened.stub.Evaluate(iter([request]), timeout=TIMEOUT)))
 
     assert refused == code
     _assert_same(before, _snapshot(opened))
@@ -323,7 +314,7 @@ def test_bad_open_session_leaves_the_live_session_alone(
     files = set(tmp_path.rglob("*"))
     before = _snapshot(opened)
 
-    refused = _refusal(lambda: opened.stub.OpenSession(_open_request(**changes), timeout=TIMEOUT))
+    refused, _ = refusal(lambda: opened.stub.OpenSession(_open_request(**changes), timeout=TIMEOUT))
 
     assert refused == code
     assert set(tmp_path.rglob("*")) == files
@@ -346,7 +337,7 @@ def test_checkpoint_with_an_unsafe_name_writes_nothing(
     files = set(tmp_path.rglob("*"))
     request = pb.CheckpointRequest(session_id=opened.session_id, name=name)
 
-    refused = _refusal(lambda: opened.stub.Checkpoint(request, timeout=TIMEOUT))
+    refused, _ = refusal(lambda: opened.stub.Checkpoint(request, timeout=TIMEOUT))
 
     assert refused == Code.INVALID_ARGUMENT
     assert set(tmp_path.rglob("*")) == files
@@ -376,7 +367,7 @@ def test_bad_restore_changes_nothing(opened: Opened, name: str, code: grpc.Statu
     before = _snapshot(opened)
     request = pb.RestoreRequest(session_id=opened.session_id, name=name)
 
-    refused = _refusal(lambda: opened.stub.Restore(request, timeout=TIMEOUT))
+    refused, _ = refusal(lambda: opened.stub.Restore(request, timeout=TIMEOUT))
 
     assert refused == code
     _assert_same(before, _snapshot(opened))
@@ -385,11 +376,12 @@ def test_bad_restore_changes_nothing(opened: Opened, name: str, code: grpc.Statu
 def test_unary_calls_of_an_unknown_session_are_unauthenticated(opened: Opened) -> None:
     stub, nobody = opened.stub, "f" * 32
 
-    codes = {
-        _refusal(lambda: stub.Checkpoint(pb.CheckpointRequest(session_id=nobody, name="x"))),
-        _refusal(lambda: stub.Restore(pb.RestoreRequest(session_id=nobody, name="x"))),
-        _refusal(lambda: stub.CloseSession(pb.CloseSessionRequest(session_id=nobody))),
-    }
+    calls = [
+        lambda: stub.Checkpoint(pb.CheckpointRequest(session_id=nobody, name="x")),
+        lambda: stub.Restore(pb.RestoreRequest(session_id=nobody, name="x")),
+        lambda: stub.CloseSession(pb.CloseSessionRequest(session_id=nobody)),
+    ]
+    codes = {refusal(call)[0] for call in calls}
 
     assert codes == {Code.UNAUTHENTICATED}
 
@@ -400,7 +392,7 @@ def test_message_over_the_receive_limit_is_resource_exhausted(opened: Opened) ->
     request.activations.data = bytes(limit)
     before = _snapshot(opened)
 
-    refused = _refusal(lambda: _train(opened.stub, request))
+    refused, _ = refusal(lambda: _train(opened.stub, request))
 
     assert refused == Code.RESOURCE_EXHAUSTED
     _assert_same(before, _snapshot(opened))
@@ -433,7 +425,7 @@ def test_health_reports_serving(address: str, service: str) -> None:
         health = health_pb2_grpc.HealthStub(channel)
 
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
-        unknown = _refusal(
+        unknown, _ = refusal(
             lambda: health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=TIMEOUT)
         )
 

@@ -23,7 +23,7 @@ from splitnn.common.credentials import Credentials, open_channel
 from splitnn.server.app import RunningServer
 from splitnn.server.group import Group
 from splitnn.server.group_spec import GroupSpec
-from tests.conftest import address_of, seeded_batch, send_raw, settings, start_server
+from tests.conftest import address_of, refusal, seeded_batch, send_raw, settings, start_server
 
 Code = grpc.StatusCode
 GROUP = "g"
@@ -72,16 +72,6 @@ def _member(
     )
 
 
-def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    try:
-        call()
-    except ServerRefused as error:
-        return error.code, str(error)
-    except grpc.RpcError as error:
-        return error.code(), str(error.details())
-    pytest.fail("the call was accepted")
-
-
 def _sending(channel: grpc.Channel, method: str, payload: bytes) -> Callable[[], None]:
     return lambda: send_raw(channel, method, payload, timeout=WAIT_S)
 
@@ -89,7 +79,7 @@ def _sending(channel: grpc.Channel, method: str, payload: bytes) -> Callable[[],
 def test_garbage_sync_bytes_are_invalid_and_the_server_goes_on(server: RunningServer) -> None:
     garbage = [b"\xff" * 32, b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc"]  # bad tag, length
     with open_channel(address_of(server), Credentials()) as channel:
-        refusals = [_refusal(_sending(channel, "Sync", payload)) for payload in garbage]
+        refusals = [refusal(_sending(channel, "Sync", payload)) for payload in garbage]
 
     with _member(server, 0) as first, _member(server, 1) as second:
         assert first.turn(1, 0) is None
@@ -102,7 +92,7 @@ def test_garbage_sync_bytes_are_invalid_and_the_server_goes_on(server: RunningSe
 
 def test_sync_from_a_session_outside_any_group_is_refused(server: RunningServer) -> None:
     with ServerLink(address_of(server), settings("alone", max_batch_size=B)) as link:
-        code, detail = _refusal(lambda: link.turn(1, 0))
+        code, detail = refusal(lambda: link.turn(1, 0))
         link.train_step(StepId("alone", 1, 0), *seeded_batch(0, B))  # still served alone
 
     assert code == Code.FAILED_PRECONDITION
@@ -110,7 +100,7 @@ def test_sync_from_a_session_outside_any_group_is_refused(server: RunningServer)
 
 
 def test_joining_an_undeclared_group_names_the_declared_ones(server: RunningServer) -> None:
-    code, detail = _refusal(lambda: _member(server, 0, name="nope"))
+    code, detail = refusal(lambda: _member(server, 0, name="nope"))
 
     assert code == Code.INVALID_ARGUMENT
     assert "no group 'nope'" in detail and "(declared: g)" in detail
@@ -126,8 +116,8 @@ def test_an_index_taken_by_alice_is_denied_to_bob(tmp_path: Path) -> None:
     alice, bob = (Credentials(token_file=tmp_path / name) for name in TOKENS)
     try:
         with _member(running, 0, run="alices-run", credentials=alice):
-            as_alice = _refusal(lambda: _member(running, 0, run="alices-run", credentials=bob))
-            own_run = _refusal(lambda: _member(running, 0, run="bobs-run", credentials=bob))
+            as_alice = refusal(lambda: _member(running, 0, run="alices-run", credentials=bob))
+            own_run = refusal(lambda: _member(running, 0, run="bobs-run", credentials=bob))
             with _member(running, 1, run="bobs-run", credentials=bob) as bobs:
                 bobs_index = bobs.group_size, bobs.topology
         members = {h: m.owner for h, m in _group_of(running).members.items()}
@@ -174,10 +164,8 @@ def test_a_step_out_of_turn_is_refused_and_nothing_is_applied(server: RunningSer
         assert group.head is not None
         head = {name: value.clone() for name, value in group.head.state_dict().items()}
 
-        code, detail = _refusal(
-            lambda: second.train_step(StepId("run1", 1, 0), *seeded_batch(1, B))
-        )
-        early = _refusal(lambda: first.train_step(StepId("run0", 1, 1), *seeded_batch(2, B)))
+        code, detail = refusal(lambda: second.train_step(StepId("run1", 1, 0), *seeded_batch(1, B)))
+        early = refusal(lambda: first.train_step(StepId("run0", 1, 1), *seeded_batch(2, B)))
         state = group.cursor, group.members[0].last, group.members[1].last
         weights = {name: value.clone() for name, value in group.head.state_dict().items()}
         first.train_step(StepId("run0", 1, 0), *seeded_batch(0, B))  # the turn's owner may

@@ -18,6 +18,8 @@ from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 from tests.conftest import settings
 
+pytestmark = pytest.mark.slow  # NoPeek steps through a server, each with the dCor of a batch
+
 BATCH = 32
 STEPS = 8
 

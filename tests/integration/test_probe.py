@@ -93,6 +93,7 @@ def test_only_the_split_learning_service_serving_counts(
         bare.stop(grace=None)
 
 
+@pytest.mark.slow  # starts the probe as its own process
 def test_the_command_exits_0_for_a_serving_server_and_1_otherwise(
     server: RunningServer, stopped_address: str, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_the_command_exits_0_for_a_serving_server_and_1_otherwise(
     assert gone.returncode == 1
 
 
+@pytest.mark.slow  # starts the probe as its own process
 def test_an_unusable_token_file_is_a_one_line_failure(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ def test_an_unusable_token_file_is_a_one_line_failure(
     assert result.stderr.strip() == f"probe: {empty} holds no token"
 
 
+@pytest.mark.slow  # starts the probe as its own process
 def test_tls_options_that_do_not_fit_are_a_usage_error(
     server: RunningServer, tmp_path: Path
 ) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from splitnn.client.app import run
 from splitnn.client.config import ClientConfig
 from splitnn.proto import splitnn_pb2 as pb
 
 
+@pytest.mark.slow  # trains two epochs through a server, then serves the model again
 def test_redeployed_checkpoint_matches_and_takes_post_training_noise(
     address: str, tmp_path: Path, tap_records: list[pb.TapRecord]
 ) -> None:

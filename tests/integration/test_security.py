@@ -17,14 +17,14 @@ import grpc
 import pytest
 import torch
 
-from splitnn.client.transport import ServerLink, ServerRefused, ServerUnreachable
+from splitnn.client.transport import ServerLink, ServerUnreachable
 from splitnn.common.certs import make_certificates
 from splitnn.common.codec import StepId, tensor_to_proto
 from splitnn.common.credentials import Credentials, open_channel
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
 from splitnn.server.app import RunningServer
-from tests.conftest import address_of, seeded_batch, settings, start_server
+from tests.conftest import address_of, refusal, seeded_batch, settings, start_server
 from tests.proxy import CuttingProxy
 
 B = 8
@@ -76,16 +76,6 @@ def _link(server: RunningServer, credentials: Credentials, **changes: Any) -> Se
     return ServerLink(address_of(server), spec, connect_timeout=3.0, credentials=credentials)
 
 
-def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    try:
-        call()
-    except grpc.RpcError as error:
-        return error.code(), str(error.details())
-    except ServerRefused as error:
-        return error.code, str(error)
-    pytest.fail("the call was accepted")
-
-
 @pytest.mark.parametrize(
     "who",
     ["plaintext", "wrong-ca", "no-client-certificate", "stranger-certificate"],
@@ -116,7 +106,7 @@ def test_the_servers_name_is_verified(mtls: RunningServer, pki: Pki) -> None:
 
 
 def test_roles_a_tap_cannot_train_a_holder_cannot_subscribe(mtls: RunningServer, pki: Pki) -> None:
-    tap_refused = _code(lambda: _link(mtls, pki.party("attacker")))
+    tap_refused = refusal(lambda: _link(mtls, pki.party("attacker")))
 
     def subscribe(name: str) -> grpc.StatusCode:
         with open_channel(address_of(mtls), pki.party(name)) as channel:
@@ -145,8 +135,8 @@ def test_tokens_name_parties_and_unknown_ones_are_refused(
     (tmp_path / "bad").write_text("someone-elses-token-000\n")
     ca = pki.certs / "ca.pem" if tls else None
     try:
-        unknown = _code(lambda: _link(running, Credentials(ca=ca, token_file=tmp_path / "bad")))
-        missing = _code(lambda: _link(running, Credentials(ca=ca)))
+        unknown = refusal(lambda: _link(running, Credentials(ca=ca, token_file=tmp_path / "bad")))
+        missing = refusal(lambda: _link(running, Credentials(ca=ca)))
         with _link(running, Credentials(ca=ca, token_file=tmp_path / "good")) as link:
             link.train_step(StepId(RUN, 1, 0), *seeded_batch(0))
             owner = running.sessions.get(link.session_id).owner
@@ -216,9 +206,9 @@ def test_holder_b_cannot_touch_holder_as_run(tmp_path: Path, pki: Pki) -> None:
                     pb.CloseSessionRequest(session_id="0" * 32), timeout=5
                 ),
             }.items():
-                outcomes.append((name, _code(call)))
-            outcomes.append(("restore alice's label", _code(lambda: bob.restore("epoch=0"))))
-            outcomes.append(("restore a label nobody wrote", _code(lambda: bob.restore("nope"))))
+                outcomes.append((name, refusal(call)))
+            outcomes.append(("restore alice's label", refusal(lambda: bob.restore("epoch=0"))))
+            outcomes.append(("restore a label nobody wrote", refusal(lambda: bob.restore("nope"))))
             bob.train_step(StepId(RUN, 1, 0), *seeded_batch(50))
             bob.checkpoint("epoch=0", replace_previous=True)  # Alice's label, Bob's file
         with _link(server, pki.party("bob"), resume=False):  # starting "her" run over
@@ -281,7 +271,7 @@ def test_a_passive_observer_sees_neither_session_ids_nor_labels(
 
 
 def test_run_names_with_control_characters_are_refused(mtls: RunningServer, pki: Pki) -> None:
-    refused = _code(lambda: _link(mtls, pki.party("alice"), run="run\n"))
+    refused = refusal(lambda: _link(mtls, pki.party("alice"), run="run\n"))
 
     assert refused[0] == Code.INVALID_ARGUMENT
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from splitnn.server.head import ANONYMOUS_OWNER
 from tests.conftest import (
     address_of,
     idle_train_streams,
+    refusal,
     seeded_batch,
     send_raw,
     settings,
@@ -110,7 +111,9 @@ def test_health_and_a_holder_are_served_beside_64_idle_streams(server: RunningSe
     with grpc.insecure_channel(address) as channel:
         streams, release = idle_train_streams(channel, 64)
         try:
-            time.sleep(0.5)  # let all 64 reach the server
+            deadline = time.monotonic() + 10  # until all 64 have reached the server
+            while server.service.open_calls < 64 and time.monotonic() < deadline:
+                time.sleep(0.01)
             status = _health(address, timeout=1.0)
             served = _holder(address, "beside-idle", steps=3)
             open_calls = server.service.open_calls
@@ -179,12 +182,6 @@ def _open(channel: grpc.Channel, run: str) -> pb.OpenSessionReply:
     return reply
 
 
-def _refusal(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()
-    return refused.value
-
-
 def test_one_session_over_the_limit_is_resource_exhausted_at_once(tmp_path: Path) -> None:
     running = _serve(tmp_path, max_sessions=2)
     try:
@@ -192,13 +189,13 @@ def test_one_session_over_the_limit_is_resource_exhausted_at_once(tmp_path: Path
             _open(channel, "first")
             _open(channel, "second")
             # A deadline, so a hang would read DEADLINE_EXCEEDED, not RESOURCE_EXHAUSTED.
-            refused = _refusal(lambda: _open(channel, "third"))
+            code, detail = refusal(lambda: _open(channel, "third"))
             again = _open(channel, "second")  # reopening a live run takes no new place
     finally:
         running.shutdown(grace=0.0)
 
-    assert refused.code() == Code.RESOURCE_EXHAUSTED
-    assert "--max-sessions" in str(refused.details())
+    assert code == Code.RESOURCE_EXHAUSTED
+    assert "--max-sessions" in detail
     assert again.session_id
 
 
@@ -210,13 +207,13 @@ def test_one_call_over_the_stream_limit_is_resource_exhausted_at_once(tmp_path: 
             deadline = time.monotonic() + 10
             while running.service.open_calls < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            refused = _refusal(lambda: _open(channel, "fifth"))
+            code, detail = refusal(lambda: _open(channel, "fifth"))
             status = _health(address_of(running))
             release.set()
     finally:
         running.shutdown(grace=0.0)
 
-    assert refused.code() == Code.RESOURCE_EXHAUSTED and "--max-streams" in str(refused.details())
+    assert code == Code.RESOURCE_EXHAUSTED and "--max-streams" in detail
     assert status == health_pb2.HealthCheckResponse.SERVING  # health is not counted
 
 
@@ -230,14 +227,14 @@ def test_a_request_over_the_inflight_limit_is_resource_exhausted_at_once(tmp_pat
             deadline = time.monotonic() + 10
             while running.service.inflight < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            refused = _refusal(lambda: _open(channel, "one-too-many"))
+            code, detail = refusal(lambda: _open(channel, "one-too-many"))
             busy.set()
             served = waiting.result(timeout=TIMEOUT)
     finally:
         busy.set()
         running.shutdown(grace=0.0)
 
-    assert refused.code() == Code.RESOURCE_EXHAUSTED and "--max-inflight" in str(refused.details())
+    assert code == Code.RESOURCE_EXHAUSTED and "--max-inflight" in detail
     assert served.session_id
 
 
@@ -393,6 +390,7 @@ def _train_through(address: str, server: RunningServer, steps: int) -> Trained:
         )
 
 
+@pytest.mark.slow  # 2 x 80 training steps through a cutting proxy
 def test_steps_under_connection_cuts_apply_exactly_once(tmp_path: Path) -> None:
     uncut, cut = _serve(tmp_path / "uncut"), _serve(tmp_path / "cut")
     try:

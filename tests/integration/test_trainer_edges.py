@@ -17,6 +17,8 @@ from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 from tests.conftest import settings
 
+pytestmark = pytest.mark.slow  # trains through a server, and starts the programs
+
 BATCH = 8
 
 

@@ -22,6 +22,8 @@ from splitnn.common.checkpoints import load_checkpoint, manifest_path, save_chec
 from splitnn.common.models import build_body
 from splitnn.common.seeds import seed_for
 
+pytestmark = pytest.mark.slow  # every test trains the attacker's decoder at least once
+
 # The study's (affine) decoder, one epoch on 16 random images: a fraction of a second.
 IMAGES = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 

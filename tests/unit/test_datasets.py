@@ -130,12 +130,12 @@ def test_mnist5k_train_is_shuffled_and_has_all_classes(mnist5k: DatasetSplits) -
     assert len(set(mnist5k.train.labels[:50].tolist())) > 5
 
 
-def test_mnist5k_is_deterministic_and_fresh(mnist5k: DatasetSplits) -> None:
+def test_mnist5k_is_fixed_and_fresh(mnist5k: DatasetSplits) -> None:
     again = load_splits("mnist5k")
-    for role in ROLES:
-        a, b = getattr(mnist5k, role), getattr(again, role)
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images), role
 
+    # Recorded: a change reshuffles the split every published number was measured on.
+    assert mnist5k.train.indices[:8].tolist() == [2221, 1222, 227, 4662, 3029, 3428, 1498, 727]
+    assert mnist5k.test.indices[:5].tolist() == [4439, 4478, 1702, 827, 3598]
     again.train.images.fill_(7.0)  # a caller scribbling on its copy
     third = load_splits("mnist5k")
 
@@ -190,10 +190,9 @@ def test_epoch_permutation_is_a_permutation() -> None:
     assert not torch.equal(perm, torch.arange(1000))
 
 
-def test_epoch_permutation_is_deterministic() -> None:
-    assert torch.equal(
-        epoch_permutation(500, seed=7, epoch=4), epoch_permutation(500, seed=7, epoch=4)
-    )
+def test_epoch_permutation_is_fixed() -> None:
+    # Recorded: a change reorders every epoch of every published run.
+    assert epoch_permutation(10, seed=7, epoch=4).tolist() == [9, 8, 6, 1, 3, 0, 2, 7, 5, 4]
 
 
 def test_epoch_permutation_differs_across_epochs_and_seeds() -> None:
