@@ -33,7 +33,7 @@ LOOP_REPEATS = {32: 5, 128: 3, 512: 1}
 
 
 def distance_correlation_reference_loop(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The study's dCor, reproduced with its defects (STUDY.md, "Defects" 3): a baseline only.
+    """The study's dCor, reproduced with its defects (docs/study.md, defect 3): a baseline only.
 
     Never use it as a loss or a metric. Squared Euclidean distances (so it measures only linear
     dependence: it is sqrt of the RV coefficient), biased V-statistic, distance matrices filled

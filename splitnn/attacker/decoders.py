@@ -3,7 +3,7 @@
 The attacker trains one on (noisy cut tensor, image) pairs from its auxiliary data and applies it
 to the victim's intercepted tensors.
 
-- ``study``: the study's decoder (STUDY.md), affine since it has no activation anywhere (defect 4);
+- ``study``: the study's decoder, affine: no activation anywhere (docs/study.md, defect 4);
   its output is not confined to [0, 1], so clamp it before scoring.
 - ``deep``: a non-linear decoder (batch norm, ReLU, sigmoid output in [0, 1]) for a stronger
   attack than the study measured.

@@ -1,4 +1,4 @@
-"""Datasets looked up by name, sliced into the study's splits (DESIGN.md "Data").
+"""Datasets looked up by name, sliced into the study's splits (docs/study.md, "Data splits").
 
 Images are float32 [N, 1, 28, 28] in [0, 1], not normalised: the model's first layer normalises,
 and the attacker scores reconstructions on [0, 1] pixels. Every subset carries the index of each
@@ -229,7 +229,7 @@ def _mnist5k(root: Path, download: bool) -> _Source:
     x, y = mnist_data()  # float64 [5000, 784] in 0..255, sorted by label
     images = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28))
     arrays = {"all": (images, torch.from_numpy(np.asarray(y, dtype=np.int64)))}
-    # numpy's default generator, seed 0: the split the reference numbers in STUDY.md were
+    # numpy's default generator, seed 0: the split that Table C of docs/study.md was
     # measured on (a torch permutation gives another, equally valid, split).
     perm = torch.from_numpy(np.random.default_rng(_MNIST5K_SEED).permutation(len(images)))
     layout, start = {}, 0

@@ -2,7 +2,7 @@
 
 One vectorised, differentiable implementation serves both as the NoPeek penalty w · dCor(x, z) and
 as the measurement dCor(x, x_hat); its value matches the `dcor` package on the same data. Unlike
-the study's reference (STUDY.md, defect 3) it uses Euclidean, not squared Euclidean, distances:
+the study's reference (docs/study.md, defect 3) it uses Euclidean, not squared Euclidean, distances:
 with squared distances dCor reduces to sqrt(RV coefficient) and sees only linear dependence.
 
 Cost: O(B² · (p + q)) time and O(B²) memory, one Gram matrix per input.

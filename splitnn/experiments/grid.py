@@ -21,7 +21,7 @@ NOISE_LEVELS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 NOPEEK_WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)
 COMBO_NOISE = (0.1, 0.2, 0.5, 1.0)
 COMBO_NOPEEK = (0.1, 0.25, 0.5)
-# Noise added after training to the plain and NoPeek models (STUDY.md, Table B).
+# Noise added after training to the plain and NoPeek models (docs/study.md, Table B).
 POSTTRAIN_NOISE = (0.0, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0)
 # The attacker side (issue 4).
 POSTTRAIN_ATTACK_NOISE = (0.1, 0.5, 1.0)

@@ -3,7 +3,7 @@
 Accuracy on the train / validation / test slices with the noise it was trained with (drawn
 afresh from a fixed seed), the distance correlation between the images and the cut tensor before
 and after the noise, and the epsilon that the Laplace mechanism on the tanh-bounded cut nominally
-gives (STUDY.md defect 5).
+gives (docs/study.md, defect 5).
 """
 
 from __future__ import annotations
