@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from splitnn.common.reports import MultiSummary
-from splitnn.experiments.config import ExperimentConfig
 from splitnn.common.topology import NAMES as TOPOLOGIES
+from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSpec
 from splitnn.experiments.multi_holder_runs import multi_records
 from splitnn.experiments.plots import Panel, Series, panels_plot

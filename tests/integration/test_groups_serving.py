@@ -17,7 +17,7 @@ import grpc
 import pytest
 import torch
 
-from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused
+from splitnn.client.transport import GroupSettings, ServerLink
 from splitnn.common.codec import StepId, WeightsBlob
 from splitnn.common.credentials import Credentials, open_channel
 from splitnn.server.app import RunningServer
