@@ -33,7 +33,7 @@ def test_reflection_lists_and_describes_the_services(tmp_path: Path) -> None:
 
 
 def test_reflection_lists_the_tap_in_collusion_mode(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "models", tap=True)
+    running = start_server(tmp_path / "models", tap=True, anonymous_tap=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())

@@ -1,4 +1,4 @@
-"""The package's shape, read from the source with `ast`: layers, edges and cited documents.
+"""The package's shape, read from the source with `ast`: its layers and its edges.
 
 Each rule is checked by a small function that is first tried on a synthetic example written here,
 so a rule that passes on the real package passes because the package obeys it, not because the
@@ -16,10 +16,7 @@ Which imports count:
 from __future__ import annotations
 
 import ast
-import io
-import os
 import re
-import tokenize
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "splitnn"
-GENERATED = "splitnn.proto"  # protoc's output: not read for names or citations
+GENERATED = "splitnn.proto"  # protoc's output: not read for names
 
 TOPOLOGY_NAMES = ("shared-head", "round-robin", "splitfed")
 TOPOLOGY_REGISTRY = "splitnn.common.topology"
@@ -48,9 +45,6 @@ PROTO_EDGE = frozenset(
         "splitnn.attacker.intercept",
     }
 )
-
-MD_CITATION = re.compile(r"[\w./-]*\w\.md\b")
-SKIPPED_DIRS = {"node_modules", "__pycache__", "build", "dist", "data", "models", "results", "runs"}
 
 
 # --- reading the source --------------------------------------------------------------------------
@@ -239,32 +233,6 @@ def topology_spellings(source: str, names: Iterable[str] = TOPOLOGY_NAMES) -> li
     return [line for _, line in sorted(found)]
 
 
-def cited_documents(source: str) -> set[str]:
-    """File names ending in .md that the comments and string literals of `source` mention."""
-    cited: set[str] = set()
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type in (tokenize.COMMENT, tokenize.STRING):
-            cited.update(MD_CITATION.findall(token.string))
-    return cited
-
-
-def documents_in(root: Path) -> set[str]:
-    """Paths, relative to `root`, of the Markdown files in the repository (hidden and build
-    folders skipped)."""
-    found: set[str] = set()
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS]
-        rel = Path(folder).relative_to(root)
-        found.update((rel / f).as_posix() for f in files if f.endswith(".md"))
-    return found
-
-
-def missing_documents(cited: Iterable[str], documents: set[str]) -> list[str]:
-    """Citations that name no document: a bare name matches any folder, a path must match."""
-    names = {Path(d).name for d in documents}
-    return sorted(c for c in set(cited) if not (c in documents if "/" in c else c in names))
-
-
 # --- the rules, each tried on a made-up case first -----------------------------------------------
 
 
@@ -350,20 +318,6 @@ def test_topology_spellings_are_found_in_strings_but_not_in_docstrings_or_commen
     assert topology_spellings(source) == ["line 5: 'splitfed'", "line 6: ' holders, round-robin'"]
 
 
-def test_cited_documents_are_found_and_missing_ones_named(tmp_path: Path) -> None:
-    source = '"""See STUDY.md, Table B."""\n# docs/DESIGN.md section 2\nx = "README.md"\n'
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "STUDY.md").write_text("")
-    (tmp_path / ".venv").mkdir()
-    (tmp_path / ".venv" / "DESIGN.md").write_text("")  # not the repository's
-
-    cited = cited_documents(source)
-
-    assert cited == {"STUDY.md", "docs/DESIGN.md", "README.md"}
-    assert documents_in(tmp_path) == {"docs/STUDY.md"}
-    assert missing_documents(cited, documents_in(tmp_path)) == ["README.md", "docs/DESIGN.md"]
-
-
 def _listed(items: Iterable[str]) -> str:
     return "\n".join(["", *items])
 
@@ -401,18 +355,6 @@ def test_generated_protobuf_is_imported_only_at_the_edge() -> None:
     found = proto_outside_edge(import_graph(), PROTO_EDGE)
 
     assert found == [], "import splitnn.proto outside the edge:" + _listed(found)
-
-
-def test_every_cited_document_exists() -> None:
-    cited: set[str] = set()
-    for folder in (PACKAGE, "bench"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if not path.is_relative_to(ROOT / PACKAGE / "proto"):
-                cited |= cited_documents(path.read_text())
-    found = missing_documents(cited, documents_in(ROOT))
-
-    assert cited, "no citation found at all: the scan is broken"
-    assert found == [], "cited but not in the repository:" + _listed(found)
 
 
 @pytest.mark.parametrize("module", sorted(PROTO_EDGE))

@@ -57,8 +57,6 @@ ATTACK = AttackCommand(
     validator_epochs=1,
     run="victim_run",
 )
-# Fields whose option stores under another parameter name.
-_PARAM = {"run": "run_name"}
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +82,7 @@ def test_every_client_field_reaches_the_client_parser() -> None:
             files = [params[n] for n in ("tls_ca", "tls_cert", "tls_key")]
             assert files == [CLIENT.credentials.ca, CLIENT.credentials.cert, CLIENT.credentials.key]
             continue
-        assert params[_PARAM.get(f.name, f.name)] == getattr(CLIENT, f.name), f.name
+        assert params[f.name] == getattr(CLIENT, f.name), f.name
     assert params["as_json"] is True
 
 
@@ -98,7 +96,7 @@ def test_every_attack_field_reaches_the_attack_parser() -> None:
     for f in fields(AttackCommand):
         if f.name == "quiet":
             continue  # a flag of the group, before "run"
-        assert params[_PARAM.get(f.name, f.name)] == getattr(ATTACK, f.name), f.name
+        assert params[f.name] == getattr(ATTACK, f.name), f.name
     assert params["as_json"] is True
 
 
