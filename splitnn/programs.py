@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -75,8 +75,54 @@ class ProgramCommand(click.Command):
         return _invoke_mapped(str(self.name), lambda: super(ProgramCommand, self).invoke(ctx))
 
 
+def with_implied_subcommand(
+    args: list[str], group_flags: set[str], implied: dict[str, str]
+) -> list[str]:
+    """`args` with a subcommand inserted where an option implies it.
+
+    The group's own flags (`group_flags`, e.g. ``-q``, ``-vv``) may come first; the first other
+    token decides: an option of `implied` (``--from-log`` or ``--from-log=LOG``) is preceded by
+    its subcommand, anything else (a subcommand, ``--help``) leaves `args` as they are.
+    """
+    for at, token in enumerate(args):
+        name = token.split("=", 1)[0]
+        if name in implied:
+            return [*args[:at], implied[name], *args[at:]]
+        short = name.startswith("-") and not name.startswith("--")
+        if name not in group_flags and not (short and {f"-{c}" for c in name[1:]} <= group_flags):
+            break
+    return list(args)
+
+
 class ProgramGroup(click.Group):
-    """A program with subcommands (``splitnn-attack``); the map covers them all."""
+    """A program with subcommands (``splitnn-attack``); the map covers them all.
+
+    `implied` maps an option to the subcommand it belongs to, so that ``splitnn-attack
+    --from-log LOG ...`` runs ``splitnn-attack run --from-log LOG ...``.
+    """
+
+    implied: ClassVar[dict[str, str]] = {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = {
+            opt
+            for param in self.params
+            if isinstance(param, click.Option) and (param.is_flag or param.count)
+            for opt in param.opts
+        }
+        return super().parse_args(ctx, with_implied_subcommand(args, flags, self.implied))
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_usage(ctx, formatter)
+        by_command: dict[str, list[str]] = {}
+        for option, command in self.implied.items():
+            by_command.setdefault(command, []).append(option)
+        for command, options in by_command.items():
+            formatter.write_usage(
+                ctx.command_path,
+                f"[OPTIONS] {{{'|'.join(options)}}} ... (short for: {command} ...)",
+                prefix="   or: ",
+            )
 
     def invoke(self, ctx: click.Context) -> Any:
         return _invoke_mapped(str(self.name), lambda: super(ProgramGroup, self).invoke(ctx))
@@ -119,9 +165,17 @@ def program(
     )
 
 
-def program_group(name: str, *, example_option: str) -> Callable[[Callable[..., Any]], click.Group]:
-    """`program` for a program with subcommands (``splitnn-attack``)."""
-    return _declare(name, cls=ProgramGroup, example_option=example_option, epilog_head="")
+def program_group(
+    name: str, *, example_option: str, implied: dict[str, str] | None = None
+) -> Callable[[Callable[..., Any]], click.Group]:
+    """`program` for a program with subcommands (``splitnn-attack``).
+
+    Args:
+        implied: options that may be given without their subcommand, e.g.
+            ``{"--from-log": "run"}``.
+    """
+    cls = type("ImpliedProgramGroup", (ProgramGroup,), {"implied": dict(implied or {})})
+    return _declare(name, cls=cls, example_option=example_option, epilog_head="")
 
 
 def _launch(module: str) -> None:

@@ -31,7 +31,11 @@ from splitnn.options import (
 from splitnn.programs import program_group
 
 
-@program_group("splitnn-attack", example_option="RUN_DECODER=study")
+@program_group(
+    "splitnn-attack",
+    example_option="RUN_DECODER=study",
+    implied={"--from-log": "run", "--live": "run"},
+)
 @logging_options
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
@@ -44,9 +48,15 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
                  victim's intercepted tensors, score and draw them
     3. validator train (or show) the independent classifier that judges reconstructions
 
+    `splitnn-attack --from-log LOG [OPTIONS]` is short for `splitnn-attack run --from-log LOG
+    [OPTIONS]`, and `splitnn-attack --live HOST:PORT [OPTIONS]` for `splitnn-attack run --live
+    HOST:PORT [OPTIONS]`: `splitnn-attack run --help` lists those options.
+
     \b
-    Example (after splitnn-sim, which leaves its wire log in runs/sim):
+    Examples (after splitnn-sim, which leaves its wire log in runs/sim):
       splitnn-attack inspect runs/sim/wire.log
+      splitnn-attack --from-log runs/sim/wire.log \\
+        --classifier models/classifiers/mnist5k_05noise_00nopeek_epoch=10.ckpt
     """
     ctx.obj = {"quiet": quiet}
     configure_logging(verbose=verbose, quiet=quiet)

@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import click
 import pytest
@@ -237,3 +238,43 @@ def test_settings_refuse_an_option_they_have_no_field_for() -> None:
     with pytest.raises(TypeError, match="ClientConfig has no field for the options colour"):
         config_from(ClientConfig, {"noise": 0.5, "colour": "red"})
     assert config_from(ClientConfig, {"noise": 0.5}, seed=3).seed == 3
+
+
+ATTACK_FLAGS = {"-v", "--verbose", "-q", "--quiet", "--version"}
+IMPLIED = {"--from-log": "run", "--live": "run"}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--from-log", "w.log", "--json"], ["run", "--from-log", "w.log", "--json"]),
+        (["--from-log=w.log"], ["run", "--from-log=w.log"]),
+        (["-q", "-vv", "--live", "h:1"], ["-q", "-vv", "run", "--live", "h:1"]),
+        (["run", "--from-log", "w.log"], ["run", "--from-log", "w.log"]),
+        (["inspect", "--from-log"], ["inspect", "--from-log"]),
+        (["--help", "--from-log", "w.log"], ["--help", "--from-log", "w.log"]),
+        (["-x", "--from-log", "w.log"], ["-x", "--from-log", "w.log"]),
+        ([], []),
+    ],
+)
+def test_an_option_implies_its_subcommand_only_before_any_other_word(
+    args: list[str], expected: list[str]
+) -> None:
+    assert programs.with_implied_subcommand(args, ATTACK_FLAGS, IMPLIED) == expected
+
+
+def test_the_attackers_short_form_is_run_and_its_help_shows_both_forms(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    log.write_bytes(b"")
+    runner = CliRunner()
+
+    short = runner.invoke(attack_main, ["--from-log", str(log)])
+    long = runner.invoke(attack_main, ["run", "--from-log", str(log)])
+    helped = runner.invoke(attack_main, ["--help"])
+
+    assert short.exit_code == long.exit_code == exits.USAGE
+    assert "Usage: splitnn-attack run" in short.output and "'--classifier'" in short.output
+    assert short.output == long.output
+    usage = helped.output.splitlines()[:2]
+    assert usage[0].startswith("Usage: splitnn-attack [OPTIONS] COMMAND")
+    assert "{--from-log|--live}" in usage[1] and "run" in usage[1]
