@@ -7,7 +7,7 @@ program's JSON report, which is parsed into `RunReport` / `AttackReport`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -62,6 +62,11 @@ class ClientCommand:
     partition: str | None = None
     alpha: float | None = None
     run: str | None = None
+
+    def as_harness(self) -> ClientCommand:
+        """This run as the evaluation harness: started afresh, it then sends the attack slice's
+        deployment-time tensors with their sample indices, so that attacks can be scored."""
+        return replace(self, deploy=True, restart=True, send_indices=True)
 
     def args(self) -> list[str]:
         args = ["--server", self.server]

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from splitnn.common.registry import lookup
+
 TRAIN = "train"
 HAND_IN = "hand_in"
 
@@ -123,10 +125,7 @@ def topology(name: str) -> Topology:
     Raises:
         ValueError: no such topology, naming the known ones.
     """
-    found = TOPOLOGIES.get(name)
-    if found is None:
-        raise ValueError(f"topology {name!r}: one of {', '.join(NAMES)}")
-    return found
+    return lookup(TOPOLOGIES, name, kind="topology")
 
 
 def describe() -> str:

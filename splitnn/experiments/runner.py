@@ -121,11 +121,8 @@ def client_command(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> Cl
         threads=cfg.threads_per_job(),
         model_dir=cfg.model_dir,
         data_dir=cfg.data_dir,
-        deploy=True,
-        restart=True,
-        send_indices=True,
         quiet=True,
-    )
+    ).as_harness()
 
 
 def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> ClassifierRecord:

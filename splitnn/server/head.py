@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from splitnn.common.codec import StepId, WeightsBlob
 from splitnn.common.models import build_head, make_optimizer
+from splitnn.common.registry import lookup
 from splitnn.server.errors import InvalidRequest, WrongState
 
 # Whose runs these are when the server authenticates nobody (see `identity.py`).
@@ -277,10 +278,7 @@ def lookup_head_policy(name: str) -> Callable[[SessionSpec], LoneHead]:
     Raises:
         ValueError: no such policy, naming the known ones.
     """
-    found = HEAD_POLICIES.get(name)
-    if found is None:
-        raise ValueError(f"head policy {name!r}: one of {', '.join(HEAD_POLICIES)}")
-    return found
+    return lookup(HEAD_POLICIES, name, kind="head policy")
 
 
 class HeadSession:

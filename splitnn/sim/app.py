@@ -44,6 +44,12 @@ class SimConfig:
 VICTIM = "victim"
 
 
+# What a summary repeats of the victim's report, and the attack's scores (named attack_<score>).
+_FROM_VICTIM: tuple[str, ...] = ("dataset", "noise", "nopeek", "epochs", "best_epoch")
+_FROM_VICTIM += ("test_accuracy", "val_accuracy")
+_ATTACK_SCORES = ("mse", "psnr", "ssim", "dcor", "validator_accuracy")
+
+
 @dataclass(frozen=True)
 class SimSummary:
     """What `splitnn-sim` prints (`--json`: these fields as one object); percent accuracies."""
@@ -74,18 +80,8 @@ class SimSummary:
         cls, victim: RunReport, attack: AttackReport, *, wire_log: Path, seconds: float
     ) -> SimSummary:
         return cls(
-            dataset=victim.dataset,
-            noise=victim.noise,
-            nopeek=victim.nopeek,
-            epochs=victim.epochs,
-            best_epoch=victim.best_epoch,
-            test_accuracy=victim.test_accuracy,
-            val_accuracy=victim.val_accuracy,
-            attack_mse=attack.mse,
-            attack_psnr=attack.psnr,
-            attack_ssim=attack.ssim,
-            attack_dcor=attack.dcor,
-            attack_validator_accuracy=attack.validator_accuracy,
+            **{name: getattr(victim, name) for name in _FROM_VICTIM},
+            **{f"attack_{name}": getattr(attack, name) for name in _ATTACK_SCORES},
             validator_accuracy_originals=attack.validator_accuracy_originals,
             attack_images=attack.images,
             decoder=attack.decoder,
@@ -159,11 +155,8 @@ def holder_command(
         seed=cfg.seed,
         max_steps=cfg.max_steps,
         model_dir=cfg.model_dir,
-        deploy=True,
-        restart=True,
-        send_indices=True,
         credentials=credentials,
-    )
+    ).as_harness()
 
 
 def attack_command(

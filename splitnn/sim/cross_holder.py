@@ -38,6 +38,9 @@ from splitnn.sim.app import (
 )
 
 GROUP = "sim"
+# The settings a multi-holder summary repeats from its configuration.
+_SETTINGS: tuple[str, ...] = ("topology", "holders", "partition", "alpha", "colluder", "dataset")
+_SETTINGS += ("epochs", "seed", "noise", "nopeek", "colluder_noise")
 
 
 @dataclass(frozen=True)
@@ -129,17 +132,7 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
         attack = run_attacker(victim_attack(cfg, colluder=colluder, victim=report, log=log))
         victims.append(_victim(report, attack))
     return MultiSummary(
-        topology=cfg.topology,
-        holders=cfg.holders,
-        partition=cfg.partition,
-        alpha=cfg.alpha,
-        colluder=cfg.colluder,
-        dataset=cfg.dataset,
-        epochs=cfg.epochs,
-        seed=cfg.seed,
-        noise=cfg.noise,
-        nopeek=cfg.nopeek,
-        colluder_noise=cfg.colluder_noise,
+        **{name: getattr(cfg, name) for name in _SETTINGS},
         members=[_member(r) for r in reports],
         victims=victims,
         wire_log=str(log),
