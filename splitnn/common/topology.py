@@ -9,14 +9,19 @@ simulation and the experiment grid read a `Topology` from `TOPOLOGIES`; none com
   batch). At the end of its turn a holder hands in part 1; the next holder continues from it.
 * splitfed: holders train in parallel, each with its own copy of the head. After every epoch (a
   round) each hands in part 1; the server averages the parts 1 and the heads, weighted by the
-  holders' training samples (FedAvg), and every holder continues from the averages.
+  samples the server saw each holder train on in that round (FedAvg), and every holder continues
+  from the averages.
+
+A sequential topology's order is a `Schedule`: the slot at a cursor and the position of a slot,
+computed from the epochs and each holder's batches per epoch. It is never laid out as a list,
+since the holders that join choose its size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from splitnn.common.registry import lookup
 
@@ -33,8 +38,36 @@ class Slot(NamedTuple):
     batch: int
 
 
-# (epochs, each holder's batches per epoch in holder order) -> every slot, in order.
-Schedule = Callable[[int, Sequence[int]], list[Slot]]
+class Schedule(Protocol):
+    """A sequential group's slots, in order, computed on demand: O(K) time and memory per
+    lookup (K holders), whatever the number of epochs and batches.
+
+    A schedule is never laid out as a list: its size is chosen by the holders that join.
+    """
+
+    def __len__(self) -> int:
+        """Every slot of every epoch."""
+        ...
+
+    def slot_at(self, cursor: int) -> Slot:
+        """The slot at `cursor` in 0..len-1.
+
+        Raises:
+            IndexError: `cursor` is outside the schedule.
+        """
+        ...
+
+    def position(self, slot: Slot) -> int:
+        """Where `slot` comes in the schedule.
+
+        Raises:
+            KeyError: `slot` is not in the schedule.
+        """
+        ...
+
+
+# (epochs, each holder's batches per epoch in holder order) -> the schedule.
+Order = Callable[[int, Sequence[int]], Schedule]
 
 
 @dataclass(frozen=True)
@@ -48,8 +81,9 @@ class Topology:
             hands back (the previous holder's, or the round's average); else each keeps its own.
         one_head: all holders train one head; otherwise each has its own copy.
         averages_every_epoch: parts 1 and heads are averaged (FedAvg) after every epoch.
-        schedule: the fixed order of every step and hand-in; None: holders step in parallel,
-            each in its own order, and wait only for the averages.
+        schedule: lays out the fixed order of every step and hand-in (a `Schedule`, computed
+            slot by slot, never listed); None: holders step in parallel, each in its own order,
+            and wait only for the averages.
     """
 
     name: str
@@ -57,32 +91,95 @@ class Topology:
     shares_body: bool
     one_head: bool
     averages_every_epoch: bool
-    schedule: Schedule | None
+    schedule: Order | None
 
     def __str__(self) -> str:
         return self.name
 
 
-def _batch_by_batch(epochs: int, batches: Sequence[int]) -> list[Slot]:
-    """(epoch, batch, holder): every holder's b-th step before anyone's (b+1)-th."""
-    widest = max(batches)
-    return [
-        Slot(TRAIN, e, h, b)
-        for e in range(1, epochs + 1)
-        for b in range(widest)
-        for h, count in enumerate(batches)
-        if b < count
-    ]
+@dataclass(frozen=True)
+class _BatchByBatch:
+    """(epoch, batch, holder): every holder's b-th step before anyone's (b+1)-th.
+
+    An epoch holds sum(batches) slots; within it, batch b starts after sum(min(c, b)) slots and
+    holds one slot for each holder with more than b batches, in holder order.
+    """
+
+    epochs: int
+    batches: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.epochs * sum(self.batches)
+
+    def position(self, slot: Slot) -> int:
+        kind, epoch, holder, batch = slot
+        if kind != TRAIN or not _inside(self.epochs, self.batches, epoch, holder, batch):
+            raise KeyError(slot)
+        before = sum(min(count, batch) for count in self.batches)
+        ahead = sum(1 for count in self.batches[:holder] if count > batch)
+        return (epoch - 1) * sum(self.batches) + before + ahead
+
+    def slot_at(self, cursor: int) -> Slot:
+        if not 0 <= cursor < len(self):
+            raise IndexError(cursor)
+        epoch, rest = divmod(cursor, sum(self.batches))
+        start, done = 0, 0  # batches below `start` hold `done` slots of the epoch
+        for level in sorted(set(self.batches)):
+            active = [h for h, count in enumerate(self.batches) if count > start]
+            span = (level - start) * len(active)
+            if rest < done + span:
+                batch, index = divmod(rest - done, len(active))
+                return Slot(TRAIN, epoch + 1, active[index], start + batch)
+            start, done = level, done + span
+        raise AssertionError("unreachable: the cursor is inside the epoch")
 
 
-def _epoch_turns(epochs: int, batches: Sequence[int]) -> list[Slot]:
-    """(epoch, holder, batch): a holder's whole epoch, then its hand-in, then the next holder."""
-    return [
-        slot
-        for e in range(1, epochs + 1)
-        for h, count in enumerate(batches)
-        for slot in [*(Slot(TRAIN, e, h, b) for b in range(count)), Slot(HAND_IN, e, h, 0)]
-    ]
+@dataclass(frozen=True)
+class _EpochTurns:
+    """(epoch, holder, batch): a holder's whole epoch, then its hand-in, then the next holder.
+
+    An epoch holds sum(batches + 1) slots; holder h's turn starts after sum(batches[:h] + 1).
+    """
+
+    epochs: int
+    batches: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.epochs * (sum(self.batches) + len(self.batches))
+
+    def position(self, slot: Slot) -> int:
+        kind, epoch, holder, batch = slot
+        inside = _inside(self.epochs, self.batches, epoch, holder, batch)
+        if kind not in (TRAIN, HAND_IN) or not inside or (kind == HAND_IN and batch != 0):
+            raise KeyError(slot)
+        offset = self.batches[holder] if kind == HAND_IN else batch  # hand-in: after the last
+        turn = sum(self.batches[:holder]) + holder
+        return (epoch - 1) * (sum(self.batches) + len(self.batches)) + turn + offset
+
+    def slot_at(self, cursor: int) -> Slot:
+        if not 0 <= cursor < len(self):
+            raise IndexError(cursor)
+        epoch, rest = divmod(cursor, sum(self.batches) + len(self.batches))
+        for holder, count in enumerate(self.batches):
+            if rest < count:
+                return Slot(TRAIN, epoch + 1, holder, rest)
+            if rest == count:
+                return Slot(HAND_IN, epoch + 1, holder, 0)
+            rest -= count + 1
+        raise AssertionError("unreachable: the cursor is inside the epoch")
+
+
+def _inside(epochs: int, batches: Sequence[int], epoch: int, holder: int, batch: int) -> bool:
+    """Step (epoch, holder, batch) is one of the group's steps."""
+    return 1 <= epoch <= epochs and 0 <= holder < len(batches) and 0 <= batch < batches[holder]
+
+
+def _batch_by_batch(epochs: int, batches: Sequence[int]) -> Schedule:
+    return _BatchByBatch(epochs, tuple(batches))
+
+
+def _epoch_turns(epochs: int, batches: Sequence[int]) -> Schedule:
+    return _EpochTurns(epochs, tuple(batches))
 
 
 TOPOLOGIES: dict[str, Topology] = {
