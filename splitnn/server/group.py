@@ -11,11 +11,29 @@ taken in holder order. A step that arrives early waits for its turn in `Sync` (w
 without a step timeout); a `Train` request out of turn is refused. So a group's run gives the
 same parameters whatever the processes' timing.
 
+What a joiner may ask for is bounded (`MAX_EPOCHS`, `MAX_BATCHES_PER_EPOCH`), and the
+schedule is computed slot by slot, never laid out: its size costs neither time nor memory.
+
 A holder that drops out and comes back resumes: the group keeps each member's replies since the
 save point before its last one, so a holder restarted from its own last save replays its steps
 and is answered exactly as before (the replayed tensors must match: a SHA-256 of each step's
-tensors is kept). The others wait for it meanwhile. Groups live in the server's memory: a server
-restart loses them, and their holders stop with an error.
+tensors is kept). The last step of every epoch is a save point whatever the holder says, so
+no member makes the group keep more than about two epochs of its replies. The others wait for
+it meanwhile. Groups live in the server's memory: a server restart loses them, and their holders
+stop with an error.
+
+What the group keeps of part 1 is bounded the same way. A restart replays from a member's save
+point before last at the earliest, so the group keeps the hand-ins (round-robin) and averages
+(splitfed) of that save point's epoch and later, over all members: the current round and the
+one or two before it. A splitfed hand-in is dropped once its round is averaged (its SHA-256
+stays, to answer a resumed holder's second hand-in), and nothing older is held.
+
+FedAvg weighs each holder by what the server counted: the samples of the steps it applied for
+that holder in that round. The samples a holder claims when it joins are logged, never used.
+
+The group's shared head is trained by its schedule only: `Restore` is refused in a group
+session (a member would overwrite the others' model), and `Checkpoint` of a member's head
+is served once the group has trained to its end (see `over`), refused before.
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ import torch
 
 from splitnn.common.codec import CodecError, GroupJoin, StepId, WeightsBlob
 from splitnn.common.models import Head, build_head, make_optimizer
-from splitnn.common.topology import HAND_IN, TRAIN, Slot
+from splitnn.common.topology import HAND_IN, TRAIN, Schedule, Slot
 from splitnn.common.weights import from_blob
 from splitnn.server.changes import Changes
 from splitnn.server.errors import InvalidRequest, NotYet, WrongState
@@ -39,6 +57,12 @@ from splitnn.server.group_spec import GroupSpec
 from splitnn.server.head import SessionSpec, StepResult, apply_step
 
 logger = logging.getLogger(__name__)
+
+# What a joiner may ask for. Ten thousand epochs is a hundred times the longest SplitNN runs
+# published; a million batches an epoch covers ImageNet's 1.28 M images at 2 per batch. The
+# schedule is arithmetic, so these bounds keep a run finite, not the server's memory small.
+MAX_EPOCHS = 10_000
+MAX_BATCHES_PER_EPOCH = 1_000_000
 
 
 class Group:
@@ -63,15 +87,27 @@ class Group:
         self.epochs = 0
         self.head: Head | None = None  # a one-head topology's head
         self.optimizer: torch.optim.Adam | None = None
-        self.schedule: list[Slot] = []  # a sequential topology's steps and hand-ins, in order
-        self.position: dict[Slot, int] = {}
+        self.schedule: Schedule | None = None  # a sequential topology's order, once started
         self.cursor = 0  # the next slot to apply
-        self.handed: dict[tuple[int, int], WeightsBlob] = {}  # (epoch, holder) -> part 1
-        self.averages: dict[int, WeightsBlob] = {}  # epoch -> averaged part 1 (FedAvg)
+        # (epoch, holder) -> part 1 still to be handed on or averaged, and every kept
+        # hand-in's SHA-256; epoch -> averaged part 1 (FedAvg). See the module on what is kept.
+        self.handed: dict[tuple[int, int], WeightsBlob] = {}
+        self.digests: dict[tuple[int, int], bytes] = {}
+        self.averages: dict[int, WeightsBlob] = {}
+        self.averaged = 0  # the last round averaged
 
     @property
     def started(self) -> bool:
         return len(self.members) == self.spec.size
+
+    @property
+    def over(self) -> bool:
+        """Every step and hand-in is applied (and, in splitfed, the last round averaged)."""
+        if not self.started:
+            return False
+        if self.schedule is None:
+            return self.averaged == self.epochs
+        return self.cursor == len(self.schedule)
 
     # -- joining ---------------------------------------------------------------------------
 
@@ -102,8 +138,12 @@ class Group:
                 raise InvalidRequest(
                     f"group {self.spec.name!r} has holders 0..{self.spec.size - 1}, not {holder}"
                 )
-            if request.batches_per_epoch < 1 or request.epochs < 1:
-                raise InvalidRequest("a group member needs at least one epoch and one batch")
+            if not 1 <= request.epochs <= MAX_EPOCHS:
+                raise InvalidRequest(f"a group trains for 1..{MAX_EPOCHS} epochs")
+            if not 1 <= request.batches_per_epoch <= MAX_BATCHES_PER_EPOCH:
+                raise InvalidRequest(
+                    f"a group member takes 1..{MAX_BATCHES_PER_EPOCH} batches an epoch"
+                )
             self._check_settings(spec, request)
             for other in self.members.values():
                 if (other.owner, other.run) == (owner, spec.run) and other.holder != holder:
@@ -158,18 +198,19 @@ class Group:
             owner=owner,
             run=spec.run,
             batches=request.batches_per_epoch,
-            samples=max(int(request.samples), 1),
             head=head,
             optimizer=optimizer,
         )
         self.members[request.holder] = member
         logger.info(
-            "group %s: holder %d joined (%s's run %s, %d steps an epoch; %d of %d)",
+            "group %s: holder %d joined (%s's run %s, %d steps an epoch, %d samples claimed; "
+            "%d of %d)",
             self.spec.name,
             request.holder,
             owner,
             spec.run,
             member.batches,
+            request.samples,
             len(self.members),
             self.spec.size,
         )
@@ -178,11 +219,10 @@ class Group:
         return member
 
     def _start(self) -> None:
-        """All holders have joined: lays out the sequence of steps."""
+        """All holders have joined: fixes the order of steps (computed, never listed)."""
         members = [self.members[h] for h in range(self.spec.size)]
         if self.topology.schedule is not None:
             self.schedule = self.topology.schedule(self.epochs, [m.batches for m in members])
-        self.position = {slot: i for i, slot in enumerate(self.schedule)}
         logger.info(
             "group %s (%s): all %d holders joined; %d epochs",
             self.spec.name,
@@ -200,25 +240,31 @@ class Group:
         with self.lock:
             self.last_active = time.monotonic()
             self._check_step(member, epoch, batch)
-            key = (epoch, batch)
-            applied = member.last is not None and key <= member.last
-            if not applied:
-                if not self.started:
-                    raise NotYet
-                if not self.sequential:
-                    if self._awaits_average(epoch):
-                        raise NotYet
-                elif self.position[Slot(TRAIN, epoch, member.holder, batch)] > self.cursor:
-                    raise NotYet
-            if batch != 0 or not self.topology.shares_body:
-                return None
-            if self.topology.averages_every_epoch:
-                return self.averages.get(epoch - 1)
-            return self.handed.get(self._previous_turn(epoch, member.holder))
+            applied = member.last is not None and (epoch, batch) <= member.last
+            if not applied and self._waits(member, epoch, batch):
+                raise NotYet
+            return self._start_of(member, epoch, batch)
+
+    def _waits(self, member: Member, epoch: int, batch: int) -> bool:
+        """`member`'s step (epoch, batch), not applied yet, must wait for its turn."""
+        if not self.started:
+            return True
+        if self.schedule is None:
+            return self._awaits_average(epoch)
+        return self.schedule.position(Slot(TRAIN, epoch, member.holder, batch)) > self.cursor
+
+    def _start_of(self, member: Member, epoch: int, batch: int) -> WeightsBlob | None:
+        """The part 1 that `member` takes step (epoch, batch) with (None: its own)."""
+        if batch != 0 or not self.topology.shares_body:
+            return None
+        if self.topology.averages_every_epoch:
+            return None if epoch == 1 else _held(self.averages.get(epoch - 1), epoch)
+        previous = self._previous_turn(epoch, member.holder)
+        return None if previous[0] == 0 else _held(self.handed.get(previous), epoch)
 
     def _awaits_average(self, epoch: int) -> bool:
         """Epoch `epoch` starts from the previous round's average, not taken yet."""
-        return self.topology.averages_every_epoch and epoch > 1 and epoch - 1 not in self.averages
+        return self.topology.averages_every_epoch and epoch - 1 > self.averaged
 
     def _previous_turn(self, epoch: int, holder: int) -> tuple[int, int]:
         return (epoch, holder - 1) if holder > 0 else (epoch - 1, self.spec.size - 1)
@@ -248,14 +294,15 @@ class Group:
                 return cached, False
             self._check_turn(member, key)
             result = apply_step(member.head, member.optimizer, step, activations, labels)
-            member.record(key, digest, result, save=save)
+            member.record(key, digest, result, samples=int(labels.shape[0]), save=save)
             if self.sequential:
                 self.cursor += 1
+            self._prune()
             self.changes.notify()
             return result, True
 
     def _check_step(self, member: Member, epoch: int, batch: int) -> None:
-        if not 1 <= epoch <= self.epochs or batch >= member.batches:
+        if not 1 <= epoch <= self.epochs or not 0 <= batch < member.batches:
             raise InvalidRequest(
                 f"holder {member.holder} has epochs 1..{self.epochs} of {member.batches} steps; "
                 f"no epoch {epoch} batch {batch}"
@@ -265,7 +312,7 @@ class Group:
         epoch, batch = key
         if not self.started:
             raise WrongState(f"group {self.spec.name!r} waits for its other holders (Sync)")
-        if not self.sequential:
+        if self.schedule is None:
             expected = (1, 0) if member.last is None else member.after(member.last)
             if key != expected or self._awaits_average(epoch):
                 raise WrongState(
@@ -273,8 +320,10 @@ class Group:
                     f"{expected[1]}, after round {expected[0] - 1} is averaged"
                 )
             return
-        if self.schedule[self.cursor] != Slot(TRAIN, epoch, member.holder, batch):
-            kind, e, h, b = self.schedule[self.cursor]
+        if self.over:
+            raise WrongState(f"group {self.spec.name!r} has trained to its end")
+        kind, e, h, b = self.schedule.slot_at(self.cursor)
+        if (kind, e, h, b) != Slot(TRAIN, epoch, member.holder, batch):
             raise WrongState(
                 f"not holder {member.holder}'s turn: group {self.spec.name!r} waits for holder "
                 f"{h}'s {'epoch ' + str(e) + ' batch ' + str(b) if kind == TRAIN else 'part 1'}"
@@ -291,53 +340,93 @@ class Group:
             done = (epoch, member.batches - 1)
             if member.last is None or member.last < done:
                 raise WrongState(f"holder {member.holder} hands in part 1 before its last step")
-            previous = self.handed.get((epoch, member.holder))
+            previous = self.digests.get((epoch, member.holder))
             if previous is not None:
-                if previous.sha256 != blob.sha256:
+                if previous != blob.sha256:
                     raise WrongState(f"holder {member.holder} handed in other weights before")
                 return  # a resumed holder hands in again: the same weights
+            if epoch <= self.averaged:
+                raise WrongState(f"round {epoch} was averaged and is no longer held")
             try:
                 from_blob(blob)
             except CodecError as error:
                 raise InvalidRequest(f"part 1's weights: {error}") from None
-            if self.sequential:
-                if self.schedule[self.cursor] != Slot(HAND_IN, epoch, member.holder, 0):
+            if self.schedule is not None:
+                if self.over or self.schedule.slot_at(self.cursor) != Slot(
+                    HAND_IN, epoch, member.holder, 0
+                ):
                     raise WrongState(f"not holder {member.holder}'s hand-in")
                 self.cursor += 1
             self.handed[(epoch, member.holder)] = blob
+            self.digests[(epoch, member.holder)] = blob.sha256
             if self.topology.averages_every_epoch:
                 self._maybe_average(epoch)
+            self._prune()
             self.changes.notify()
 
     def _maybe_average(self, epoch: int) -> None:
-        """FedAvg of round `epoch` once every holder handed in: parts 1 and heads."""
+        """FedAvg of round `epoch` once every holder handed in: parts 1 and heads, weighted by
+        the samples the server applied for each holder in that round (never a claimed count)."""
         members = [self.members[h] for h in range(self.spec.size)]
         if any((epoch, m.holder) not in self.handed for m in members):
             return
-        counts = [m.samples for m in members]
-        bodies = [self.handed[(epoch, m.holder)] for m in members]
+        counts = [m.trained[epoch] for m in members]
+        bodies = [self.handed.pop((epoch, m.holder)) for m in members]
         self.averages[epoch] = average_round(bodies, [m.head for m in members], counts)
+        self.averaged = epoch
         logger.info(
-            "group %s: round %d averaged over %d holders", self.spec.name, epoch, len(counts)
+            "group %s: round %d averaged over %d holders (samples %s)",
+            self.spec.name,
+            epoch,
+            len(counts),
+            counts,
         )
+
+    def _prune(self) -> None:
+        """Drops the parts 1 and counts no resume or retried call can ask for any more.
+
+        A member replays from its save point before last at the earliest (see `Member.floor`),
+        and what it then asks for is of that point's epoch or later: its hand-in again, the
+        part 1 its next turn or round starts from (an epoch's start is the previous epoch's
+        hand-in or average), and the final part 1.
+        """
+        if not self.started:
+            return
+        keep_from = min(m.floor()[0] for m in self.members.values())
+        for kept in (self.handed, self.digests):
+            for key in [k for k in kept if k[0] < keep_from]:
+                del kept[key]
+        for epoch in [e for e in self.averages if e < keep_from]:
+            del self.averages[epoch]
+        for member in self.members.values():
+            member.forget_counts(before=keep_from)
 
     def finish(self, member: Member) -> WeightsBlob | None:
         """Returns when the whole group has trained, with the final part 1 (None: keep yours)."""
         with self.lock:
             self.last_active = time.monotonic()
-            if not self.started:
+            if not self.over:
                 raise NotYet
-            last = self.spec.size - 1
-            if not self.sequential:
-                final = self.averages.get(self.epochs)
-                if final is None:
-                    raise NotYet
-            elif self.cursor < len(self.schedule):
-                raise NotYet
-            else:
-                final = self.handed.get((self.epochs, last))
+            final = None
+            if self.topology.averages_every_epoch:
+                final = self.averages[self.epochs]
+            elif self.topology.shares_body:
+                final = self.handed[(self.epochs, self.spec.size - 1)]
             member.finished = True
             return final
+
+    def check_checkpoint(self) -> None:
+        """A member's head may be written once the group has trained to its end.
+
+        Raises:
+            WrongState: the group is still training: its head is not any member's to save.
+        """
+        with self.lock:
+            if not self.over:
+                raise WrongState(
+                    f"group {self.spec.name!r} is still training: a member's head is written "
+                    "once the whole group has finished (Sync FINISHED)"
+                )
 
     def expire(self, ttl: float) -> bool:
         """Drops the group's run if no holder has called (or waited) for `ttl` seconds: its
@@ -359,3 +448,10 @@ class Group:
             member.closed = finished
             if self.members and all(m.closed for m in self.members.values()):
                 logger.info("group %s: every holder finished; the group is free", self.spec.name)
+
+
+def _held(blob: WeightsBlob | None, epoch: int) -> WeightsBlob:
+    """The part 1 that epoch `epoch` starts from; refused if it is no longer held."""
+    if blob is None:
+        raise WrongState(f"the part 1 that epoch {epoch} starts from is no longer held")
+    return blob

@@ -1,4 +1,9 @@
-"""A group member's head: the `HeadPolicy` through which a member's session trains its group."""
+"""A group member's head: the `HeadPolicy` through which a member's session trains its group.
+
+The head is trained by the group's schedule only. Its weights are loaded by nothing else
+(`Restore` is refused in a group session) and written (`Checkpoint`) only once the group has
+trained to its end: before that, the head is not the member's to save.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ from splitnn.server.errors import WrongState
 from splitnn.server.group import Group
 from splitnn.server.group_member import Member, batch_digest
 from splitnn.server.head import EvalResult, StepResult, evaluate_head
+
+RESTORE_REFUSED = (
+    "Restore is refused in a training group: the group's head is trained by its schedule only"
+)
 
 
 class GroupMemberHead:
@@ -45,6 +54,12 @@ class GroupMemberHead:
             return self.member.head.state_dict()
 
     def state(self) -> dict[str, Any]:
+        """The head for a checkpoint, once the group is over (see the module).
+
+        Raises:
+            WrongState: the group is still training.
+        """
+        self.group.check_checkpoint()
         with self.group.lock:
             return {
                 "head": self.member.head.state_dict(),
@@ -53,8 +68,7 @@ class GroupMemberHead:
             }
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        with self.group.lock:
-            self.member.head.load_state_dict(weights)
+        raise WrongState(RESTORE_REFUSED)
 
     def restore(self, state: dict[str, Any]) -> None:
         raise WrongState("a group member's head is restored by its group, not from a save")

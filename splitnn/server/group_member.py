@@ -3,6 +3,11 @@
 A member keeps its replies since the save point before its last one, so a holder restarted
 from its own last save replays its steps and is answered exactly as before. A replay must send
 the very tensors of the first time: each reply is kept with the SHA-256 of the step's tensors.
+The last step of every epoch is a save point whether or not the holder marked it: a holder
+that never marks one cannot make the group keep all its replies.
+
+A member also counts the samples of the steps applied for it, by epoch: FedAvg weighs each
+holder by these, never by what it claims.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ class Member:
     owner: str
     run: str
     batches: int  # steps per epoch
-    samples: int
     head: Head
     optimizer: torch.optim.Adam
     last: Key | None = None  # the last step applied
     replies: dict[Key, tuple[bytes, StepResult]] = field(default_factory=dict)
     saves: list[Key] = field(default_factory=list)  # the last two save points
+    trained: dict[int, int] = field(default_factory=dict)  # epoch -> samples of applied steps
     finished: bool = False
     closed: bool = False
 
@@ -65,17 +70,30 @@ class Member:
             raise WrongState(f"step {step} was applied before and is no longer held")
         return None
 
-    def record(self, key: Key, digest: bytes, result: StepResult, *, save: bool) -> None:
-        """Keeps the reply to step `key`, just applied; `save`: the holder saves after it."""
+    def record(
+        self, key: Key, digest: bytes, result: StepResult, *, samples: int, save: bool
+    ) -> None:
+        """Keeps the reply to step `key`, just applied on `samples` samples; `save`: the holder
+        saves after it (always at the last step of an epoch)."""
         self.last = key
         self.replies[key] = (digest, result)
-        if save:
+        self.trained[key[0]] = self.trained.get(key[0], 0) + samples
+        if save or key[1] == self.batches - 1:
             # The holder has saved the previous save point once it sends this one: a restart
             # replays from there at the earliest.
             self.saves = [*self.saves[-1:], key]
             if len(self.saves) == 2:
                 for old in [k for k in self.replies if k < self.saves[0]]:
                     del self.replies[old]
+
+    def floor(self) -> Key:
+        """The earliest step a restart of this holder may replay after; (1, -1): the start."""
+        return self.saves[0] if len(self.saves) == 2 else (1, -1)
+
+    def forget_counts(self, *, before: int) -> None:
+        """Drops the sample counts of epochs before `before` (their rounds are averaged)."""
+        for epoch in [e for e in self.trained if e < before]:
+            del self.trained[epoch]
 
     def rejoin(
         self,

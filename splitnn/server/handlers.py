@@ -27,8 +27,8 @@ from splitnn.common.codec import (
     tensor_to_proto,
 )
 from splitnn.proto import splitnn_pb2 as pb
-from splitnn.server.errors import InvalidRequest
-from splitnn.server.group_head import GroupMemberHead
+from splitnn.server.errors import InvalidRequest, WrongState
+from splitnn.server.group_head import RESTORE_REFUSED, GroupMemberHead
 from splitnn.server.groups import Groups
 from splitnn.server.head import HeadSession, SessionSpec
 from splitnn.server.identity import Identity
@@ -139,6 +139,7 @@ class SplitLearningHandlers:
         return reply.SerializeToString()
 
     def checkpoint(self, raw: bytes, caller: Identity) -> bytes:
+        """Writes the session's head; a group member's only once its group is over."""
         request = parse(pb.CheckpointRequest, raw)
         session = self.sessions.get(request.session_id, owner=caller.folder)
         path = self.sessions.save_head(
@@ -149,8 +150,11 @@ class SplitLearningHandlers:
         return pb.CheckpointReply(path=name).SerializeToString()
 
     def restore(self, raw: bytes, caller: Identity) -> bytes:
+        """Loads one of the caller's heads into its session's; refused in a group session."""
         request = parse(pb.RestoreRequest, raw)
         session = self.sessions.get(request.session_id, owner=caller.folder)
+        if session.head.group_name is not None:
+            raise WrongState(RESTORE_REFUSED)  # before any file is looked up
         steps = self.sessions.load_head(session, request.name, run=request.run)
         return pb.RestoreReply(steps_applied=steps).SerializeToString()
 

@@ -26,6 +26,7 @@ from splitnn.server.group_spec import GroupSpec
 from splitnn.server.groups import Groups
 from splitnn.server.head import HeadSession, SessionSpec, StepResult
 from splitnn.server.sessions import SessionRegistry
+from tests.unit.test_topology import slots
 
 LR = 1e-2
 SEED = 4
@@ -190,7 +191,8 @@ def test_the_schedule_does_not_depend_on_the_order_of_joining(topology: str) -> 
         group = make_group(topology, 3)
         for holder in order:
             join(group, holder, batches=batches[holder], epochs=2)
-        schedules.append(group.schedule)
+        assert group.schedule is not None
+        schedules.append(slots(group.schedule))
 
     assert schedules[0] == schedules[1] == schedules[2]
     assert len(schedules[0]) == 2 * (6 + (3 if topology == "round-robin" else 0))
@@ -206,8 +208,9 @@ def test_shared_head_order_is_epoch_batch_holder() -> None:
         for e in (1, 2)
         for h, b in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (1, 2)]
     ]
-    assert group.schedule == expected
-    assert [group.position[slot] for slot in expected] == list(range(12))
+    assert group.schedule is not None
+    assert slots(group.schedule) == expected
+    assert [group.schedule.position(slot) for slot in expected] == list(range(12))
     assert group.cursor == 0
 
 
@@ -216,7 +219,8 @@ def test_round_robin_order_is_epoch_holder_batch_then_a_hand_in() -> None:
     join(group, 1, batches=1, epochs=2)
     join(group, 0, batches=2, epochs=2)
 
-    assert group.schedule == [
+    assert group.schedule is not None
+    assert slots(group.schedule) == [
         slot
         for e in (1, 2)
         for slot in [
@@ -446,10 +450,11 @@ def _weighted(states: list[dict[str, torch.Tensor]], counts: list[int]) -> dict[
     }
 
 
-def test_splitfed_averages_bodies_and_heads_by_samples() -> None:
+def test_splitfed_averages_bodies_and_heads_by_the_samples_the_server_applied() -> None:
     group = make_group("splitfed", 2)
-    first = join(group, 0, batches=2, epochs=2, samples=100)
+    first = join(group, 0, batches=2, epochs=2, samples=100)  # claims: not the weights
     second = join(group, 1, batches=1, epochs=2, samples=300)
+    counted = [2 * ROWS, ROWS]
     assert first.head is not second.head
     # Parallel: each trains its own head, in any order.
     train(group, second, 1, 0)
@@ -468,13 +473,13 @@ def test_splitfed_averages_bodies_and_heads_by_samples() -> None:
 
     bodies = [from_blob(body_blob(1)), from_blob(body_blob(2))]
     averaged = from_blob(group.averages[1])
-    assert_equal_states(averaged, average(bodies, [100, 300]))
-    expected_heads = _weighted(heads, [100, 300])
+    assert_equal_states(averaged, average(bodies, counted))
+    expected_heads = _weighted(heads, counted)
     for member in (first, second):
         state = member.head.state_dict()
         for name, value in expected_heads.items():
             torch.testing.assert_close(state[name], value, atol=1e-6, rtol=0)
-    for name, value in _weighted(bodies, [100, 300]).items():
+    for name, value in _weighted(bodies, counted).items():
         torch.testing.assert_close(averaged[name], value, atol=1e-6, rtol=0)
     for member in (first, second):
         turn = group.turn(member, 2, 0)
@@ -566,7 +571,7 @@ def test_finish_of_a_shared_head_group_keeps_every_part_1() -> None:
 
 def test_replies_are_kept_from_the_save_point_before_last() -> None:
     group = make_group("shared-head", 1)
-    member = join(group, 0, batches=6)
+    member = join(group, 0, batches=7)  # (1, 6), the epoch's last step, would be a save point
     saves = {1, 3}
     for batch in range(6):
         train(group, member, 1, batch, save=batch in saves)
@@ -581,12 +586,23 @@ def test_replies_are_kept_from_the_save_point_before_last() -> None:
 
 def test_a_save_drops_the_replies_before_the_previous_save() -> None:
     group = make_group("shared-head", 1)
-    member = join(group, 0, batches=8)
+    member = join(group, 0, batches=9)
     for batch in range(8):
         train(group, member, 1, batch, save=batch in (1, 3, 6))
 
     assert member.saves == [(1, 3), (1, 6)]
     assert sorted(member.replies) == [(1, b) for b in range(3, 8)]
+
+
+def test_the_last_step_of_an_epoch_is_a_save_point_whatever_the_holder_says() -> None:
+    group = make_group("shared-head", 1)
+    member = join(group, 0, batches=3, epochs=3)
+    for epoch in (1, 2, 3):
+        for batch in range(3):
+            train(group, member, epoch, batch)  # a holder that never marks a save point
+
+    assert member.saves == [(2, 2), (3, 2)]
+    assert sorted(member.replies) == [(2, 2), (3, 0), (3, 1), (3, 2)]
 
 
 def _resumable(owner: str = "party0") -> tuple[Group, Member]:
@@ -682,7 +698,7 @@ def test_a_group_whose_members_all_finished_starts_over_on_the_next_join() -> No
     member = join(group, 0, batches=3, epochs=2, lr=LR * 2, owner="carol", run="new")
 
     assert list(group.members) == [0] and member.last is None
-    assert group.cursor == 0 and group.schedule == [] and group.handed == {}
+    assert group.cursor == 0 and group.schedule is None and group.handed == {}
     assert group.epochs == 2 and group.settings is not None and group.settings.lr == LR * 2
     assert group.head is not old_head and not group.started
     assert_equal_states(member.head.state_dict(), build_head(SEED, 10).state_dict())
@@ -826,8 +842,9 @@ def test_a_group_gives_the_same_parameters_whatever_the_interleaving(
         assert sorted(group.averages) == [1, 2]
         assert outcome.finals == dict.fromkeys(holders, group.averages[2].sha256)
         bodies = [from_blob(_handed_body(h, 2)) for h in holders]
-        assert_equal_states(from_blob(group.averages[2]), average(bodies, [50, 100]))
-    if topology != "splitfed":
+        counted = [ROWS * b for b in batches]  # what the server applied, not what was claimed
+        assert_equal_states(from_blob(group.averages[2]), average(bodies, counted))
+    if group.schedule is not None:
         assert group.cursor == len(group.schedule)
 
 
