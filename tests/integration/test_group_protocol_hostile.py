@@ -79,9 +79,7 @@ def _group_of(server: RunningServer) -> Group:
     return server.service.handlers.groups.get(GROUP)
 
 
-def _member(
-    address: str, certs: Path, name: str, holder: int, **group: Any
-) -> ServerLink:
+def _member(address: str, certs: Path, name: str, holder: int, **group: Any) -> ServerLink:
     """`name`'s link as holder `holder` of the group; `group` overrides its GroupSettings."""
     joined = {"batches_per_epoch": 1, "samples": B, "epochs": 1, **group}
     spec = dataclasses.replace(
