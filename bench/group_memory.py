@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -39,11 +40,10 @@ def rss_mib(pid: int) -> float:
 
 
 def holder(
-    *, address: str, index: int, epochs: int, body: WeightsBlob,
-    epoch_done: threading.Barrier,
-) -> None:  # fmt: skip
-    """Holder `index`'s run: every epoch its turn, its steps and its hand-in, then the barrier
-    (after the next epoch's turn, which waits for the round's average)."""
+    *, address: str, index: int, epochs: int, body: WeightsBlob, epoch_done: threading.Barrier
+) -> None:
+    """Holder `index`'s run: every epoch its turns, its steps and its hand-in, then the barrier
+    (once every holder is there, the round is averaged)."""
     run = f"h{index}"
     group = GroupSettings(
         name="g", holder=index, batches_per_epoch=STEPS, samples=STEPS * BATCH, epochs=epochs
@@ -77,27 +77,17 @@ def main() -> None:
             pid = server.process.pid
             print(f"server RSS before the group: {rss_mib(pid):.0f} MiB")
             sizes: list[float] = []
-
-            def measured() -> None:  # runs once every holder has handed in the epoch
-                sizes.append(rss_mib(pid))
-
             barrier = threading.Barrier(args.holders + 1)
-            threads = [
-                threading.Thread(
-                    target=holder,
-                    kwargs={
-                        "address": server.address, "index": i,
-                        "epochs": args.epochs, "body": bodies[i], "epoch_done": barrier,
-                    },
-                    daemon=True,
-                )  # fmt: skip
-                for i in range(args.holders)
-            ]
+            threads = []
+            for i in range(args.holders):
+                kwargs = {"address": server.address, "index": i, "epochs": args.epochs}
+                run = partial(holder, **kwargs, body=bodies[i], epoch_done=barrier)
+                threads.append(threading.Thread(target=run, daemon=True))
             for thread in threads:
                 thread.start()
             for epoch in range(1, args.epochs + 1):
-                barrier.wait()
-                measured()
+                barrier.wait()  # every holder has handed in: the round is averaged
+                sizes.append(rss_mib(pid))
                 print(f"epoch {epoch:2d}: server RSS {sizes[-1]:.0f} MiB", flush=True)
             for thread in threads:
                 thread.join()

@@ -22,14 +22,10 @@ no member makes the group keep more than about two epochs of its replies. The ot
 it meanwhile. Groups live in the server's memory: a server restart loses them, and their holders
 stop with an error.
 
-What the group keeps of part 1 is bounded the same way. A restart replays from a member's save
-point before last at the earliest, so the group keeps the hand-ins (round-robin) and averages
-(splitfed) of that save point's epoch and later, over all members: the current round and the
-one or two before it. A splitfed hand-in is dropped once its round is averaged (its SHA-256
-stays, to answer a resumed holder's second hand-in), and nothing older is held.
-
-FedAvg weighs each holder by what the server counted: the samples of the steps it applied for
-that holder in that round. The samples a holder claims when it joins are logged, never used.
+What the group keeps of part 1 is bounded the same way (`group_parts.py`): the hand-ins and
+averages of its members' save points before last on. FedAvg weighs each holder by what the
+server counted, the samples of the steps it applied for that holder in that round; the samples
+a holder claims when it joins are logged, never used.
 
 The group's shared head is trained by its schedule only: `Restore` is refused in a group
 session (a member would overwrite the others' model), and `Checkpoint` of a member's head
@@ -51,8 +47,8 @@ from splitnn.common.topology import HAND_IN, TRAIN, Schedule, Slot
 from splitnn.common.weights import from_blob
 from splitnn.server.changes import Changes
 from splitnn.server.errors import InvalidRequest, NotYet, WrongState
-from splitnn.server.fedavg import average_round
 from splitnn.server.group_member import Key, Member
+from splitnn.server.group_parts import Parts, held
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.head import SessionSpec, StepResult, apply_step
 
@@ -89,12 +85,7 @@ class Group:
         self.optimizer: torch.optim.Adam | None = None
         self.schedule: Schedule | None = None  # a sequential topology's order, once started
         self.cursor = 0  # the next slot to apply
-        # (epoch, holder) -> part 1 still to be handed on or averaged, and every kept
-        # hand-in's SHA-256; epoch -> averaged part 1 (FedAvg). See the module on what is kept.
-        self.handed: dict[tuple[int, int], WeightsBlob] = {}
-        self.digests: dict[tuple[int, int], bytes] = {}
-        self.averages: dict[int, WeightsBlob] = {}
-        self.averaged = 0  # the last round averaged
+        self.parts = Parts()  # the hand-ins and averages a resume may still ask for
 
     @property
     def started(self) -> bool:
@@ -106,7 +97,7 @@ class Group:
         if not self.started:
             return False
         if self.schedule is None:
-            return self.averaged == self.epochs
+            return self.parts.averaged == self.epochs
         return self.cursor == len(self.schedule)
 
     # -- joining ---------------------------------------------------------------------------
@@ -258,13 +249,13 @@ class Group:
         if batch != 0 or not self.topology.shares_body:
             return None
         if self.topology.averages_every_epoch:
-            return None if epoch == 1 else _held(self.averages.get(epoch - 1), epoch)
+            return None if epoch == 1 else held(self.parts.averages.get(epoch - 1), epoch)
         previous = self._previous_turn(epoch, member.holder)
-        return None if previous[0] == 0 else _held(self.handed.get(previous), epoch)
+        return None if previous[0] == 0 else held(self.parts.handed.get(previous), epoch)
 
     def _awaits_average(self, epoch: int) -> bool:
         """Epoch `epoch` starts from the previous round's average, not taken yet."""
-        return self.topology.averages_every_epoch and epoch - 1 > self.averaged
+        return self.topology.averages_every_epoch and epoch - 1 > self.parts.averaged
 
     def _previous_turn(self, epoch: int, holder: int) -> tuple[int, int]:
         return (epoch, holder - 1) if holder > 0 else (epoch - 1, self.spec.size - 1)
@@ -297,7 +288,7 @@ class Group:
             member.record(key, digest, result, samples=int(labels.shape[0]), save=save)
             if self.sequential:
                 self.cursor += 1
-            self._prune()
+            self.parts.prune(list(self.members.values()))
             self.changes.notify()
             return result, True
 
@@ -340,13 +331,8 @@ class Group:
             done = (epoch, member.batches - 1)
             if member.last is None or member.last < done:
                 raise WrongState(f"holder {member.holder} hands in part 1 before its last step")
-            previous = self.digests.get((epoch, member.holder))
-            if previous is not None:
-                if previous != blob.sha256:
-                    raise WrongState(f"holder {member.holder} handed in other weights before")
+            if self.parts.again(epoch, member.holder, blob):
                 return  # a resumed holder hands in again: the same weights
-            if epoch <= self.averaged:
-                raise WrongState(f"round {epoch} was averaged and is no longer held")
             try:
                 from_blob(blob)
             except CodecError as error:
@@ -357,49 +343,12 @@ class Group:
                 ):
                     raise WrongState(f"not holder {member.holder}'s hand-in")
                 self.cursor += 1
-            self.handed[(epoch, member.holder)] = blob
-            self.digests[(epoch, member.holder)] = blob.sha256
+            self.parts.take(epoch, member.holder, blob)
+            members = [self.members[h] for h in range(self.spec.size)]
             if self.topology.averages_every_epoch:
-                self._maybe_average(epoch)
-            self._prune()
+                self.parts.average(epoch, members, group=self.spec.name)
+            self.parts.prune(members)
             self.changes.notify()
-
-    def _maybe_average(self, epoch: int) -> None:
-        """FedAvg of round `epoch` once every holder handed in: parts 1 and heads, weighted by
-        the samples the server applied for each holder in that round (never a claimed count)."""
-        members = [self.members[h] for h in range(self.spec.size)]
-        if any((epoch, m.holder) not in self.handed for m in members):
-            return
-        counts = [m.trained[epoch] for m in members]
-        bodies = [self.handed.pop((epoch, m.holder)) for m in members]
-        self.averages[epoch] = average_round(bodies, [m.head for m in members], counts)
-        self.averaged = epoch
-        logger.info(
-            "group %s: round %d averaged over %d holders (samples %s)",
-            self.spec.name,
-            epoch,
-            len(counts),
-            counts,
-        )
-
-    def _prune(self) -> None:
-        """Drops the parts 1 and counts no resume or retried call can ask for any more.
-
-        A member replays from its save point before last at the earliest (see `Member.floor`),
-        and what it then asks for is of that point's epoch or later: its hand-in again, the
-        part 1 its next turn or round starts from (an epoch's start is the previous epoch's
-        hand-in or average), and the final part 1.
-        """
-        if not self.started:
-            return
-        keep_from = min(m.floor()[0] for m in self.members.values())
-        for kept in (self.handed, self.digests):
-            for key in [k for k in kept if k[0] < keep_from]:
-                del kept[key]
-        for epoch in [e for e in self.averages if e < keep_from]:
-            del self.averages[epoch]
-        for member in self.members.values():
-            member.forget_counts(before=keep_from)
 
     def finish(self, member: Member) -> WeightsBlob | None:
         """Returns when the whole group has trained, with the final part 1 (None: keep yours)."""
@@ -409,9 +358,9 @@ class Group:
                 raise NotYet
             final = None
             if self.topology.averages_every_epoch:
-                final = self.averages[self.epochs]
+                final = self.parts.averages[self.epochs]
             elif self.topology.shares_body:
-                final = self.handed[(self.epochs, self.spec.size - 1)]
+                final = self.parts.handed[(self.epochs, self.spec.size - 1)]
             member.finished = True
             return final
 
@@ -448,10 +397,3 @@ class Group:
             member.closed = finished
             if self.members and all(m.closed for m in self.members.values()):
                 logger.info("group %s: every holder finished; the group is free", self.spec.name)
-
-
-def _held(blob: WeightsBlob | None, epoch: int) -> WeightsBlob:
-    """The part 1 that epoch `epoch` starts from; refused if it is no longer held."""
-    if blob is None:
-        raise WrongState(f"the part 1 that epoch {epoch} starts from is no longer held")
-    return blob

@@ -286,9 +286,10 @@ def test_a_group_keeps_the_parts_1_of_its_last_rounds_only(
                 for holder, link in enumerate((alice, bob)):
                     _step(link, epoch, 0, seed=10 * epoch + holder)
                     link.hand_in(epoch, blobs[(epoch + holder) % 2])
-                held.append(len(group.handed) + len(group.averages))
+                held.append(len(group.parts.handed) + len(group.parts.averages))
             finals = alice.finish(), bob.finish()
-            kept = sorted(group.averages) if topology == "splitfed" else sorted(group.handed)
+            parts = group.parts
+            kept = sorted(parts.averages) if topology == "splitfed" else sorted(parts.handed)
     finally:
         running.shutdown(grace=0.0)
 

@@ -99,7 +99,8 @@ def test_a_group_holds_parts_1_from_its_members_save_points_before_last(topology
     for epoch in range(1, EPOCHS + 1):
         for member in members:
             _epoch(group, member, epoch)
-        held.append((sorted(group.handed), sorted(group.averages), sorted(group.digests)))
+        parts = group.parts
+        held.append((sorted(parts.handed), sorted(parts.averages), sorted(parts.digests)))
 
     # After epoch e every member's save points are the ends of e - 1 and e: epoch e - 1 on.
     handed, averages, digests = held[-1]

@@ -387,7 +387,7 @@ def test_round_robin_hands_part_1_from_holder_to_holder() -> None:
         group.turn(second, 1, 0)  # holder 0 has not handed in
     with pytest.raises(WrongState, match="waits for holder 0's part 1"):
         train(group, second, 1, 0)
-    assert group.cursor == 2 and group.handed == {}
+    assert group.cursor == 2 and group.parts.handed == {}
 
     group.hand_in(first, 1, body_blob(1))
     handed = group.turn(second, 1, 0)
@@ -398,7 +398,7 @@ def test_round_robin_hands_part_1_from_holder_to_holder() -> None:
     group.hand_in(first, 1, body_blob(1))  # a resumed holder hands in the same weights again
     with pytest.raises(WrongState, match="handed in other weights"):
         group.hand_in(first, 1, body_blob(2))
-    assert group.cursor == 3 and group.handed[(1, 0)].sha256 == body_blob(1).sha256
+    assert group.cursor == 3 and group.parts.handed[(1, 0)].sha256 == body_blob(1).sha256
     train(group, second, 1, 0)
     group.hand_in(second, 1, body_blob(2))
     back = group.turn(first, 2, 0)  # the next epoch begins from the last holder's
@@ -419,7 +419,7 @@ def test_round_robin_refuses_a_damaged_hand_in_and_keeps_waiting_for_it() -> Non
     with pytest.raises(InvalidRequest, match="part 1's weights"):
         group.hand_in(first, 1, WeightsBlob(data=b"", sha256=b""))
 
-    assert group.handed == {} and group.cursor == 1
+    assert group.parts.handed == {} and group.cursor == 1
     with pytest.raises(NotYet):
         group.turn(second, 1, 0)
     group.hand_in(first, 1, good)  # the intact blob is still taken
@@ -463,7 +463,7 @@ def test_splitfed_averages_bodies_and_heads_by_the_samples_the_server_applied() 
     heads = [snapshot(first.head.state_dict()), snapshot(second.head.state_dict())]
     assert not torch.equal(heads[0]["layers.0.weight"], heads[1]["layers.0.weight"])
     group.hand_in(second, 1, body_blob(2))
-    assert 1 not in group.averages
+    assert 1 not in group.parts.averages
     with pytest.raises(NotYet):
         group.turn(second, 2, 0)
     with pytest.raises(WrongState, match="after round 1 is averaged"):
@@ -472,7 +472,7 @@ def test_splitfed_averages_bodies_and_heads_by_the_samples_the_server_applied() 
     group.hand_in(first, 1, body_blob(1))
 
     bodies = [from_blob(body_blob(1)), from_blob(body_blob(2))]
-    averaged = from_blob(group.averages[1])
+    averaged = from_blob(group.parts.averages[1])
     assert_equal_states(averaged, average(bodies, counted))
     expected_heads = _weighted(heads, counted)
     for member in (first, second):
@@ -483,7 +483,7 @@ def test_splitfed_averages_bodies_and_heads_by_the_samples_the_server_applied() 
         torch.testing.assert_close(averaged[name], value, atol=1e-6, rtol=0)
     for member in (first, second):
         turn = group.turn(member, 2, 0)
-        assert turn is not None and turn.data == group.averages[1].data
+        assert turn is not None and turn.data == group.parts.averages[1].data
     assert group.turn(first, 2, 1) is None
 
 
@@ -547,7 +547,7 @@ def test_finish_waits_for_the_last_splitfed_round_then_gives_its_average() -> No
     group.hand_in(second, 1, body_blob(2))
 
     final = group.finish(first)
-    assert final is not None and final.data == group.averages[1].data
+    assert final is not None and final.data == group.parts.averages[1].data
     assert_equal_states(
         from_blob(final), average([from_blob(body_blob(n)) for n in (1, 2)], [1, 1])
     )
@@ -698,7 +698,7 @@ def test_a_group_whose_members_all_finished_starts_over_on_the_next_join() -> No
     member = join(group, 0, batches=3, epochs=2, lr=LR * 2, owner="carol", run="new")
 
     assert list(group.members) == [0] and member.last is None
-    assert group.cursor == 0 and group.schedule is None and group.handed == {}
+    assert group.cursor == 0 and group.schedule is None and group.parts.handed == {}
     assert group.epochs == 2 and group.settings is not None and group.settings.lr == LR * 2
     assert group.head is not old_head and not group.started
     assert_equal_states(member.head.state_dict(), build_head(SEED, 10).state_dict())
@@ -813,9 +813,9 @@ def _assert_same_run(a: tuple[Group, Outcome], b: tuple[Group, Outcome]) -> None
         for index, values in moments.items():
             for name, value in values.items():
                 assert torch.equal(value, other.optimizer.state_dict()["state"][index][name])
-    assert group_a.averages.keys() == group_b.averages.keys()
-    for epoch, blob in group_a.averages.items():
-        assert blob.sha256 == group_b.averages[epoch].sha256, epoch
+    assert group_a.parts.averages.keys() == group_b.parts.averages.keys()
+    for epoch, blob in group_a.parts.averages.items():
+        assert blob.sha256 == group_b.parts.averages[epoch].sha256, epoch
 
 
 # Splitfed averages part 1 (18.5 MB) every round: two holders keep the test fast.
@@ -839,11 +839,11 @@ def test_a_group_gives_the_same_parameters_whatever_the_interleaving(
     elif topology == "round-robin":
         assert outcome.finals == dict.fromkeys(holders, _handed_body(holders[-1], 2).sha256)
     else:
-        assert sorted(group.averages) == [1, 2]
-        assert outcome.finals == dict.fromkeys(holders, group.averages[2].sha256)
+        assert sorted(group.parts.averages) == [1, 2]
+        assert outcome.finals == dict.fromkeys(holders, group.parts.averages[2].sha256)
         bodies = [from_blob(_handed_body(h, 2)) for h in holders]
         counted = [ROWS * b for b in batches]  # what the server applied, not what was claimed
-        assert_equal_states(from_blob(group.averages[2]), average(bodies, counted))
+        assert_equal_states(from_blob(group.parts.averages[2]), average(bodies, counted))
     if group.schedule is not None:
         assert group.cursor == len(group.schedule)
 
