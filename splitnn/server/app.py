@@ -83,8 +83,7 @@ class RunningServer:
             tap=tap,
             groups=Groups(cfg.groups),
         )
-        for group in cfg.groups:
-            logger.info("training group %s: %s, %d holders", group.name, group.topology, group.size)
+        _announce_groups(cfg, authenticated=not self.authenticator.anonymous)
         self.service = SplitLearningService(
             handlers,
             authenticator=self.authenticator,
@@ -196,6 +195,28 @@ class RunningServer:
         while True:
             await asyncio.sleep(interval)
             await loop.run_in_executor(self.executor, self.service.handlers.expire, ttl)
+
+
+def _announce_groups(cfg: ServerConfig, *, authenticated: bool) -> None:
+    """Logs each declared group; warns of one that names no members on a server with parties."""
+    for group in cfg.groups:
+        members = ", ".join(group.members) or "first come, first bound"
+        logger.info(
+            "training group %s: %s, %d holders (%s)",
+            group.name,
+            group.topology,
+            group.size,
+            members,
+        )
+        if authenticated and not group.members:
+            logger.warning(
+                "group %s names no members: any party with a valid certificate or token can "
+                "take its free indices; name them: --group %s=%s:%d@ID0,ID1,...",
+                group.name,
+                group.name,
+                group.topology.name,
+                group.size,
+            )
 
 
 def reflected_services(*, tap: bool) -> tuple[str, ...]:

@@ -134,10 +134,12 @@ def _parse_groups(
     "--group",
     "groups",
     multiple=True,
-    metavar="NAME=TOPOLOGY:K",
+    metavar="NAME=TOPOLOGY:K[@ID,...]",
     callback=_parse_groups,
     help="Declare a training group of K data holders (repeatable). TOPOLOGY: "
-    f"{describe()}. E.g. --group clinics={DEFAULT.name}:4",
+    f"{describe()}. @ID,... names the party (certificate CN or token name) of each index "
+    "0..K-1; others are refused as if there were no such group. Without it an index goes to "
+    f"the first party that takes it. E.g. --group clinics={DEFAULT.name}:3@alice,bob,carol",
 )
 @logging_options
 def main(*, verbose: int, quiet: bool, **options: Any) -> None:
