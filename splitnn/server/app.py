@@ -59,10 +59,12 @@ class RunningServer:
             max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE, weights=bool(cfg.groups)
         )
         self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
+        authenticated = not self.authenticator.anonymous
         self.sessions = SessionRegistry(
             model_dir=cfg.model_dir,
             max_batch_size=cfg.max_batch_size,
             max_sessions=cfg.max_sessions,
+            max_sessions_per_owner=cfg.sessions_per_party(authenticated=authenticated),
         )
         self.hub: TapHub | None = None
         if cfg.tap_log is not None or cfg.tap:
@@ -83,12 +85,13 @@ class RunningServer:
             tap=tap,
             groups=Groups(cfg.groups),
         )
-        _announce_groups(cfg, authenticated=not self.authenticator.anonymous)
+        _announce_groups(cfg, authenticated=authenticated)
         self.service = SplitLearningService(
             handlers,
             authenticator=self.authenticator,
             executor=self.executor,
             max_streams=cfg.max_streams,
+            max_streams_per_party=cfg.streams_per_party(authenticated=authenticated),
             max_inflight=cfg.max_inflight,
         )
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -13,7 +13,7 @@ from splitnn.common.topology import DEFAULT, describe
 from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
 from splitnn.programs import program
 from splitnn.server.app import serve
-from splitnn.server.config import ServerConfig
+from splitnn.server.config import MIN_STREAMS_PER_PARTY, ServerConfig
 from splitnn.server.group_spec import GroupSpec
 
 
@@ -69,6 +69,21 @@ def _parse_groups(
     type=click.IntRange(2, 1_000_000),
     default=256,
     help="Open calls at most (idle streams count; health checks do not).",
+)
+@click.option(
+    "--max-sessions-per-party",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Live sessions of one party (identity) at most, so no party can take them all. "
+    "Default: a quarter of --max-sessions with --client-ca or --tokens; without, every caller "
+    "is one anonymous party and the default is --max-sessions.",
+)
+@click.option(
+    "--max-streams-per-party",
+    type=click.IntRange(MIN_STREAMS_PER_PARTY, 1_000_000),
+    default=None,
+    help="Open calls of one party at most (a session holds up to 3). Default: a quarter of "
+    "--max-streams with --client-ca or --tokens, else --max-streams.",
 )
 @click.option(
     "--max-inflight",

@@ -43,6 +43,8 @@ class SessionRegistry:
             and its resume states under ``model_dir/server/<owner>/<run>/`` (see `ResumeStore`).
         max_batch_size: the largest batch any session may announce (sizes the message limit).
         max_sessions: live sessions at most; one more is refused with RESOURCE_EXHAUSTED.
+        max_sessions_per_owner: live sessions of one owner at most (None: `max_sessions`), so
+            that no party can take every session of the server.
         head_policy: how a session's own head answers steps (a name in `HEAD_POLICIES`).
     """
 
@@ -52,12 +54,14 @@ class SessionRegistry:
         model_dir: Path,
         max_batch_size: int,
         max_sessions: int = 64,
+        max_sessions_per_owner: int | None = None,
         head_policy: str = "honest",
     ) -> None:
         self.model_dir = model_dir
         self._make_head = lookup_head_policy(head_policy)
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner or max_sessions
         self._sessions: dict[str, HeadSession] = {}
         self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
@@ -356,6 +360,11 @@ class SessionRegistry:
             )
             self._sessions.pop(replacing.session_id, None)
             session.replaced = True
+        elif self._count(session.owner) >= self.max_sessions_per_owner:
+            raise Busy(
+                f"this party holds its limit of {self.max_sessions_per_owner} live sessions "
+                "(--max-sessions-per-party); close one or let it expire"
+            )
         elif len(self._sessions) >= self.max_sessions:
             raise Busy(
                 f"the server holds its limit of {self.max_sessions} live sessions "
@@ -370,6 +379,10 @@ class SessionRegistry:
             key = (session.owner, session.spec.run)
             if self._by_run.get(key) == session.session_id:
                 del self._by_run[key]
+
+    def _count(self, owner: str) -> int:
+        """`owner`'s live sessions (call with the lock held)."""
+        return sum(1 for s in self._sessions.values() if s.owner == owner)
 
     def _check_spec(self, spec: SessionSpec) -> None:
         try:
