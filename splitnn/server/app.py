@@ -187,7 +187,9 @@ class RunningServer:
         sessions = self.sessions
         while sessions.finished_runs < runs or len(sessions) > 0:
             await asyncio.sleep(0.2)
-        logger.info("%d runs finished and no session is live: stopping", sessions.finished_runs)
+        logger.info(
+            "%d runs trained and finished and no session is live: stopping", sessions.finished_runs
+        )
         assert self._stop is not None
         self._stop.set()
 

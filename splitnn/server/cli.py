@@ -127,8 +127,8 @@ def _parse_groups(
     "--stop-after-runs",
     type=click.IntRange(1),
     default=None,
-    help="Stop (gracefully, exit 0) once N runs have finished and no session is live: "
-    "one-shot deployments such as docker compose end by themselves.",
+    help="Stop (gracefully, exit 0) once N runs have trained (at least one step) and finished, "
+    "and no session is live: one-shot deployments such as docker compose end by themselves.",
 )
 @click.option(
     "--tap-log",

@@ -33,8 +33,9 @@ class ServerConfig:
             identity and role come from its certificate.
         tokens: a file of ``<name> <role> <token>`` lines: identities by bearer token.
         insecure: allow plaintext on an address other than loopback.
-        stop_after_runs: stop (gracefully) once this many runs have finished and no session is
-            live: a one-shot deployment such as docker compose ends by itself. None: never.
+        stop_after_runs: stop (gracefully) once this many runs have finished (closed as finished
+            after at least one step applied) and no session is live: a one-shot deployment such
+            as docker compose ends by itself. None: never.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
         anonymous_tap: without client certificates or tokens, every caller may also tap

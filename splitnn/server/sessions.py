@@ -65,7 +65,8 @@ class SessionRegistry:
         self._sessions: dict[str, HeadSession] = {}
         self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
-        self.finished_runs = 0  # closed as finished by their data holders
+        self.finished_runs = 0  # closed as finished by their data holders, having trained
+        self._trained: set[str] = set()  # tokens of the sessions that applied a step
 
     def store_of(self, owner: str = ANONYMOUS_OWNER) -> ResumeStore:
         """The resume states of `owner`'s runs."""
@@ -154,7 +155,10 @@ class SessionRegistry:
         session.head.close(finished=finished)
         if finished:
             self.store_of(session.owner).clear(session.spec.run)
-            self.finished_runs += 1
+            # A run that never trained does not count: closing empty runs as finished must
+            # not stop a server started with --stop-after-runs.
+            if session.head.steps_applied > 0 or session.session_id in self._trained:
+                self.finished_runs += 1
         else:
             self.snapshot(session)
         self._drop(session)
@@ -210,6 +214,9 @@ class SessionRegistry:
     def after_step(self, session: HeadSession, step: StepId, *, applied: bool, save: bool) -> None:
         """Writes the save point the holder marked at `step` (`save`), unless the head's resume
         states are kept elsewhere (a group's) or a retried step's point is written already."""
+        if applied:
+            with self._lock:
+                self._trained.add(session.session_id)
         if not save or not session.head.resumable:
             return
         if applied or self.store_of(session.owner).find(step) is None:
@@ -359,6 +366,7 @@ class SessionRegistry:
                 replacing.session_id[:8],
             )
             self._sessions.pop(replacing.session_id, None)
+            self._trained.discard(replacing.session_id)
             session.replaced = True
         elif self._count(session.owner) >= self.max_sessions_per_owner:
             raise Busy(
@@ -376,6 +384,7 @@ class SessionRegistry:
     def _drop(self, session: HeadSession) -> None:
         with self._lock:
             self._sessions.pop(session.session_id, None)
+            self._trained.discard(session.session_id)
             key = (session.owner, session.spec.run)
             if self._by_run.get(key) == session.session_id:
                 del self._by_run[key]
