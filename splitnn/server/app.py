@@ -65,6 +65,7 @@ class RunningServer:
             max_batch_size=cfg.max_batch_size,
             max_sessions=cfg.max_sessions,
             max_sessions_per_owner=cfg.sessions_per_party(authenticated=authenticated),
+            keep_checkpoints=cfg.keep_checkpoints,
         )
         self.hub: TapHub | None = None
         if cfg.tap_log is not None or cfg.tap:

@@ -36,6 +36,8 @@ class ServerConfig:
         stop_after_runs: stop (gracefully) once this many runs have finished (closed as finished
             after at least one step applied) and no session is live: a one-shot deployment such
             as docker compose ends by itself. None: never.
+        keep_checkpoints: head checkpoints kept per run, the newest; an older one is removed
+            when a newer one is written.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
         anonymous_tap: without client certificates or tokens, every caller may also tap
@@ -62,6 +64,7 @@ class ServerConfig:
     tokens: Path | None = None
     insecure: bool = False
     stop_after_runs: int | None = None
+    keep_checkpoints: int = 3
     tap_log: Path | None = None
     tap: bool = False
     anonymous_tap: bool = False

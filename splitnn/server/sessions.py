@@ -22,6 +22,7 @@ from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
 from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec, lookup_head_policy
+from splitnn.server.runs import older_heads
 from splitnn.server.saves import ResumeStore, Save
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class SessionRegistry:
         max_sessions: live sessions at most; one more is refused with RESOURCE_EXHAUSTED.
         max_sessions_per_owner: live sessions of one owner at most (None: `max_sessions`), so
             that no party can take every session of the server.
+        keep_checkpoints: head checkpoints kept per run, the newest (see `save_head`).
         head_policy: how a session's own head answers steps (a name in `HEAD_POLICIES`).
     """
 
@@ -55,6 +57,7 @@ class SessionRegistry:
         max_batch_size: int,
         max_sessions: int = 64,
         max_sessions_per_owner: int | None = None,
+        keep_checkpoints: int = 3,
         head_policy: str = "honest",
     ) -> None:
         self.model_dir = model_dir
@@ -62,6 +65,7 @@ class SessionRegistry:
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
         self.max_sessions_per_owner = max_sessions_per_owner or max_sessions
+        self.keep_checkpoints = max(keep_checkpoints, 1)
         self._sessions: dict[str, HeadSession] = {}
         self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
@@ -253,7 +257,8 @@ class SessionRegistry:
         """Writes the head's weights as ``heads/<owner>/<run>/<label>.head.ckpt`` (+ manifest).
 
         The server names the file: two parties, or two runs, never write the same one. With
-        `replace_previous`, the run's other head checkpoints are removed.
+        `replace_previous`, the run's other head checkpoints are removed; otherwise the newest
+        `keep_checkpoints` are kept (this one among them), so a run's heads never pile up.
         """
         path = self._head_path(session.owner, session.spec.run, label)
         state = session.head.state()
@@ -265,10 +270,9 @@ class SessionRegistry:
             "steps_applied": state["steps_applied"],
         }
         save_checkpoint(path, state["head"], manifest)
-        if replace_previous:
-            for previous in path.parent.glob("*.head.ckpt"):
-                if previous != path:
-                    remove_checkpoint(previous)
+        keep = 1 if replace_previous else self.keep_checkpoints
+        for previous in older_heads(path, keep=keep):
+            remove_checkpoint(previous)
         return path
 
     def load_head(self, session: HeadSession, label: str, *, run: str = "") -> int:
