@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from splitnn.server.changes import Changes
@@ -9,6 +10,8 @@ from splitnn.server.errors import Forbidden
 from splitnn.server.group import Group
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.identity import Identity
+
+logger = logging.getLogger(__name__)
 
 
 class Groups:
@@ -46,6 +49,11 @@ class Groups:
         """
         group = self._groups.get(name)
         if group is None or not group.spec.admits(holder, caller.name):
+            # The operator's log says why; the caller is told only that it may not join.
+            why = "no such group" if group is None else "the index is not this party's"
+            logger.warning(
+                "%r refused as holder %d of group %r: %s", caller.name, holder, name, why
+            )
             raise _not_open(name)
         return group
 
