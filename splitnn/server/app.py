@@ -59,10 +59,13 @@ class RunningServer:
             max_batch_size=cfg.max_batch_size, cut_shape=CUT_SHAPE, weights=bool(cfg.groups)
         )
         self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
+        authenticated = not self.authenticator.anonymous
         self.sessions = SessionRegistry(
             model_dir=cfg.model_dir,
             max_batch_size=cfg.max_batch_size,
             max_sessions=cfg.max_sessions,
+            max_sessions_per_owner=cfg.sessions_per_party(authenticated=authenticated),
+            keep_checkpoints=cfg.keep_checkpoints,
         )
         self.hub: TapHub | None = None
         if cfg.tap_log is not None or cfg.tap:
@@ -83,13 +86,13 @@ class RunningServer:
             tap=tap,
             groups=Groups(cfg.groups),
         )
-        for group in cfg.groups:
-            logger.info("training group %s: %s, %d holders", group.name, group.topology, group.size)
+        _announce_groups(cfg, authenticated=authenticated)
         self.service = SplitLearningService(
             handlers,
             authenticator=self.authenticator,
             executor=self.executor,
             max_streams=cfg.max_streams,
+            max_streams_per_party=cfg.streams_per_party(authenticated=authenticated),
             max_inflight=cfg.max_inflight,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,7 +188,9 @@ class RunningServer:
         sessions = self.sessions
         while sessions.finished_runs < runs or len(sessions) > 0:
             await asyncio.sleep(0.2)
-        logger.info("%d runs finished and no session is live: stopping", sessions.finished_runs)
+        logger.info(
+            "%d runs trained and finished and no session is live: stopping", sessions.finished_runs
+        )
         assert self._stop is not None
         self._stop.set()
 
@@ -196,6 +201,28 @@ class RunningServer:
         while True:
             await asyncio.sleep(interval)
             await loop.run_in_executor(self.executor, self.service.handlers.expire, ttl)
+
+
+def _announce_groups(cfg: ServerConfig, *, authenticated: bool) -> None:
+    """Logs each declared group; warns of one that names no members on a server with parties."""
+    for group in cfg.groups:
+        members = ", ".join(group.members) or "first come, first bound"
+        logger.info(
+            "training group %s: %s, %d holders (%s)",
+            group.name,
+            group.topology,
+            group.size,
+            members,
+        )
+        if authenticated and not group.members:
+            logger.warning(
+                "group %s names no members: any party with a valid certificate or token can "
+                "take its free indices; name them: --group %s=%s:%d@ID0,ID1,...",
+                group.name,
+                group.name,
+                group.topology.name,
+                group.size,
+            )
 
 
 def reflected_services(*, tap: bool) -> tuple[str, ...]:

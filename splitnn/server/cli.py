@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ from splitnn.common.topology import DEFAULT, describe
 from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
 from splitnn.programs import program
 from splitnn.server.app import serve
-from splitnn.server.config import ServerConfig
+from splitnn.server.config import MIN_STREAMS_PER_PARTY, ServerConfig
 from splitnn.server.group_spec import GroupSpec
+from splitnn.server.runs import StoredRun, remove_run, stored_runs
 
 
 def _parse_groups(
@@ -71,6 +73,21 @@ def _parse_groups(
     help="Open calls at most (idle streams count; health checks do not).",
 )
 @click.option(
+    "--max-sessions-per-party",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Live sessions of one party (identity) at most, so no party can take them all. "
+    "Default: a quarter of --max-sessions with --client-ca or --tokens; without, every caller "
+    "is one anonymous party and the default is --max-sessions.",
+)
+@click.option(
+    "--max-streams-per-party",
+    type=click.IntRange(MIN_STREAMS_PER_PARTY, 1_000_000),
+    default=None,
+    help="Open calls of one party at most (a session holds up to 3). Default: a quarter of "
+    "--max-streams with --client-ca or --tokens, else --max-streams.",
+)
+@click.option(
     "--max-inflight",
     type=click.IntRange(1, 100_000),
     default=64,
@@ -112,8 +129,26 @@ def _parse_groups(
     "--stop-after-runs",
     type=click.IntRange(1),
     default=None,
-    help="Stop (gracefully, exit 0) once N runs have finished and no session is live: "
-    "one-shot deployments such as docker compose end by themselves.",
+    help="Stop (gracefully, exit 0) once N runs have trained (at least one step) and finished, "
+    "and no session is live: one-shot deployments such as docker compose end by themselves.",
+)
+@click.option(
+    "--keep-checkpoints",
+    type=click.IntRange(1, 10_000),
+    default=3,
+    help="Head checkpoints kept per run: the newest K; writing another removes the oldest.",
+)
+@click.option(
+    "--list-runs",
+    is_flag=True,
+    help="Do not serve: list the runs under --model-dir (OWNER/RUN, files, size) and exit.",
+)
+@click.option(
+    "--remove-run",
+    metavar="OWNER/RUN",
+    default=None,
+    help="Do not serve: remove this run's resume states and head checkpoints from --model-dir "
+    "and exit. Stop the server that serves it first.",
 )
 @click.option(
     "--tap-log",
@@ -134,13 +169,17 @@ def _parse_groups(
     "--group",
     "groups",
     multiple=True,
-    metavar="NAME=TOPOLOGY:K",
+    metavar="NAME=TOPOLOGY:K[@ID,...]",
     callback=_parse_groups,
     help="Declare a training group of K data holders (repeatable). TOPOLOGY: "
-    f"{describe()}. E.g. --group clinics={DEFAULT.name}:4",
+    f"{describe()}. @ID,... names the party (certificate CN or token name) of each index "
+    "0..K-1; others are refused as if there were no such group. Without it an index goes to "
+    f"the first party that takes it. E.g. --group clinics={DEFAULT.name}:3@alice,bob,carol",
 )
 @logging_options
-def main(*, verbose: int, quiet: bool, **options: Any) -> None:
+def main(
+    *, verbose: int, quiet: bool, list_runs: bool, remove_run: str | None, **options: Any
+) -> None:
     """Serve the head of the split model over gRPC.
 
     Each data holder opens a session, streams its cut-layer tensors with labels, and receives
@@ -156,15 +195,46 @@ def main(*, verbose: int, quiet: bool, **options: Any) -> None:
     expires or closes, and on shutdown: after a restart, data holders continue where both
     sides saved.
 
+    --list-runs and --remove-run OWNER/RUN act on MODEL_DIR and exit without serving.
+
     \b
     Example (then splitnn-client --server 127.0.0.1:50051):
       splitnn-server --port 50051 --model-dir models
     """
     configure_logging(verbose=verbose, quiet=quiet)
     cfg = config_from(ServerConfig, options)
+    if list_runs or remove_run is not None:
+        _manage_runs(cfg.model_dir, list_runs=list_runs, remove=remove_run)
+        return
 
     def announce(bound_host: str, bound_port: int) -> None:
         click.echo(f"listening on {bound_host}:{bound_port}", nl=True)
         sys.stdout.flush()
 
     serve(cfg, on_bound=announce)
+
+
+def _manage_runs(model_dir: Path, *, list_runs: bool, remove: str | None) -> None:
+    """--list-runs and --remove-run: one line per run on stdout."""
+    if list_runs and remove is not None:
+        raise click.UsageError("--list-runs and --remove-run go one at a time")
+    if remove is not None:
+        click.echo(f"removed {_describe_run(remove_run(model_dir, remove))}")
+        return
+    runs = stored_runs(model_dir)
+    for run in runs:
+        click.echo(_describe_run(run))
+    if not runs:
+        click.echo(f"no runs under {model_dir}", err=True)
+
+
+def _describe_run(run: StoredRun) -> str:
+    when = datetime.fromtimestamp(run.modified).isoformat(sep=" ", timespec="seconds")
+    return (
+        f"{run.name}  resume states: {run.resume_states}  head checkpoints: "
+        f"{run.head_checkpoints}  {_size(run.size)}  modified {when}"
+    )
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"

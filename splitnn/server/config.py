@@ -23,6 +23,8 @@ class ServerConfig:
             grace + 5 s of SIGTERM whatever is in flight.
         max_sessions: live sessions at most (one more is RESOURCE_EXHAUSTED).
         max_streams: open SplitLearning calls at most, idle streams included.
+        max_sessions_per_party, max_streams_per_party: the same limits for each party (identity)
+            alone, so that no party can take the whole server; None: see `sessions_per_party`.
         max_inflight: requests waiting for or on the compute thread at most.
         session_ttl: seconds of inactivity after which a session is saved and forgotten (its
             data holder resumes it transparently).
@@ -31,8 +33,11 @@ class ServerConfig:
             identity and role come from its certificate.
         tokens: a file of ``<name> <role> <token>`` lines: identities by bearer token.
         insecure: allow plaintext on an address other than loopback.
-        stop_after_runs: stop (gracefully) once this many runs have finished and no session is
-            live: a one-shot deployment such as docker compose ends by itself. None: never.
+        stop_after_runs: stop (gracefully) once this many runs have finished (closed as finished
+            after at least one step applied) and no session is live: a one-shot deployment such
+            as docker compose ends by itself. None: never.
+        keep_checkpoints: head checkpoints kept per run, the newest; an older one is removed
+            when a newer one is written.
         tap_log: collusion mode: append every received batch to this wire log.
         tap: collusion mode: serve received batches live on the Tap service.
         anonymous_tap: without client certificates or tokens, every caller may also tap
@@ -49,6 +54,8 @@ class ServerConfig:
     grace: float = 10.0
     max_sessions: int = 64
     max_streams: int = 256
+    max_sessions_per_party: int | None = None
+    max_streams_per_party: int | None = None
     max_inflight: int = 64
     session_ttl: float = 600.0
     tls_cert: Path | None = None
@@ -57,7 +64,31 @@ class ServerConfig:
     tokens: Path | None = None
     insecure: bool = False
     stop_after_runs: int | None = None
+    keep_checkpoints: int = 3
     tap_log: Path | None = None
     tap: bool = False
     anonymous_tap: bool = False
     groups: tuple[GroupSpec, ...] = ()
+
+    def sessions_per_party(self, *, authenticated: bool) -> int:
+        """Live sessions one party may hold: `max_sessions_per_party`, by default a quarter of
+        `max_sessions` (at least 1); never more than `max_sessions`. Without authentication
+        every caller is the one anonymous party, whose default is `max_sessions` itself."""
+        return _share(self.max_sessions_per_party, self.max_sessions, 1, authenticated)
+
+    def streams_per_party(self, *, authenticated: bool) -> int:
+        """Open calls one party may hold: `max_streams_per_party`, by default a quarter of
+        `max_streams` (at least `MIN_STREAMS_PER_PARTY`), as `sessions_per_party`."""
+        return _share(
+            self.max_streams_per_party, self.max_streams, MIN_STREAMS_PER_PARTY, authenticated
+        )
+
+
+# A holder's session holds up to three calls at once: Train, Evaluate and one unary call.
+MIN_STREAMS_PER_PARTY = 3
+
+
+def _share(given: int | None, total: int, least: int, authenticated: bool) -> int:
+    if given is None:
+        given = max(total // 4, least) if authenticated else total
+    return min(given, total)

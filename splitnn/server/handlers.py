@@ -195,7 +195,7 @@ class SplitLearningHandlers:
         caller: Identity,
     ) -> bytes:
         self.sessions.check_spec(spec)
-        group = self.groups.get(request.group.name)
+        group = self.groups.admit(request.group.name, request.group.holder, caller)
         member, after, resumed = group.join(
             spec,
             group_join_from_proto(request.group),

@@ -47,6 +47,12 @@ def check(cfg: ServerConfig) -> None:
     authenticated = cfg.client_ca is not None or cfg.tokens is not None
     if cfg.anonymous_tap and authenticated:
         raise SecurityError("--anonymous-tap is for servers without --client-ca or --tokens")
+    named = [group.name for group in cfg.groups if group.members]
+    if named and not authenticated:
+        raise SecurityError(
+            f"group {named[0]} names its members, but without --client-ca or --tokens every "
+            "caller is one anonymous party: name none, or authenticate the parties"
+        )
     if cfg.tap and not authenticated and not cfg.anonymous_tap:
         raise SecurityError(
             "--tap without --client-ca or --tokens serves no one: callers are anonymous and "

@@ -5,9 +5,10 @@ work of each request (parse, validate, the head's step, encode) runs on the comp
 open stream that sends nothing costs a coroutine, not a worker, so no number of idle or slow
 peers can starve the others or the health service.
 
-Limits answer RESOURCE_EXHAUSTED at once, never a queue: `max_streams` open calls, and
-`max_inflight` requests waiting for or on the compute thread. Every call is first tied to an
-identity with the holder role (see `identity.py`).
+Limits answer RESOURCE_EXHAUSTED at once, never a queue: `max_streams` open calls, of which one
+party (identity) holds `max_streams_per_party` at most, and `max_inflight` requests waiting for
+or on the compute thread. Every call is first tied to an identity with the holder role (see
+`identity.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SplitLearningService:
         authenticator: who is calling.
         executor: where the handlers run (the compute thread).
         max_streams: open SplitLearning calls at most (health and tap calls do not count).
+        max_streams_per_party: open calls of one party (identity) at most (None: `max_streams`).
         max_inflight: requests waiting for or running on the executor at most.
     """
 
@@ -55,11 +57,14 @@ class SplitLearningService:
         executor: Executor,
         max_streams: int,
         max_inflight: int,
+        max_streams_per_party: int | None = None,
     ) -> None:
         self.handlers = handlers
         self._authenticator = authenticator
         self._executor = executor
         self._max_streams = max_streams
+        self._max_party_streams = max_streams_per_party or max_streams
+        self._party_calls: dict[str, int] = {}  # an identity's folder -> its open calls
         self._max_inflight = max_inflight
         self.open_calls = 0
         self.inflight = 0
@@ -92,21 +97,15 @@ class SplitLearningService:
 
     def _unary_rpc(self, work: Work) -> Callable[[bytes, Context], object]:
         async def rpc(raw: bytes, context: Context) -> bytes:
-            await self._enter(context)
-            try:
-                caller = await identify(self._authenticator, context, role=HOLDER)
+            async with self._call(context) as caller:
                 return await self._run(work, raw, caller, context)
-            finally:
-                self.open_calls -= 1
 
         return rpc
 
     async def _sync_rpc(self, raw: bytes, context: Context) -> bytes:
         """A group member's Sync: asked again after every change of the groups until the group
         lets it through. Waiting holds no thread and no in-flight slot."""
-        await self._enter(context)
-        try:
-            caller = await identify(self._authenticator, context, role=HOLDER)
+        async with self._call(context) as caller:
             changes = self.handlers.groups.changes
             while True:
                 changed = changes.future()
@@ -115,26 +114,39 @@ class SplitLearningService:
                 except NotYet:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(changed, timeout=_SYNC_RECHECK_S)
-        finally:
-            self.open_calls -= 1
 
     def _stream_rpc(self, work: Work) -> Callable[[AsyncIterator[bytes], Context], object]:
         async def rpc(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-            await self._enter(context)
-            try:
-                caller = await identify(self._authenticator, context, role=HOLDER)
+            async with self._call(context) as caller:
                 async for raw in requests:
                     yield await self._run(work, raw, caller, context)
-            finally:
-                self.open_calls -= 1
 
         return rpc
 
-    async def _enter(self, context: Context) -> None:
+    @contextlib.asynccontextmanager
+    async def _call(self, context: Context) -> AsyncIterator[Identity]:
+        """Holds one of the server's open calls and one of its caller's while the call runs;
+        yields the caller, a party with the holder role."""
         if self.open_calls >= self._max_streams:
             await _abort(context, Busy(f"the server has {self._max_streams} open calls "
                                        "(--max-streams); try again later"))  # fmt: skip
         self.open_calls += 1
+        try:
+            caller = await identify(self._authenticator, context, role=HOLDER)
+            party = caller.folder
+            held = self._party_calls.get(party, 0)
+            if held >= self._max_party_streams:
+                await _abort(context, Busy(f"this party has {held} open calls "
+                                           "(--max-streams-per-party); close one"))  # fmt: skip
+            self._party_calls[party] = held + 1
+            try:
+                yield caller
+            finally:
+                left = self._party_calls.pop(party) - 1
+                if left:
+                    self._party_calls[party] = left
+        finally:
+            self.open_calls -= 1
 
     async def _run(self, work: Work, raw: bytes, caller: Identity, context: Context) -> bytes:
         """Runs one request on the executor; a refusal ends the call with its status."""

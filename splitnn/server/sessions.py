@@ -22,6 +22,7 @@ from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
 from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec, lookup_head_policy
+from splitnn.server.runs import older_heads
 from splitnn.server.saves import ResumeStore, Save
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class SessionRegistry:
             and its resume states under ``model_dir/server/<owner>/<run>/`` (see `ResumeStore`).
         max_batch_size: the largest batch any session may announce (sizes the message limit).
         max_sessions: live sessions at most; one more is refused with RESOURCE_EXHAUSTED.
+        max_sessions_per_owner: live sessions of one owner at most (None: `max_sessions`), so
+            that no party can take every session of the server.
+        keep_checkpoints: head checkpoints kept per run, the newest (see `save_head`).
         head_policy: how a session's own head answers steps (a name in `HEAD_POLICIES`).
     """
 
@@ -52,16 +56,21 @@ class SessionRegistry:
         model_dir: Path,
         max_batch_size: int,
         max_sessions: int = 64,
+        max_sessions_per_owner: int | None = None,
+        keep_checkpoints: int = 3,
         head_policy: str = "honest",
     ) -> None:
         self.model_dir = model_dir
         self._make_head = lookup_head_policy(head_policy)
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner or max_sessions
+        self.keep_checkpoints = max(keep_checkpoints, 1)
         self._sessions: dict[str, HeadSession] = {}
         self._by_run: dict[tuple[str, str], str] = {}  # (owner, run) -> token
         self._lock = threading.Lock()
-        self.finished_runs = 0  # closed as finished by their data holders
+        self.finished_runs = 0  # closed as finished by their data holders, having trained
+        self._trained: set[str] = set()  # tokens of the sessions that applied a step
 
     def store_of(self, owner: str = ANONYMOUS_OWNER) -> ResumeStore:
         """The resume states of `owner`'s runs."""
@@ -150,7 +159,10 @@ class SessionRegistry:
         session.head.close(finished=finished)
         if finished:
             self.store_of(session.owner).clear(session.spec.run)
-            self.finished_runs += 1
+            # A run that never trained does not count: closing empty runs as finished must
+            # not stop a server started with --stop-after-runs.
+            if session.head.steps_applied > 0 or session.session_id in self._trained:
+                self.finished_runs += 1
         else:
             self.snapshot(session)
         self._drop(session)
@@ -206,6 +218,9 @@ class SessionRegistry:
     def after_step(self, session: HeadSession, step: StepId, *, applied: bool, save: bool) -> None:
         """Writes the save point the holder marked at `step` (`save`), unless the head's resume
         states are kept elsewhere (a group's) or a retried step's point is written already."""
+        if applied:
+            with self._lock:
+                self._trained.add(session.session_id)
         if not save or not session.head.resumable:
             return
         if applied or self.store_of(session.owner).find(step) is None:
@@ -242,7 +257,8 @@ class SessionRegistry:
         """Writes the head's weights as ``heads/<owner>/<run>/<label>.head.ckpt`` (+ manifest).
 
         The server names the file: two parties, or two runs, never write the same one. With
-        `replace_previous`, the run's other head checkpoints are removed.
+        `replace_previous`, the run's other head checkpoints are removed; otherwise the newest
+        `keep_checkpoints` are kept (this one among them), so a run's heads never pile up.
         """
         path = self._head_path(session.owner, session.spec.run, label)
         state = session.head.state()
@@ -254,10 +270,9 @@ class SessionRegistry:
             "steps_applied": state["steps_applied"],
         }
         save_checkpoint(path, state["head"], manifest)
-        if replace_previous:
-            for previous in path.parent.glob("*.head.ckpt"):
-                if previous != path:
-                    remove_checkpoint(previous)
+        keep = 1 if replace_previous else self.keep_checkpoints
+        for previous in older_heads(path, keep=keep):
+            remove_checkpoint(previous)
         return path
 
     def load_head(self, session: HeadSession, label: str, *, run: str = "") -> int:
@@ -355,7 +370,13 @@ class SessionRegistry:
                 replacing.session_id[:8],
             )
             self._sessions.pop(replacing.session_id, None)
+            self._trained.discard(replacing.session_id)
             session.replaced = True
+        elif self._count(session.owner) >= self.max_sessions_per_owner:
+            raise Busy(
+                f"this party holds its limit of {self.max_sessions_per_owner} live sessions "
+                "(--max-sessions-per-party); close one or let it expire"
+            )
         elif len(self._sessions) >= self.max_sessions:
             raise Busy(
                 f"the server holds its limit of {self.max_sessions} live sessions "
@@ -367,9 +388,14 @@ class SessionRegistry:
     def _drop(self, session: HeadSession) -> None:
         with self._lock:
             self._sessions.pop(session.session_id, None)
+            self._trained.discard(session.session_id)
             key = (session.owner, session.spec.run)
             if self._by_run.get(key) == session.session_id:
                 del self._by_run[key]
+
+    def _count(self, owner: str) -> int:
+        """`owner`'s live sessions (call with the lock held)."""
+        return sum(1 for s in self._sessions.values() if s.owner == owner)
 
     def _check_spec(self, spec: SessionSpec) -> None:
         try:

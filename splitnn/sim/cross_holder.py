@@ -119,8 +119,10 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
         raise ValueError("set_noise is for a single holder")
     began = time.perf_counter()
     log = wire_log(cfg)
-    tls, credentials = certificates(cfg.workdir, [holder_name(h) for h in range(cfg.holders)])
-    group = ["--group", f"{GROUP}={cfg.topology}:{cfg.holders}"]
+    names = [holder_name(h) for h in range(cfg.holders)]
+    tls, credentials = certificates(cfg.workdir, names)
+    # Each index is its own holder's: no other party can take it.
+    group = ["--group", f"{GROUP}={cfg.topology}:{cfg.holders}@{','.join(names)}"]
     with colluding_server(cfg, log=log, tls=tls, extra=group) as server:
         reports = _train_holders(cfg, server.address, credentials)
     colluder = reports[cfg.colluder]

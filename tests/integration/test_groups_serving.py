@@ -99,11 +99,11 @@ def test_sync_from_a_session_outside_any_group_is_refused(server: RunningServer)
     assert "members of a training group" in detail
 
 
-def test_joining_an_undeclared_group_names_the_declared_ones(server: RunningServer) -> None:
+def test_joining_an_undeclared_group_names_no_declared_one(server: RunningServer) -> None:
     code, detail = refusal(lambda: _member(server, 0, name="nope"))
 
-    assert code == Code.INVALID_ARGUMENT
-    assert "no group 'nope'" in detail and "(declared: g)" in detail
+    assert code == Code.PERMISSION_DENIED
+    assert detail.endswith(": no group 'nope' that this party may join on this server")
     assert _group_of(server).members == {}
 
 
