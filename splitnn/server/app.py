@@ -84,7 +84,7 @@ class RunningServer:
             default_seed=cfg.seed,
             max_message_bytes=limit,
             tap=tap,
-            groups=Groups(cfg.groups),
+            groups=Groups(cfg.groups, root=cfg.model_dir / "groups"),
         )
         _announce_groups(cfg, authenticated=authenticated)
         self.service = SplitLearningService(
@@ -178,6 +178,7 @@ class RunningServer:
         await server.stop(0)  # what is left is idle streams: nothing to wait for
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.sessions.save_all)
+        await loop.run_in_executor(self.executor, self.service.handlers.groups.save_all)
         self.executor.shutdown(wait=False)
         # Let the cancelled calls unwind before the loop closes.
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -19,8 +19,10 @@ save point before its last one, so a holder restarted from its own last save rep
 and is answered exactly as before (the replayed tensors must match: a SHA-256 of each step's
 tensors is kept). The last step of every epoch is a save point whatever the holder says, so
 no member makes the group keep more than about two epochs of its replies. The others wait for
-it meanwhile. Groups live in the server's memory: a server restart loses them, and their holders
-stop with an error.
+it meanwhile. A restart of the server is one more such resume, of every member at once: the
+group writes its state to disk at every save point of any member, before replying, and a server
+started again with the same ``--group`` reads it back (`group_saves.py` says why every member
+can resume from it).
 
 What the group keeps of part 1 is bounded the same way (`group_parts.py`): the hand-ins and
 averages of its members' save points before last on. FedAvg weighs each holder by what the
@@ -49,6 +51,7 @@ from splitnn.server.changes import Changes
 from splitnn.server.errors import InvalidRequest, NotYet, WrongState
 from splitnn.server.group_member import Key, Member
 from splitnn.server.group_parts import Parts, held
+from splitnn.server.group_saves import GroupStore, group_state, take_up
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.head import SessionSpec, StepResult, apply_step
 
@@ -68,15 +71,22 @@ class Group:
     when it moved the group on.
     """
 
-    def __init__(self, spec: GroupSpec, changes: Changes) -> None:
+    def __init__(
+        self, spec: GroupSpec, changes: Changes, *, store: GroupStore | None = None
+    ) -> None:
         self.spec = spec
         self.topology = spec.topology
         self.sequential = spec.topology.schedule is not None  # else: parallel, by rounds
         self.changes = changes
         self.lock = threading.Lock()  # also the lock of the heads
-        self._reset()
+        self.store = store  # None: the group lives in memory only
+        self.lost = ""  # why a saved state was refused, for the holders that resume
+        self.reset()
+        if store is not None:
+            self.lost = take_up(self, store)
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Forgets the run: no members, no head, nothing held."""
         self.last_active = time.monotonic()  # a waiting Sync counts: it asks every few seconds
         self.members: dict[int, Member] = {}
         self.settings: SessionSpec | None = None  # the head settings every member must share
@@ -110,9 +120,11 @@ class Group:
         owner: str,
         resume: bool,
         offers: Sequence[StepId],
+        from_start: bool = False,
     ) -> tuple[Member, Key | None, bool]:
         """Adds (or takes back) holder `request.holder`; returns the member, the step it
-        continues after, and whether it resumed.
+        continues after, and whether it resumed. `from_start`: the holder has no save and may
+        start over when nothing it offers is held.
 
         Raises:
             InvalidRequest: a bad index, step count or epoch count.
@@ -124,7 +136,7 @@ class Group:
         with self.lock:
             self.last_active = time.monotonic()
             if self.members and all(m.closed for m in self.members.values()):
-                self._reset()  # the previous run of this group is over
+                self.reset()  # the previous run of this group is over
             if holder >= self.spec.size:
                 raise InvalidRequest(
                     f"group {self.spec.name!r} has holders 0..{self.spec.size - 1}, not {holder}"
@@ -148,12 +160,14 @@ class Group:
                     owner=owner,
                     resume=resume,
                     offers=offers,
+                    from_start=from_start,
                 )
                 return member, after, resumed
-            if resume and offers:
+            if resume and offers and not from_start:
+                why = self.lost or "the server holds no state of it"
                 raise WrongState(
-                    f"holder {holder} of group {self.spec.name!r} has nothing to resume: the "
-                    "group lost its state (did the server restart?); start the group over"
+                    f"holder {holder} of group {self.spec.name!r} has nothing to resume: "
+                    f"{why}; start the group over"
                 )
             member = self._add(spec, request, owner)
             return member, None, False
@@ -174,6 +188,9 @@ class Group:
     def _add(self, spec: SessionSpec, request: GroupJoin, owner: str) -> Member:
         if self.settings is None:
             self.settings, self.epochs = spec, request.epochs
+            self.lost = ""
+            if self.store is not None:
+                self.store.clear()  # a new run: an earlier one's saves are no use
             if self.topology.one_head:
                 self.head = build_head(spec.seed, spec.num_classes)
                 self.optimizer = make_optimizer(self.head, spec.lr)
@@ -289,6 +306,8 @@ class Group:
             if self.sequential:
                 self.cursor += 1
             self.parts.prune(list(self.members.values()))
+            if save or key[1] == member.batches - 1:  # a save point (see `Member.record`)
+                self._save()
             self.changes.notify()
             return result, True
 
@@ -348,6 +367,7 @@ class Group:
             if self.topology.averages_every_epoch:
                 self.parts.average(epoch, members, group=self.spec.name)
             self.parts.prune(members)
+            self._save()  # the holder goes on without saving: its hand-in must not be lost
             self.changes.notify()
 
     def finish(self, member: Member) -> WeightsBlob | None:
@@ -385,11 +405,14 @@ class Group:
             if not self.members or all(m.closed for m in self.members.values()) or idle <= ttl:
                 return False
             logger.warning(
-                "group %s: no holder called for %.0f s; its run is dropped (start it over)",
+                "group %s: no holder called for %.0f s; its run is dropped and its saved state "
+                "removed (start it over)",
                 self.spec.name,
                 idle,
             )
-            self._reset()
+            self.reset()
+            if self.store is not None:
+                self.store.clear()
             return True
 
     def closed(self, member: Member, *, finished: bool) -> None:
@@ -397,3 +420,19 @@ class Group:
             member.closed = finished
             if self.members and all(m.closed for m in self.members.values()):
                 logger.info("group %s: every holder finished; the group is free", self.spec.name)
+                if self.store is not None:
+                    self.store.clear()
+            elif finished:
+                self._save()  # a finished holder does not come back to close again
+
+    def save(self) -> None:
+        """Writes the group's state now (on shutdown); nothing if it has no run going."""
+        with self.lock:
+            if not all(m.closed for m in self.members.values()):
+                self._save()
+
+    def _save(self) -> None:
+        """Writes the whole state (lock held) before the caller is answered; see the module."""
+        if self.store is not None and self.started:
+            path = self.store.write(*group_state(self))
+            logger.debug("group %s: saved to %s", self.spec.name, path)

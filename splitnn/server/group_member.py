@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -90,6 +91,63 @@ class Member:
         """The earliest step a restart of this holder may replay after; (1, -1): the start."""
         return self.saves[0] if len(self.saves) == 2 else (1, -1)
 
+    def to_state(self, *, with_head: bool) -> dict[str, Any]:
+        """What a group's save keeps of this member (`with_head`: its own head and optimizer;
+        a one-head group saves its head once). Tensors, numbers, strings and bytes only."""
+        state: dict[str, Any] = {
+            "holder": self.holder,
+            "owner": self.owner,
+            "run": self.run,
+            "batches": self.batches,
+            "last": None if self.last is None else list(self.last),
+            "replies": [
+                [list(key), digest, r.gradient, r.loss, r.correct]
+                for key, (digest, r) in sorted(self.replies.items())
+            ],
+            "saves": [list(key) for key in self.saves],
+            "trained": sorted(self.trained.items()),
+            "closed": self.closed,
+        }
+        if with_head:
+            state["head"] = self.head.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], *, head: Head, optimizer: torch.optim.Adam
+    ) -> Member:
+        """The member `to_state` saved, training `head` with `optimizer` (loaded from the
+        state when it has its own).
+
+        Raises:
+            KeyError, TypeError, ValueError, RuntimeError: the state is not a member's.
+        """
+        if "head" in state:
+            head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+        run = str(state["run"])
+        replies: dict[Key, tuple[bytes, StepResult]] = {}
+        for key, digest, gradient, loss, correct in state["replies"]:
+            if not isinstance(digest, bytes) or not isinstance(gradient, torch.Tensor):
+                raise TypeError("a kept reply is not a digest and a gradient")
+            step = StepId(run, int(key[0]), int(key[1]))
+            replies[step.key()] = (digest, StepResult(step, gradient, float(loss), int(correct)))
+        last = state["last"]
+        return cls(
+            holder=int(state["holder"]),
+            owner=str(state["owner"]),
+            run=run,
+            batches=int(state["batches"]),
+            head=head,
+            optimizer=optimizer,
+            last=None if last is None else (int(last[0]), int(last[1])),
+            replies=replies,
+            saves=[(int(e), int(b)) for e, b in state["saves"]],
+            trained={int(e): int(n) for e, n in state["trained"]},
+            closed=bool(state["closed"]),
+        )
+
     def forget_counts(self, *, before: int) -> None:
         """Drops the sample counts of epochs before `before` (their rounds are averaged)."""
         for epoch in [e for e in self.trained if e < before]:
@@ -104,9 +162,13 @@ class Member:
         owner: str,
         resume: bool,
         offers: Sequence[StepId],
+        from_start: bool = False,
     ) -> tuple[Key | None, bool]:
         """The holder joins group `group` again; returns the step it continues after and
         whether it resumed.
+
+        `from_start`: the holder may go back to its start when no offer is held (it has no
+        save of its own yet).
 
         Raises:
             Forbidden: the place is another identity's.
@@ -117,30 +179,38 @@ class Member:
         if self.last is None:
             self.finished = False
             return None, False  # nothing applied yet: a fresh start is the same as a resume
-        if not resume:
-            if (1, 0) not in self.replies:
-                raise WrongState(
-                    f"holder {self.holder} of group {group!r} has trained up to epoch "
-                    f"{self.last[0]} batch {self.last[1]}: resume it (--resume)"
-                )
-            # It died before its first save: it starts over and replays every step.
-            self.finished = False
-            logger.info("group %s: holder %d starts over", group, self.holder)
-            return None, True
-        for offer in offers:
-            key = offer.key()
-            if offer.run == self.run and (key == self.last or key in self.replies):
-                self.finished = False
-                logger.info(
-                    "group %s: holder %d resumes after epoch %d batch %d", group, self.holder, *key
-                )
-                return key, True
+        if resume:
+            for offer in offers:
+                key = offer.key()
+                if offer.run == self.run and (key == self.last or key in self.replies):
+                    self.finished = False
+                    logger.info(
+                        "group %s: holder %d resumes after epoch %d batch %d",
+                        group,
+                        self.holder,
+                        *key,
+                    )
+                    return key, True
+        if not resume or from_start:
+            return self._start_over(group)
         held = sorted(self.replies)
         raise WrongState(
             f"group {group!r} cannot resume holder {self.holder} at "
             f"{', '.join(str(o) for o in offers) or 'the start'}: it holds its steps "
             f"{held[0] if held else self.last} to {self.last}"
         )
+
+    def _start_over(self, group: str) -> tuple[Key | None, bool]:
+        """The holder died before its first save: it starts over and replays every step."""
+        if (1, 0) not in self.replies:
+            assert self.last is not None
+            raise WrongState(
+                f"holder {self.holder} of group {group!r} has trained up to epoch "
+                f"{self.last[0]} batch {self.last[1]}: resume it (--resume)"
+            )
+        self.finished = False
+        logger.info("group %s: holder %d starts over", group, self.holder)
+        return None, True
 
     def _check_rejoin(self, *, group: str, run: str, batches: int, owner: str) -> None:
         if self.owner != owner:

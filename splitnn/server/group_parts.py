@@ -12,7 +12,8 @@ SHA-256 stays. FedAvg weighs each holder by the samples the server applied for i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from splitnn.common.codec import WeightsBlob
 from splitnn.server.errors import WrongState
@@ -30,6 +31,39 @@ class Parts:
         self.digests: dict[tuple[int, int], bytes] = {}  # every kept hand-in's SHA-256
         self.averages: dict[int, WeightsBlob] = {}  # round -> averaged part 1 (FedAvg)
         self.averaged = 0  # the last round averaged
+
+    def blobs(self) -> list[WeightsBlob]:
+        """Every part 1 held (a group's save writes each once, named by its SHA-256)."""
+        return [*self.handed.values(), *self.averages.values()]
+
+    def to_state(self) -> dict[str, Any]:
+        """What a group's save keeps: the parts 1 by their SHA-256 (see `blobs`)."""
+        return {
+            "handed": [[e, h, blob.sha256] for (e, h), blob in sorted(self.handed.items())],
+            "digests": [[e, h, sha] for (e, h), sha in sorted(self.digests.items())],
+            "averages": [[e, blob.sha256] for e, blob in sorted(self.averages.items())],
+            "averaged": self.averaged,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], blobs: Mapping[bytes, WeightsBlob]) -> Parts:
+        """The parts `to_state` saved; `blobs`: the parts 1 read back, by SHA-256.
+
+        Raises:
+            KeyError, TypeError, ValueError: the state is not a group's parts, or names a
+                part 1 not in `blobs`.
+        """
+        parts = cls()
+        for epoch, holder, sha in state["handed"]:
+            parts.handed[(int(epoch), int(holder))] = blobs[sha]
+        for epoch, holder, sha in state["digests"]:
+            if not isinstance(sha, bytes):
+                raise TypeError("a hand-in's SHA-256 is not bytes")
+            parts.digests[(int(epoch), int(holder))] = sha
+        for epoch, sha in state["averages"]:
+            parts.averages[int(epoch)] = blobs[sha]
+        parts.averaged = int(state["averaged"])
+        return parts
 
     def again(self, epoch: int, holder: int, blob: WeightsBlob) -> bool:
         """Whether holder `holder` handed in this very part 1 for `epoch` before (a resumed

@@ -39,8 +39,8 @@ class GroupSpec:
         if not sep or not sep2 or not name:
             example = f"hospitals={DEFAULT.name}:2@alice,bob"
             raise ValueError(f"{text!r}: expected NAME=TOPOLOGY:K[@ID,...], e.g. {example}")
-        if not all(c.isalnum() or c in "_.-" for c in name):
-            raise ValueError(f"group name {name!r}: use letters, digits, _ . -")
+        if not all(c.isalnum() or c in "_.-" for c in name) or name.startswith("."):
+            raise ValueError(f"group name {name!r}: use letters, digits, _ . - (no leading .)")
         found = topology(kind)
         if not (size.isascii() and size.isdigit()) or not 1 <= int(size) <= MAX_GROUP_SIZE:
             raise ValueError(f"group size {size!r}: an integer in 1..{MAX_GROUP_SIZE}")

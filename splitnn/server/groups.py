@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from splitnn.server.changes import Changes
 from splitnn.server.errors import Forbidden
 from splitnn.server.group import Group
+from splitnn.server.group_saves import GroupStore
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.identity import Identity
 
@@ -15,11 +17,20 @@ logger = logging.getLogger(__name__)
 
 
 class Groups:
-    """The groups this server declares, by name; `changes` wakes whoever waits on any of them."""
+    """The groups this server declares, by name; `changes` wakes whoever waits on any of them.
 
-    def __init__(self, specs: Sequence[GroupSpec]) -> None:
+    `root`: each group saves its state in ``root/<name>/`` and takes up the run saved there
+    (see `group_saves.py`); None: groups live in memory only.
+    """
+
+    def __init__(self, specs: Sequence[GroupSpec], *, root: Path | None = None) -> None:
         self.changes = Changes()
-        self._groups = {spec.name: Group(spec, self.changes) for spec in specs}
+        self._groups = {
+            spec.name: Group(
+                spec, self.changes, store=None if root is None else GroupStore(root / spec.name)
+            )
+            for spec in specs
+        }
         if len(self._groups) != len(specs):
             raise ValueError("two groups of the same name")
 
@@ -56,6 +67,11 @@ class Groups:
             )
             raise _not_open(name)
         return group
+
+    def save_all(self) -> None:
+        """Writes every group's state (on shutdown): its holders resume after the restart."""
+        for group in self._groups.values():
+            group.save()
 
     def expire(self, ttl: float) -> set[Group]:
         """The groups whose run was dropped for being idle `ttl` seconds (see `Group.expire`)."""

@@ -202,6 +202,7 @@ class SplitLearningHandlers:
             owner=caller.folder,
             resume=request.resume,
             offers=resume_from,
+            from_start=request.resume_from_start,
         )
         head = GroupMemberHead(group, member)
         session = HeadSession(secrets.token_hex(16), spec, head=head, owner=caller.folder)
