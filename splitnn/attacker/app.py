@@ -13,7 +13,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from splitnn.attacker.decoders import build_decoder
 from splitnn.attacker.figures import save_grid
 from splitnn.attacker.intercept import Intercepted, from_live, from_log, ground_truth
 from splitnn.attacker.inversion import reconstruct, train_decoder
@@ -29,6 +28,7 @@ from splitnn.common.checkpoints import (
 )
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import load_splits
+from splitnn.common.decoders import build_decoder
 from splitnn.common.reports import AttackReport
 from splitnn.common.seeds import SEEDING, seed_for
 

@@ -13,7 +13,7 @@ PIXEL_STD = 0.3081
 # The study's batch sizes, plain and whenever the NoPeek loss is on (`study_batch_size`).
 PLAIN_BATCH_SIZE = 128
 NOPEEK_BATCH_SIZE = 32
-# The attacker's inversion decoders by name (`splitnn.attacker.decoders` builds them), for the
+# The inversion decoders by name (`splitnn.common.decoders` builds them), for the
 # programs that pass a name on to `splitnn-attack run --decoder` without importing the attacker.
 DECODER_NAMES = ("deep", "study")
 

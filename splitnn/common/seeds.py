@@ -29,6 +29,9 @@ Role = Literal[
     "measure_noise",  # noise of the post-training measurements (experiments)
     "partition",  # how the training set is shared out among several data holders
     "val_noise",  # Laplace noise for the per-epoch validation
+    "guard",  # the data holder's SplitGuard draws (fake batches, label shifts, set split)
+    "hijack",  # a hijacking server's own models (pilot, decoder, critic) and public batches
+    "substitute",  # a passive attacker's substitute part 1, its critic and its batch order
 ]
 _ROLE_NUMBER: dict[str, int] = {
     "body": 0,
@@ -44,6 +47,9 @@ _ROLE_NUMBER: dict[str, int] = {
     "measure_noise": 10,
     "partition": 11,
     "val_noise": 12,
+    "guard": 13,
+    "hijack": 14,
+    "substitute": 15,
 }
 # Recorded in manifests and run records: files made under another scheme are not reused.
 # v2: validation noise has its own stream (v1 drew it from the test and deployment stream).

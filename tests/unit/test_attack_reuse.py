@@ -15,10 +15,10 @@ from torch import nn
 
 from splitnn.attacker import app
 from splitnn.attacker.app import AttackConfig, decoder_manifest, load_or_train_decoder
-from splitnn.attacker.decoders import build_decoder
 from splitnn.attacker.inversion import train_decoder
 from splitnn.attacker.oracle import BodyOracle
 from splitnn.common.checkpoints import load_checkpoint, manifest_path, save_checkpoint
+from splitnn.common.decoders import build_decoder
 from splitnn.common.models import build_body
 from splitnn.common.seeds import seed_for
 

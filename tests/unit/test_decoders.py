@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from splitnn.attacker.decoders import DECODERS, DecoderError, build_decoder
+from splitnn.common.decoders import DECODERS, DecoderError, build_decoder
 
 
 @pytest.mark.parametrize("name", sorted(DECODERS))

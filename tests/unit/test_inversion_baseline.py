@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from splitnn.attacker.decoders import build_decoder
 from splitnn.attacker.inversion import reconstruct, train_decoder
 from splitnn.attacker.metrics import mse
 from splitnn.attacker.oracle import BodyOracle
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.datasets import load_splits
+from splitnn.common.decoders import build_decoder
 from splitnn.common.models import build_body
 
 # The study's (affine) decoder: the cheapest to train on two cores. 3 epochs of 8 steps on the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from splitnn.attacker.decoders import DECODERS
+from splitnn.common.decoders import DECODERS
 from splitnn.common.models import (
     DECODER_NAMES,
     NOPEEK_BATCH_SIZE,

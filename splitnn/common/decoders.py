@@ -1,7 +1,8 @@
 """Inversion decoders, looked up by name: cut float32 [B, 500] -> image float32 [B, 1, 28, 28].
 
-The attacker trains one on (noisy cut tensor, image) pairs from its auxiliary data and applies it
-to the victim's intercepted tensors.
+An attacker trains one on (cut tensor, image) pairs from its auxiliary data and applies it
+to the victim's intercepted tensors: the colluding attacker, the passive one and a hijacking
+server alike, so they live here, shared by the parties.
 
 - ``study``: the study's decoder, affine: no activation anywhere (docs/study.md, defect 4);
   its output is not confined to [0, 1], so clamp it before scoring.
