@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import grpc
 import pytest
 import torch
 
-from splitnn.client.transport import ServerRefused, SessionSettings
+from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused, SessionSettings
+from splitnn.common.credentials import Credentials
 from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer, build_server
@@ -122,4 +124,32 @@ def run_program(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+GROUP_WAIT_S = 10.0  # bounds every wait of a group member: a broken server fails, never hangs
+
+
+def group_link(
+    server: RunningServer,
+    holder: int,
+    *,
+    run: str,
+    group: str,
+    credentials: Credentials | None = None,
+    max_batch_size: int = 8,
+) -> ServerLink:
+    """A link that joins `group` as index `holder` for one epoch of 2 batches of 8 samples."""
+    spec = dataclasses.replace(
+        settings(run, max_batch_size=max_batch_size),
+        group=GroupSettings(name=group, holder=holder, batches_per_epoch=2, samples=16, epochs=1),
+    )
+    return ServerLink(
+        address_of(server),
+        spec,
+        connect_timeout=GROUP_WAIT_S,
+        step_timeout=GROUP_WAIT_S,
+        reconnect_timeout=1.0,
+        credentials=credentials,
+        group_timeout=GROUP_WAIT_S,
     )

@@ -8,70 +8,28 @@ does not depend on the processes' timing, and a holder that drops out and comes 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from splitnn.client.resume import resume_path
-from splitnn.common.checkpoints import load_checkpoint
-from splitnn.common.commands import ClientCommand
-from splitnn.common.processes import ServerProcess, child_env, program
-from splitnn.common.reports import RunReport
+from splitnn.common.processes import ServerProcess
+from tests.e2e.group_members import (
+    GROUP,
+    RUN_S,
+    Member,
+    finish,
+    holder_args,
+    same,
+    start,
+    timing_free,
+)
 
 pytestmark = pytest.mark.slow
 
 K = 3
-GROUP = "g"
-RUN_S = 300.0
-COMPARED = ("train_accuracy", "val_accuracy", "test_accuracy", "best_epoch")
-
-
-@dataclass(frozen=True)
-class Member:
-    report: RunReport
-    body: dict[str, torch.Tensor]
-    head: dict[str, torch.Tensor]
-
-
-def _command(server: str, model_dir: Path, holder: int) -> list[str]:
-    command = ClientCommand(
-        server=server,
-        dataset="mnist5k",
-        noise=0.5 if holder == 1 else 0.0,  # each holder its own defence
-        epochs=2,
-        batch_size=64,
-        max_steps=3,
-        seed=5,
-        threads=1,
-        model_dir=model_dir,
-        quiet=True,
-        group=GROUP,
-        holder=holder,
-        holders=K,
-        partition="dirichlet",
-        alpha=1.0,
-    )
-    return [program("splitnn-client"), *command.args(), "--save-every", "1"]
-
-
-def _start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=child_env())  # fmt: skip
-
-
-def _finish(process: subprocess.Popen[str], server_dir: Path) -> Member:
-    stdout, stderr = process.communicate(timeout=RUN_S)
-    assert process.returncode == 0, stderr[-3000:]
-    report = RunReport.from_json(json.loads(stdout))
-    body = load_checkpoint(Path(report.checkpoint))[0]
-    head = load_checkpoint(server_dir / report.head_checkpoint)[0]  # named in its folder
-    return Member(report, body, head)
 
 
 def _run_group(
@@ -81,7 +39,7 @@ def _run_group(
     starts it again with --resume. Returns the members by holder index."""
     processes: dict[int, subprocess.Popen[str]] = {}
     for holder in order:
-        processes[holder] = _start(_command(server, model_dir, holder))
+        processes[holder] = start(holder_args(server, model_dir, holder, holders=K, epochs=2))
         time.sleep(0.5)  # a different timing from the plain run's
     if kill is not None:
         run = f"{GROUP}_h{kill}_mnist5k_{'05' if kill == 1 else '00'}noise_00nopeek_seed5"
@@ -94,20 +52,11 @@ def _run_group(
         processes[kill].kill()
         processes[kill].communicate(timeout=30)
         assert state.exists(), "killed after its run finished: nothing left to resume"
-        args = [a for a in _command(server, model_dir, kill) if a != "--restart"]
-        processes[kill] = _start([*args, "--resume"])
-    return [_finish(processes[h], server_dir) for h in range(K)]
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _fields(report: RunReport) -> dict[str, Any]:
-    """What must not depend on timing: the final numbers and every epoch's training sums (the
-    per-epoch validation reads a head the others train on, so only the final one is compared)."""
-    epochs = [(e.epoch, e.train_loss, e.train_accuracy, e.samples) for e in report.history]
-    return {name: getattr(report, name) for name in COMPARED} | {"epochs": epochs}
+        args = [
+            a for a in holder_args(server, model_dir, kill, holders=K, epochs=2) if a != "--restart"
+        ]
+        processes[kill] = start([*args, "--resume"])
+    return [finish(processes[h], server_dir) for h in range(K)]
 
 
 @pytest.mark.parametrize("topology", ["shared-head", "round-robin", "splitfed"])
@@ -127,9 +76,9 @@ def test_group_reproduces_its_parameters_across_timing_and_a_killed_holder(
 
     assert again[1].report.resumed_from is not None  # holder 1 did continue from a save
     for first, second in zip(plain, again, strict=True):
-        assert _same(first.body, second.body)
-        assert _same(first.head, second.head)
-        assert _fields(first.report) == _fields(second.report)
+        assert same(first.body, second.body)
+        assert same(first.head, second.head)
+        assert timing_free(first.report) == timing_free(second.report)
         assert first.report.group == second.report.group
     groups = [m.report.group for m in plain]
     assert [g.holder for g in groups if g is not None] == [0, 1, 2]
@@ -139,15 +88,15 @@ def test_group_reproduces_its_parameters_across_timing_and_a_killed_holder(
     heads = [m.head for m in plain]
     if topology == "shared-head":
         # One head for all; every holder keeps a part 1 of its own.
-        assert all(_same(heads[0], h) for h in heads)
-        assert not _same(bodies[0], bodies[1]) and not _same(bodies[1], bodies[2])
+        assert all(same(heads[0], h) for h in heads)
+        assert not same(bodies[0], bodies[1]) and not same(bodies[1], bodies[2])
     elif topology == "round-robin":
         # Part 1 passed from holder to holder: all end with the last holder's; one head.
-        assert all(_same(bodies[0], b) for b in bodies)
-        assert all(_same(heads[0], h) for h in heads)
+        assert all(same(bodies[0], b) for b in bodies)
+        assert all(same(heads[0], h) for h in heads)
     else:
         # Averaged after the last round: the same part 1 and the same head everywhere.
-        assert all(_same(bodies[0], b) for b in bodies)
-        assert all(_same(heads[0], h) for h in heads)
+        assert all(same(bodies[0], b) for b in bodies)
+        assert all(same(heads[0], h) for h in heads)
     # The defence is the holder's own: holder 1 (b = 0.5) sent noisier tensors than holder 0.
     assert plain[1].report.noise == 0.5 and plain[0].report.noise == 0.0

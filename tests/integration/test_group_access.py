@@ -6,7 +6,6 @@ holds a valid certificate of the same CA but is named nowhere.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from splitnn.client.transport import GroupSettings, ServerLink
-from splitnn.common.credentials import Credentials
 from splitnn.server.app import RunningServer
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.security import SecurityError
-from tests.conftest import address_of, refusal, settings, start_server
+from tests.conftest import group_link, refusal, start_server
 from tests.parties import Pki
 
 Code = grpc.StatusCode
@@ -39,43 +36,33 @@ def named(tmp_path: Path, pki: Pki) -> Iterator[RunningServer]:
     running.shutdown(grace=0.0)
 
 
-def _join(
-    server: RunningServer, credentials: Credentials, holder: int, *, run: str, group: str
-) -> ServerLink:
-    spec = dataclasses.replace(
-        settings(run, max_batch_size=8),
-        group=GroupSettings(name=group, holder=holder, batches_per_epoch=2, samples=16, epochs=1),
-    )
-    return ServerLink(
-        address_of(server),
-        spec,
-        connect_timeout=WAIT_S,
-        step_timeout=WAIT_S,
-        reconnect_timeout=1.0,
-        credentials=credentials,
-        group_timeout=WAIT_S,
-    )
-
-
 def test_a_party_not_named_can_take_no_index_and_learns_nothing(
     named: RunningServer, pki: Pki
 ) -> None:
     mallory = pki.party("mallory")
 
     def squat(holder: int) -> tuple[grpc.StatusCode, str]:
-        return refusal(lambda: _join(named, mallory, holder, run=f"squat{holder}", group="clinics"))
+        return refusal(
+            lambda: group_link(
+                named, holder, credentials=mallory, run=f"squat{holder}", group="clinics"
+            )
+        )
 
     squats = [squat(holder) for holder in range(3)]
-    nowhere = refusal(lambda: _join(named, mallory, 0, run="squat9", group="nope"))
+    nowhere = refusal(lambda: group_link(named, 0, credentials=mallory, run="squat9", group="nope"))
     members_after_squats = dict(named.service.handlers.groups.get("clinics").members)
 
     with (
-        _join(named, pki.party("alice"), 0, run="alices-run", group="clinics") as alice,
-        _join(named, pki.party("bob"), 1, run="bobs-run", group="clinics") as bob,
+        group_link(
+            named, 0, credentials=pki.party("alice"), run="alices-run", group="clinics"
+        ) as alice,
+        group_link(named, 1, credentials=pki.party("bob"), run="bobs-run", group="clinics") as bob,
     ):
         joined = (alice.group_size, bob.group_size)
         bob_takes_carols = refusal(
-            lambda: _join(named, pki.party("bob"), 2, run="bobs-other-run", group="clinics")
+            lambda: group_link(
+                named, 2, credentials=pki.party("bob"), run="bobs-other-run", group="clinics"
+            )
         )
 
     assert members_after_squats == {}
@@ -91,7 +78,9 @@ def test_a_refusal_lists_no_declared_group(tmp_path: Path, pki: Pki) -> None:
     running = pki.serve(tmp_path / "models", groups=(GroupSpec.parse("clinics=splitfed:3"),))
     try:
         code, detail = refusal(
-            lambda: _join(running, pki.party("mallory"), 0, run="probe", group="nope")
+            lambda: group_link(
+                running, 0, credentials=pki.party("mallory"), run="probe", group="nope"
+            )
         )
     finally:
         running.shutdown(grace=0.0)

@@ -6,7 +6,6 @@ Every test runs a server on port 0 that declares ``g=shared-head:2``; holders jo
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,13 +16,21 @@ import grpc
 import pytest
 import torch
 
-from splitnn.client.transport import GroupSettings, ServerLink
+from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId, WeightsBlob
 from splitnn.common.credentials import Credentials, open_channel
 from splitnn.server.app import RunningServer
 from splitnn.server.group import Group
 from splitnn.server.group_spec import GroupSpec
-from tests.conftest import address_of, refusal, seeded_batch, send_raw, settings, start_server
+from tests.conftest import (
+    address_of,
+    group_link,
+    refusal,
+    seeded_batch,
+    send_raw,
+    settings,
+    start_server,
+)
 
 Code = grpc.StatusCode
 GROUP = "g"
@@ -57,18 +64,13 @@ def _member(
     name: str = GROUP,
     credentials: Credentials | None = None,
 ) -> ServerLink:
-    spec = dataclasses.replace(
-        settings(run or f"run{holder}", max_batch_size=B),
-        group=GroupSettings(name=name, holder=holder, batches_per_epoch=2, samples=16, epochs=1),
-    )
-    return ServerLink(
-        address_of(server),
-        spec,
-        connect_timeout=WAIT_S,
-        step_timeout=WAIT_S,
-        reconnect_timeout=1.0,
+    return group_link(
+        server,
+        holder,
+        run=run or f"run{holder}",
+        group=name,
         credentials=credentials,
-        group_timeout=WAIT_S,
+        max_batch_size=B,
     )
 
 
