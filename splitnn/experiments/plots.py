@@ -103,9 +103,9 @@ def stack_images(path: Path, panels: Sequence[tuple[str, Path]], *, title: str) 
     return _save(fig, path, title=title)
 
 
-# A pixel of a grid PNG lighter than this grey level (in [0, 1]) is background: the cells' images
-# (dark MNIST backgrounds) are darker, and so is the text, which is thin.
-_BACKGROUND = 0.9
+# A pixel of a grid PNG lighter than this grey level (in [0, 1]) is the white background; the
+# cells' images are darker unless saturated, and the text is thin.
+_BACKGROUND = 0.98
 _CELL_COLUMNS = 0.3  # share of a column's pixels in cells, at least, for a column of cells
 _CELL_ROWS = 0.6  # the same for a row of pixels across the cell columns
 _MIN_BAND = 3  # pixels: a thinner band is a line, not a row of images
@@ -144,23 +144,32 @@ def stack_strips(
     """
     if not strips:
         return None
-    label_width, image_width = 2.6, 8.0
-    heights = [s.shape[0] * image_width / s.shape[1] + 0.08 for _, s in strips]
+    label, cells, top, bottom = 2.6, 8.0, 0.6, 0.1  # inches
+    heights = [s.shape[0] * cells / s.shape[1] for _, s in strips]
+    gap = 0.1
+    height = top + sum(heights) + gap * (len(strips) - 1) + bottom
     fig, axes = plt.subplots(
-        len(strips),
-        1,
-        figsize=(label_width + image_width, sum(heights) + 0.6),
-        height_ratios=heights,
-        squeeze=False,
+        len(strips), 1, figsize=(label + cells, height), height_ratios=heights, squeeze=False
     )
-    for ax, (label, strip) in zip(axes[:, 0], strips, strict=True):
+    fig.subplots_adjust(
+        left=label / (label + cells),
+        right=1.0,
+        top=1.0 - top / height,
+        bottom=bottom / height,
+        hspace=gap / (sum(heights) / len(strips)),
+    )
+    for ax, (text, strip) in zip(axes[:, 0], strips, strict=True):
         ax.imshow(strip, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+        ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize="small")
         for spine in ax.spines.values():
             spine.set_visible(False)
-    return _save(fig, path, title=title)
+    fig.suptitle(title, y=1.0 - 0.3 / height, va="center")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Figure, path: Path, *, title: str | None) -> Path:

@@ -569,4 +569,5 @@ def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
     fsha = [r for r in rows if r["threat"] == "fsha"]
     assert [r["guard_detected_at_step"] for r in fsha] == ["", "", "", "", "", "7"]
     assert {r["test_images"] for r in rows} == {"500"}
-    assert (tmp_path / "results" / "figures" / THREATS_FIGURE).is_file()
+    figure = imread(tmp_path / "results" / "figures" / THREATS_FIGURE)
+    assert len(grid_rows(figure)) == 1 + 18  # the originals, then every row's reconstructions
