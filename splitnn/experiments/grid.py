@@ -136,8 +136,8 @@ GROUPS: dict[str, Group] = {
     ),
     "threats": Group(
         kind="threats",
-        help="splitnn-sim: threats colluding fsha passive x defences none, b 0.5 1 2, "
-        f"W {THREAT_NOPEEK:g} (batch {NOPEEK_BATCH_SIZE}), splitguard (not in all)",
+        help=f"splitnn-sim: {' '.join(THREATS)} x none, b {' '.join(map(str, THREAT_NOISE))}, "
+        f"W {THREAT_NOPEEK:g}, {' '.join(THREAT_GUARDS)} (not in all)",
     ),
 }
 # `all` expands to these, in this order.
