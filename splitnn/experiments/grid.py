@@ -293,9 +293,10 @@ class Defence:
 
     @property
     def label(self) -> str:
-        """For people: ``no defence``, ``Laplace b=0.5``, ``NoPeek W=0.5``, ``splitguard``."""
+        """For people: ``no defence``, ``Laplace b=0.5``, ``NoPeek W=0.5``, ``SplitGuard``."""
         names = {"none": "no defence", "laplace": f"Laplace b={self.noise:g}"}
-        return {**names, "nopeek": f"NoPeek W={self.nopeek:g}"}.get(self.name, self.name)
+        names |= {"nopeek": f"NoPeek W={self.nopeek:g}", "splitguard": "SplitGuard"}
+        return names.get(self.name, self.name)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,7 @@ def test_defence_names_and_parameters() -> None:
     ]
     assert (Defence(nopeek=0.5).name, Defence(nopeek=0.5).parameter) == ("nopeek", 0.5)
     assert Defence(guard="splitguard").parameter is None
+    assert Defence(guard="splitguard").label == "SplitGuard"
     assert Defence(guard="splitguard").tag == "splitguard"
 
 
@@ -468,7 +469,7 @@ def test_two_seeds_give_mean_and_standard_error(tmp_path: Path) -> None:
     assert colluding["test_images"] == fsha["test_images"] == "500"
     assert fsha["parameter"] == colluding["parameter"] == ""
     assert lines[1] == (
-        "fsha, splitguard: test accuracy 92.2%, attack SSIM 0.550, PSNR 13.0 dB, "
+        "fsha, SplitGuard: test accuracy 92.2%, attack SSIM 0.550, PSNR 13.0 dB, "
         "validator 80.0%, guard flagged 1 of 2 (step 40) (2 seeds)"
     )
     assert lines[2] == f"{csv_path}: 2 rows from 4 runs"
