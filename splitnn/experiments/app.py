@@ -18,6 +18,8 @@ from splitnn.experiments.multi_holder_runs import run_simulations
 from splitnn.experiments.performance import NothingToMeasure, write_classifier_tables
 from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all
+from splitnn.experiments.threat_report import write_threat_tables
+from splitnn.experiments.threat_runs import run_threats
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ def _multi_group(cfg: ExperimentConfig, summary: Summary) -> None:
     summary.lines += write_multi_tables(cfg)
 
 
+def _threats_group(cfg: ExperimentConfig, summary: Summary, *, test_images: int) -> None:
+    outcomes = run_threats(cfg)
+    summary.add(outcomes, lambda spec: spec.name)
+    summary.lines += write_threat_tables(cfg, test_images=test_images)
+
+
 def _report_group(cfg: ExperimentConfig, summary: Summary) -> None:
     try:
         summary.lines += write_classifier_tables(cfg)
@@ -78,7 +86,8 @@ def run(cfg: ExperimentConfig) -> Summary:
     if not locally_available(cfg.dataset, cfg.data_dir):
         # Once here, rather than by every run at once; a missing data set fails in one line.
         logger.info("fetching %s into %s", cfg.dataset, cfg.data_dir)
-    cfg = replace(cfg, data_fingerprint=fingerprint(load_splits(cfg.dataset, root=cfg.data_dir)))
+    splits = load_splits(cfg.dataset, root=cfg.data_dir)
+    cfg = replace(cfg, data_fingerprint=fingerprint(splits))
     for name in cfg.groups:
         kind = GROUPS[name].kind
         group_started = time.monotonic()
@@ -88,6 +97,8 @@ def run(cfg: ExperimentConfig) -> Summary:
             _attack_group(cfg, summary)
         elif kind == "multi":
             _multi_group(cfg, summary)
+        elif kind == "threats":
+            _threats_group(cfg, summary, test_images=len(splits.test))
         else:
             _report_group(cfg, summary)
         logger.info("%s: %.0f s", name, time.monotonic() - group_started)

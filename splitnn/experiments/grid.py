@@ -4,7 +4,8 @@ A training group is a list of classifier settings; the ``attacks`` group is buil
 classifiers of the grid exist (see `splitnn.experiments.attacks`). Names follow the study:
 ``plain`` (b = 0, W = 0), ``noise`` (Laplace b), ``nopeek`` (NoPeek W, batch 32), ``combo``
 (both, batch 32). The ``multi`` group is a list of multi-holder simulations (`MultiSetting`), each
-one `splitnn-sim` run.
+one `splitnn-sim` run; so is the ``threats`` group (`ThreatSetting`): every threat model of
+`splitnn-sim --threat` against every defence of the data holder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from splitnn.common.checkpoints import setting_tag
-from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
+from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE, study_batch_size
 from splitnn.common.topology import NAMES
 
 NOISE_LEVELS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -34,8 +35,15 @@ DIRICHLET_ALPHA = 0.5
 MULTI_NOISE_HOLDERS = 4
 MULTI_NOISE = (0.5, 1.0, 2.0, 5.0)
 
+# Threat models x defences (the ``threats`` group): `splitnn-sim --threat`, the data holder's
+# Laplace b, NoPeek W (at the NoPeek batch size) and SplitGuard (`splitnn-sim --guard`).
+THREATS = ("colluding", "fsha", "passive")
+THREAT_NOISE = (0.5, 1.0, 2.0)
+THREAT_NOPEEK = 0.5
+THREAT_GUARDS = ("splitguard",)
+
 TRAINING_GROUPS = ("plain", "noise", "nopeek", "combo")
-GroupKind = Literal["train", "attack", "report", "multi"]
+GroupKind = Literal["train", "attack", "report", "multi", "threats"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,11 @@ GROUPS: dict[str, Group] = {
     "multi": Group(
         kind="multi",
         help="splitnn-sim: K in 2 4 8 x topologies x iid/dirichlet; victims' b at K=4 (not in all)",
+    ),
+    "threats": Group(
+        kind="threats",
+        help=f"splitnn-sim: {' '.join(THREATS)} x none, b {' '.join(map(str, THREAT_NOISE))}, "
+        f"W {THREAT_NOPEEK:g}, {' '.join(THREAT_GUARDS)} (not in all)",
     ),
 }
 # `all` expands to these, in this order.
@@ -242,4 +255,100 @@ def multi_specs(
         MultiSpec(dataset, setting, seed, epochs, max_steps)
         for seed in range(seeds)
         for setting in multi_settings()
+    ]
+
+
+@dataclass(frozen=True)
+class Defence:
+    """What the data holder defends with: Laplace b, NoPeek W (at the study's batch size for W),
+    or a hijack detector `guard` (a `splitnn-sim --guard` name); all zero / None: no defence."""
+
+    noise: float = 0.0
+    nopeek: float = 0.0
+    guard: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``none``, ``laplace``, ``nopeek``, or the guard's name."""
+        if self.guard is not None:
+            return self.guard
+        if self.nopeek > 0:
+            return "nopeek"
+        return "laplace" if self.noise > 0 else "none"
+
+    @property
+    def parameter(self) -> float | None:
+        """b for ``laplace``, W for ``nopeek``, None otherwise."""
+        return {"laplace": self.noise, "nopeek": self.nopeek}.get(self.name)
+
+    @property
+    def batch_size(self) -> int:
+        return study_batch_size(self.nopeek)
+
+    @property
+    def tag(self) -> str:
+        """E.g. ``none``, ``laplace05``, ``nopeek05``, ``splitguard``."""
+        parameter = self.parameter
+        return self.name if parameter is None else f"{self.name}{setting_tag(parameter)}"
+
+    @property
+    def label(self) -> str:
+        """For people: ``no defence``, ``Laplace b=0.5``, ``NoPeek W=0.5``, ``SplitGuard``."""
+        names = {"none": "no defence", "laplace": f"Laplace b={self.noise:g}"}
+        names |= {"nopeek": f"NoPeek W={self.nopeek:g}", "splitguard": "SplitGuard"}
+        return names.get(self.name, self.name)
+
+
+@dataclass(frozen=True)
+class ThreatSetting:
+    """One row of the threats table, before seeds: a threat model and a defence."""
+
+    threat: str
+    defence: Defence
+
+    @property
+    def tag(self) -> str:
+        """``<threat>_<defence tag>``, e.g. ``fsha_laplace05``."""
+        return f"{self.threat}_{self.defence.tag}"
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    """One `splitnn-sim --threat` run: a setting on a data set with one seed."""
+
+    dataset: str
+    setting: ThreatSetting
+    seed: int
+    epochs: int
+    max_steps: int | None = None
+
+    @property
+    def name(self) -> str:
+        """E.g. ``mnist5k_threats_fsha_laplace05`` (``_seed<k>`` for k > 0)."""
+        return run_name(self.dataset, f"threats_{self.setting.tag}", self.seed)
+
+
+def threat_defences() -> list[Defence]:
+    """None; Laplace b in `THREAT_NOISE`; NoPeek `THREAT_NOPEEK`; each guard (without noise)."""
+    return [
+        Defence(),
+        *(Defence(noise=b) for b in THREAT_NOISE),
+        Defence(nopeek=THREAT_NOPEEK),
+        *(Defence(guard=g) for g in THREAT_GUARDS),
+    ]
+
+
+def threat_settings() -> list[ThreatSetting]:
+    """Every threat x every defence, threat-major."""
+    return [ThreatSetting(t, d) for t in THREATS for d in threat_defences()]
+
+
+def threat_specs(
+    *, dataset: str, seeds: int, epochs: int, max_steps: int | None = None
+) -> list[ThreatSpec]:
+    """The runs of the ``threats`` group for seeds 0..seeds-1 (seed-major)."""
+    return [
+        ThreatSpec(dataset, setting, seed, epochs, max_steps)
+        for seed in range(seeds)
+        for setting in threat_settings()
     ]

@@ -1,7 +1,8 @@
 """The study's figures: line plots (one or more panels side by side), and stacked reconstructions.
 
 The reconstruction figures are composed from the PNG each attacker wrote (originals above its
-reconstructions), one panel per setting, titled by the setting.
+reconstructions), one panel per setting, titled by the setting; or, cut down to their rows of
+images, as one labelled strip per setting under a single row of originals.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from numpy.typing import NDArray
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
@@ -98,6 +101,75 @@ def stack_images(path: Path, panels: Sequence[tuple[str, Path]], *, title: str) 
         ax.set_title(label, fontsize="small", loc="left")
         ax.axis("off")
     return _save(fig, path, title=title)
+
+
+# A pixel of a grid PNG lighter than this grey level (in [0, 1]) is the white background; the
+# cells' images are darker unless saturated, and the text is thin.
+_BACKGROUND = 0.98
+_CELL_COLUMNS = 0.3  # share of a column's pixels in cells, at least, for a column of cells
+_CELL_ROWS = 0.6  # the same for a row of pixels across the cell columns
+_MIN_BAND = 3  # pixels: a thinner band is a line, not a row of images
+
+
+def grid_rows(image: NDArray[np.floating]) -> list[NDArray[np.floating]]:
+    """The rows of cells of a reconstruction grid (originals on top, then reconstructions),
+    cut out of its PNG without the row labels, the title and the margins.
+
+    Args:
+        image: float [H, W] or [H, W, 3 or 4] in [0, 1], as `matplotlib.pyplot.imread` gives.
+
+    Returns:
+        One array [h, w(, C)] per row of cells, top to bottom; empty when none is found.
+    """
+    gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+    ink = gray < _BACKGROUND
+    columns = np.flatnonzero(ink.mean(axis=0) > _CELL_COLUMNS)
+    if columns.size == 0:
+        return []
+    left, right = int(columns[0]), int(columns[-1]) + 1
+    filled = np.concatenate([[False], ink[:, left:right].mean(axis=1) > _CELL_ROWS, [False]])
+    edges = np.flatnonzero(np.diff(filled.astype(np.int8)))
+    bands = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    return [image[a:b, left:right] for a, b in bands if b - a >= _MIN_BAND]
+
+
+def stack_strips(
+    path: Path, strips: Sequence[tuple[str, NDArray[np.floating]]], *, title: str
+) -> Path | None:
+    """Writes strips of images (e.g. `grid_rows`) one under the other, each labelled on its
+    left; returns None (and writes nothing) without strips.
+
+    Args:
+        strips: (label, image [h, w(, C)]) pairs, top to bottom.
+    """
+    if not strips:
+        return None
+    label, cells, top, bottom = 2.6, 8.0, 0.6, 0.1  # inches
+    heights = [s.shape[0] * cells / s.shape[1] for _, s in strips]
+    gap = 0.1
+    height = top + sum(heights) + gap * (len(strips) - 1) + bottom
+    fig, axes = plt.subplots(
+        len(strips), 1, figsize=(label + cells, height), height_ratios=heights, squeeze=False
+    )
+    fig.subplots_adjust(
+        left=label / (label + cells),
+        right=1.0,
+        top=1.0 - top / height,
+        bottom=bottom / height,
+        hspace=gap / (sum(heights) / len(strips)),
+    )
+    for ax, (text, strip) in zip(axes[:, 0], strips, strict=True):
+        ax.imshow(strip, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize="small")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.suptitle(title, y=1.0 - 0.3 / height, va="center")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Figure, path: Path, *, title: str | None) -> Path:
