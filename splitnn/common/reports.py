@@ -129,6 +129,11 @@ class AttackReport:
     figure: str
     source: str
     log_problem: str | None
+    # What stood in for part 1: "lent" (the colluding holder's black box), "substitute" (trained
+    # by the attacker alone), "hijacked" (a malicious server's decoder).
+    oracle: str = "lent"
+    # Trivial reconstructions scored the same way (splitnn.attacker.baselines): name -> metrics.
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)
