@@ -71,7 +71,8 @@ def test_one_party_cannot_take_every_call(tmp_path: Path, pki: Pki) -> None:
     with open_channel(address_of(server), pki.party("mallory")) as channel:
         calls, release = idle_train_streams(channel, 16)
         try:
-            deadline = time.monotonic() + 10.0
+            # Generous: a loaded machine is slow to refuse the extra calls, never wrong about them.
+            deadline = time.monotonic() + 60.0
             while sum(call.done() for call in calls) < 12 and time.monotonic() < deadline:
                 time.sleep(0.05)
             refused = [call.code() for call in calls if call.done()]
