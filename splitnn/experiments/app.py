@@ -14,12 +14,12 @@ from splitnn.experiments.attacks import run_attacks
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, train_specs
 from splitnn.experiments.multi_holder_report import write_multi_tables
-from splitnn.experiments.multi_holder_runs import run_simulations
+from splitnn.experiments.multi_holder_runs import MULTI
 from splitnn.experiments.performance import NothingToMeasure, write_classifier_tables
 from splitnn.experiments.records import fingerprint
 from splitnn.experiments.runner import Outcome, train_all
 from splitnn.experiments.threat_report import write_threat_tables
-from splitnn.experiments.threat_runs import run_threats
+from splitnn.experiments.threat_runs import THREATS
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ def _attack_group(cfg: ExperimentConfig, summary: Summary) -> None:
 
 
 def _multi_group(cfg: ExperimentConfig, summary: Summary) -> None:
-    outcomes = run_simulations(cfg)
+    outcomes = MULTI.run(cfg)
     summary.add(outcomes, lambda spec: spec.name)
     summary.lines += write_multi_tables(cfg)
 
 
 def _threats_group(cfg: ExperimentConfig, summary: Summary, *, test_images: int) -> None:
-    outcomes = run_threats(cfg)
+    outcomes = THREATS.run(cfg)
     summary.add(outcomes, lambda spec: spec.name)
     summary.lines += write_threat_tables(cfg, test_images=test_images)
 

@@ -13,7 +13,7 @@ from splitnn.common.reports import MultiSummary
 from splitnn.common.topology import NAMES as TOPOLOGIES
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSpec
-from splitnn.experiments.multi_holder_runs import multi_records
+from splitnn.experiments.multi_holder_runs import MULTI
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
 from splitnn.experiments.tables import mean_se, upsert_rows
@@ -135,7 +135,7 @@ def summary_line(spec: MultiSpec, record: MultiRecord) -> str:
 def write_multi_tables(cfg: ExperimentConfig) -> list[str]:
     """Writes multi_holder_attacks.csv and its figure from every finished simulation of the
     group; a text summary (one line per simulation)."""
-    done = multi_records(cfg)
+    done = MULTI.records(cfg)
     if not done:
         return ["no finished multi-holder simulations with these settings"]
     csv_path = cfg.results_dir / MULTI_CSV

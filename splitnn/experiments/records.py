@@ -17,25 +17,52 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from splitnn.common.checkpoints import load_checkpoint, manifest_path
 from splitnn.common.datasets import DatasetSplits
 from splitnn.common.reports import AttackReport, MultiSummary, ReportError, RunReport, checked
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import MultiSpec, TrainSpec
+from splitnn.experiments.grid import TrainSpec
 
 logger = logging.getLogger(__name__)
-
-_Record = TypeVar("_Record", "ClassifierRecord", "AttackRecord", "MultiRecord")
 
 # Manifest keys of the part-1 checkpoint that must agree with the run's settings.
 _MANIFEST_KEYS = ("dataset", "noise", "nopeek", "seed", "batch_size")
 
 
+class Record:
+    """What every record does: to JSON with its kind, and back, checked field by field.
+
+    Subclasses are frozen dataclasses with a `KIND` and a `report` that has its own `to_json`.
+    """
+
+    KIND: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        return {"kind": self.KIND, **data, "report": getattr(self, "report").to_json()}  # noqa: B009
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        """`data` as a record of this kind: every field checked by `reports.checked` (the report
+        by its own `from_json`).
+
+        Raises:
+            ReportError: another kind of record, or a missing, unknown or mistyped field.
+        """
+        if data.get("kind") != cls.KIND:
+            raise ReportError(f"expected a {cls.KIND} record, got kind {data.get('kind')!r}")
+        fields = {k: v for k, v in data.items() if k != "kind"}
+        return checked(cls, fields, what=f"{cls.KIND} record")
+
+
+R = TypeVar("R", bound=Record)
+
+
 @dataclass(frozen=True)
-class ClassifierRecord:
+class ClassifierRecord(Record):
     """A finished training run: its settings, the data holder's report, its wire log."""
 
     KIND: ClassVar[str] = "classifier"
@@ -46,17 +73,9 @@ class ClassifierRecord:
     wall_seconds: float
     finished_at: str
 
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ClassifierRecord:
-        """Raises ReportError: see `_from_json`."""
-        return _from_json(cls, data)
-
 
 @dataclass(frozen=True)
-class AttackRecord:
+class AttackRecord(Record):
     """A finished attack: which classifier family and setting it attacked, its settings, the
     attacker's report."""
 
@@ -72,50 +91,24 @@ class AttackRecord:
     wall_seconds: float
     finished_at: str
 
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AttackRecord:
-        """Raises ReportError: see `_from_json`."""
-        return _from_json(cls, data)
-
 
 @dataclass(frozen=True)
-class MultiRecord:
-    """A finished multi-holder simulation: its settings and what `splitnn-sim` reported."""
-
-    KIND: ClassVar[str] = "multi"
+class SimulationRecord(Record):
+    """A finished `splitnn-sim` run of an experiment group: the settings it was run with, how
+    long it took and when it finished; a subclass adds its `report`."""
 
     settings: dict[str, Any]
-    report: MultiSummary
     wall_seconds: float
     finished_at: str
 
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> MultiRecord:
-        """Raises ReportError: see `_from_json`."""
-        return _from_json(cls, data)
+@dataclass(frozen=True)
+class MultiRecord(SimulationRecord):
+    """A finished multi-holder simulation: what `splitnn-sim --holders K` reported."""
 
+    KIND: ClassVar[str] = "multi"
 
-def _to_json(record: ClassifierRecord | AttackRecord | MultiRecord) -> dict[str, Any]:
-    return {"kind": record.KIND, **asdict(record), "report": record.report.to_json()}
-
-
-def _from_json(cls: type[_Record], data: Mapping[str, Any]) -> _Record:
-    """`data` as a record of `cls`: its kind, then every field checked by `reports.checked`
-    (the report by its own `from_json`).
-
-    Raises:
-        ReportError: another kind of record, or a missing, unknown or mistyped field.
-    """
-    if data.get("kind") != cls.KIND:
-        raise ReportError(f"expected a {cls.KIND} record, got kind {data.get('kind')!r}")
-    fields = {k: v for k, v in data.items() if k != "kind"}
-    return checked(cls, fields, what=f"{cls.KIND} record")
+    report: MultiSummary
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -182,7 +175,7 @@ def load_train_record(
 ) -> ClassifierRecord | None:
     """The record of `spec` if that run is done (see the module docstring), else None."""
     path = train_record_path(runs_dir, spec)
-    record = _parse(ClassifierRecord, path)
+    record = parse_record(ClassifierRecord, path)
     if record is None:
         return None
     if record.settings != train_settings(spec, lr=lr, data=data):
@@ -202,7 +195,7 @@ def load_train_record(
     return record
 
 
-def _parse(kind: type[_Record], path: Path) -> _Record | None:
+def parse_record(kind: type[R], path: Path) -> R | None:
     """The record in `path`; None if there is none or it is of an older format (logged)."""
     data = read_json(path)
     if data is None:
@@ -227,66 +220,9 @@ def load_attack_record(
     runs_dir: Path, dataset: str, key: str, *, settings: Mapping[str, Any]
 ) -> AttackRecord | None:
     """The record of attack `key` if it was run with exactly `settings` and its files exist."""
-    record = _parse(AttackRecord, attack_record_path(runs_dir, dataset, key))
+    record = parse_record(AttackRecord, attack_record_path(runs_dir, dataset, key))
     if record is None or record.settings != dict(settings):
         return None
     if not Path(record.report.attacker).is_file():
         return None
     return record
-
-
-def multi_record_path(runs_dir: Path, spec: MultiSpec) -> Path:
-    return runs_dir / spec.dataset / "multi" / f"{spec.name}.json"
-
-
-def multi_run_settings(
-    spec: MultiSpec, *, attack_epochs: int, decoder: str, data: str
-) -> dict[str, Any]:
-    """What makes two simulations the same (compared for skipping); `data` as in
-    `train_settings`. Holder 0 colludes, noise-free."""
-    setting = spec.setting
-    return {
-        "dataset": spec.dataset,
-        "holders": setting.holders,
-        "topology": setting.topology,
-        "partition": setting.partition,
-        "alpha": setting.alpha,
-        "noise": setting.noise,
-        "nopeek": setting.nopeek,
-        "colluder": 0,
-        "colluder_noise": 0.0,
-        "seed": spec.seed,
-        "epochs": spec.epochs,
-        "max_steps": spec.max_steps,
-        "attack_epochs": attack_epochs,
-        "decoder": decoder,
-        "data": data,
-        "seeding": SEEDING,
-    }
-
-
-def load_multi_record(
-    runs_dir: Path, spec: MultiSpec, *, settings: Mapping[str, Any]
-) -> MultiRecord | None:
-    """The record of simulation `spec` if it ran with exactly `settings` and the attack figures
-    it names still exist, else None."""
-    path = multi_record_path(runs_dir, spec)
-    record = _parse(MultiRecord, path)
-    if record is None:
-        return None
-    if record.settings != dict(settings):
-        logger.debug("%s: recorded with other settings", path)
-        return None
-    missing = [v.figure for v in record.report.victims if v.figure and not Path(v.figure).is_file()]
-    if missing:
-        logger.debug("%s: missing %s", path, ", ".join(missing))
-        return None
-    return record
-
-
-def multi_record(cfg: ExperimentConfig, spec: MultiSpec) -> MultiRecord | None:
-    """`load_multi_record` with the settings of `cfg`."""
-    settings = multi_run_settings(
-        spec, attack_epochs=cfg.attack_epochs, decoder=cfg.decoder, data=cfg.data_fingerprint
-    )
-    return load_multi_record(cfg.runs_dir, spec, settings=settings)

@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from splitnn.common.checkpoints import remove_checkpoint
 from splitnn.common.commands import ClientCommand, run_client
 from splitnn.common.files import write_json_atomic
-from splitnn.common.processes import ProcessError, ServerProcess, log_tail
+from splitnn.common.processes import ProcessError, ServerProcess, log_tail, run_json
 from splitnn.common.reports import RunReport
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments import wirelogs
@@ -104,6 +104,37 @@ def run_jobs(
             bar.set_postfix_str(label(items[i]), refresh=False)
             bar.update()
     return [outcomes[i] for i in range(len(items))]
+
+
+S = TypeVar("S")
+
+
+def simulate_json(
+    args: Sequence[str],
+    *,
+    log_path: Path,
+    cfg: ExperimentConfig,
+    check: Callable[[dict[str, Any]], S],
+) -> tuple[S, float]:
+    """Runs `splitnn-sim ARGS` with one job's threads, its output in `log_path`; returns its JSON
+    report as `check` parses it, and the wall seconds the simulation took.
+
+    Raises:
+        ProcessError: splitnn-sim failed, printed no JSON, or `check` refused its report (the
+            message ends with the log).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    threads = {"OMP_NUM_THREADS": str(cfg.threads_per_job())}
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        try:
+            report = check(run_json("splitnn-sim", list(args), log=log, env=threads))
+        except ValueError as error:  # a line starting with "{" that is not JSON
+            raise ProcessError(f"splitnn-sim printed no JSON result: {error}") from None
+        except ProcessError as error:
+            log.flush()
+            raise ProcessError(f"{error}; {log_path} ends:\n{log_tail(log_path)}") from None
+    return report, time.monotonic() - started
 
 
 def client_command(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> ClientCommand:

@@ -7,16 +7,11 @@ figure it names is still there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 from splitnn.common.reports import ReportError, checked
-from splitnn.common.seeds import SEEDING
-from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import ThreatSpec
-from splitnn.experiments.records import read_json
+from splitnn.experiments.records import SimulationRecord
 
 logger = logging.getLogger(__name__)
 
@@ -73,81 +68,9 @@ class ThreatSummary:
 
 
 @dataclass(frozen=True)
-class ThreatRecord:
-    """A finished row of the threats table: its settings and what `splitnn-sim` reported."""
+class ThreatRecord(SimulationRecord):
+    """A finished row of the threats table: what `splitnn-sim --threat T` reported."""
 
     KIND: ClassVar[str] = "threat"
 
-    settings: dict[str, Any]
     report: ThreatSummary
-    wall_seconds: float
-    finished_at: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **asdict(self), "report": self.report.to_json()}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ThreatRecord:
-        """Raises ReportError: another kind of record, or a missing, unknown or mistyped field."""
-        if data.get("kind") != cls.KIND:
-            raise ReportError(f"expected a {cls.KIND} record, got kind {data.get('kind')!r}")
-        body = {k: v for k, v in data.items() if k != "kind"}
-        return checked(cls, body, what=f"{cls.KIND} record")
-
-
-def threat_record_path(runs_dir: Path, spec: ThreatSpec) -> Path:
-    return runs_dir / spec.dataset / "threats" / f"{spec.name}.json"
-
-
-def threat_run_settings(
-    spec: ThreatSpec, *, attack_epochs: int, decoder: str, data: str
-) -> dict[str, Any]:
-    """What makes two runs of a row the same run (compared for skipping); `data` is the
-    `records.fingerprint` of the data set's splits."""
-    defence = spec.setting.defence
-    return {
-        "dataset": spec.dataset,
-        "threat": spec.setting.threat,
-        "defence": defence.name,
-        "noise": defence.noise,
-        "nopeek": defence.nopeek,
-        "guard": defence.guard,
-        "batch_size": defence.batch_size,
-        "seed": spec.seed,
-        "epochs": spec.epochs,
-        "max_steps": spec.max_steps,
-        "attack_epochs": attack_epochs,
-        "decoder": decoder,
-        "data": data,
-        "seeding": SEEDING,
-    }
-
-
-def load_threat_record(
-    runs_dir: Path, spec: ThreatSpec, *, settings: Mapping[str, Any]
-) -> ThreatRecord | None:
-    """The record of `spec` if it ran with exactly `settings` and its figure still exists."""
-    path = threat_record_path(runs_dir, spec)
-    data = read_json(path)
-    if data is None:
-        return None
-    try:
-        record = ThreatRecord.from_json(data)
-    except ReportError as error:
-        logger.info("%s is not a record of this version (%s): it is run again", path, error)
-        return None
-    if record.settings != dict(settings):
-        logger.debug("%s: recorded with other settings", path)
-        return None
-    if not Path(record.report.figure).is_file():
-        logger.debug("%s: missing %s", path, record.report.figure)
-        return None
-    return record
-
-
-def threat_record(cfg: ExperimentConfig, spec: ThreatSpec) -> ThreatRecord | None:
-    """`load_threat_record` with the settings of `cfg`."""
-    settings = threat_run_settings(
-        spec, attack_epochs=cfg.attack_epochs, decoder=cfg.decoder, data=cfg.data_fingerprint
-    )
-    return load_threat_record(cfg.runs_dir, spec, settings=settings)

@@ -14,7 +14,7 @@ from splitnn.experiments.grid import ThreatSetting, ThreatSpec, threat_settings
 from splitnn.experiments.plots import grid_rows, stack_strips
 from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
 from splitnn.experiments.threat_records import ThreatRecord
-from splitnn.experiments.threat_runs import threat_records
+from splitnn.experiments.threat_runs import THREATS
 
 THREATS_CSV = "threats.csv"
 THREATS_FIGURE = "threats.png"
@@ -156,7 +156,7 @@ def write_threat_tables(cfg: ExperimentConfig, *, test_images: int | None = None
     Args:
         test_images: the size of the test set the victims' accuracy is measured on, if known.
     """
-    done = threat_records(cfg)
+    done = THREATS.records(cfg)
     if not done:
         return ["no finished threat runs with these settings"]
     rows = by_setting(done)

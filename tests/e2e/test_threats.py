@@ -10,13 +10,12 @@ import pytest
 from matplotlib.image import imread
 
 from splitnn.common.processes import child_env, program
-from splitnn.experiments import threat_runs
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import Defence, ThreatSetting, ThreatSpec
 from splitnn.experiments.plots import grid_rows
 from splitnn.experiments.tables import read_rows
-from splitnn.experiments.threat_records import threat_record
 from splitnn.experiments.threat_report import THREATS_CSV, THREATS_FIGURE, write_threat_tables
+from splitnn.experiments.threat_runs import THREATS
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +44,10 @@ def test_the_colluding_row_through_the_real_simulation(tmp_path: Path) -> None:
     )
     spec = ThreatSpec("mnist5k", ThreatSetting("colluding", Defence()), 0, 1, max_steps=3)
 
-    record = threat_runs.simulate(spec, cfg)
+    record = THREATS.simulate(spec, cfg)
     lines = write_threat_tables(cfg, test_images=500)
 
-    assert threat_record(cfg, spec) == record
+    assert THREATS.record(cfg, spec) == record
     assert record.report.threat == "colluding"
     assert record.report.guard_detected_at_step is None
     assert 0.0 <= record.report.attack_ssim <= 1.0

@@ -15,7 +15,7 @@ from matplotlib.image import imread
 
 from splitnn.common.processes import ProcessError
 from splitnn.common.reports import MultiSummary
-from splitnn.experiments import multi_holder_runs
+from splitnn.experiments import runner
 from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, MultiSetting, MultiSpec, expand, multi_specs
@@ -26,7 +26,8 @@ from splitnn.experiments.multi_holder_report import (
     write_multi_figure,
     write_multi_tables,
 )
-from splitnn.experiments.records import MultiRecord, multi_record, multi_record_path
+from splitnn.experiments.multi_holder_runs import MULTI
+from splitnn.experiments.records import MultiRecord
 from splitnn.experiments.tables import read_rows, upsert_rows
 
 DATA = "0123456789abcdef"
@@ -176,7 +177,7 @@ def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
     spec = MultiSpec("mnist5k", setting, seed=1, epochs=3, max_steps=20)
     name = "mnist5k_multi_splitfed_k8_dir05_20noise_00nopeek_seed1"
 
-    args = multi_holder_runs.sim_args(spec, cfg)
+    args = MULTI.sim_args(spec, cfg)
 
     assert spec.name == name
     assert args == [
@@ -193,7 +194,7 @@ def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
 
 
 def test_iid_whole_epochs_pass_no_alpha_and_no_max_steps(tmp_path: Path) -> None:
-    args = multi_holder_runs.sim_args(_spec(), _cfg(tmp_path))
+    args = MULTI.sim_args(_spec(), _cfg(tmp_path))
 
     assert "--alpha" not in args
     assert "--max-steps" not in args
@@ -233,17 +234,17 @@ class FakeSim:
 @pytest.fixture
 def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
     fake = FakeSim()
-    monkeypatch.setattr(multi_holder_runs, "run_json", fake)
+    monkeypatch.setattr(runner, "run_json", fake)
     return fake
 
 
 def test_a_finished_simulation_is_recorded_and_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
 
-    record = multi_holder_runs.simulate(spec, cfg)
+    record = MULTI.simulate(spec, cfg)
 
-    assert multi_record(cfg, spec) == record
-    saved = json.loads(multi_record_path(cfg.runs_dir, spec).read_text())
+    assert MULTI.record(cfg, spec) == record
+    saved = json.loads(MULTI.record_path(cfg.runs_dir, spec).read_text())
     assert saved["kind"] == "multi"
     assert saved["settings"]["holders"] == 4
     assert saved["settings"]["colluder"] == 0
@@ -265,31 +266,31 @@ def test_other_settings_are_not_done(
     tmp_path: Path, fake_sim: FakeSim, cfg_changes: dict[str, Any], spec_changes: dict[str, Any]
 ) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    multi_holder_runs.simulate(spec, cfg)
+    MULTI.simulate(spec, cfg)
     other_cfg, other = _cfg(tmp_path, **cfg_changes), replace(spec, **spec_changes)
     # Same record file, other settings.
-    assert multi_record_path(cfg.runs_dir, other) == multi_record_path(cfg.runs_dir, spec)
+    assert MULTI.record_path(cfg.runs_dir, other) == MULTI.record_path(cfg.runs_dir, spec)
 
-    assert multi_record(other_cfg, other) is None
-    assert multi_record(cfg, spec) is not None
+    assert MULTI.record(other_cfg, other) is None
+    assert MULTI.record(cfg, spec) is not None
 
 
 def test_a_simulation_whose_figures_are_gone_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    record = multi_holder_runs.simulate(spec, cfg)
+    record = MULTI.simulate(spec, cfg)
 
     Path(record.report.victims[1].figure).unlink()
 
-    assert multi_record(cfg, spec) is None
+    assert MULTI.record(cfg, spec) is None
 
 
 def test_a_record_of_another_format_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    multi_holder_runs.simulate(spec, cfg)
-    path = multi_record_path(cfg.runs_dir, spec)
+    MULTI.simulate(spec, cfg)
+    path = MULTI.record_path(cfg.runs_dir, spec)
     path.write_text(path.read_text().replace('"attack_ssim"', '"ssim"'))
 
-    assert multi_record(cfg, spec) is None
+    assert MULTI.record(cfg, spec) is None
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -297,10 +298,10 @@ def test_done_simulations_are_skipped_unless_forced(
     tmp_path: Path, fake_sim: FakeSim, force: bool
 ) -> None:
     cfg = _cfg(tmp_path)
-    first = multi_holder_runs.run_simulations(cfg)
+    first = MULTI.run(cfg)
     assert [o.status for o in first] == ["ran"] * 30
 
-    second = multi_holder_runs.run_simulations(_cfg(tmp_path, force=force))
+    second = MULTI.run(_cfg(tmp_path, force=force))
 
     assert [o.status for o in second] == ["ran" if force else "skipped"] * 30
     assert len(fake_sim.calls) == (60 if force else 30)
@@ -315,10 +316,10 @@ def test_a_failed_or_wrong_simulation_is_failed_and_not_recorded(
             raise ProcessError("splitnn-sim exited with status 1")
         return summary(topology="shared-head", holders=2)  # whatever was asked
 
-    monkeypatch.setattr(multi_holder_runs, "run_json", broken)
+    monkeypatch.setattr(runner, "run_json", broken)
     cfg = _cfg(tmp_path)
 
-    outcomes = multi_holder_runs.run_simulations(cfg)
+    outcomes = MULTI.run(cfg)
 
     statuses = Counter((o.item.setting.topology, o.status) for o in outcomes)
     assert statuses == {
@@ -330,7 +331,7 @@ def test_a_failed_or_wrong_simulation_is_failed_and_not_recorded(
     failed = next(o for o in outcomes if o.item.setting.topology == "splitfed")
     assert failed.error is not None
     assert failed.error.startswith("splitnn-sim exited with status 1; ")
-    assert not multi_record_path(cfg.runs_dir, failed.item).exists()
+    assert not MULTI.record_path(cfg.runs_dir, failed.item).exists()
 
 
 def test_a_report_that_does_not_add_up_is_refused() -> None:
@@ -386,7 +387,7 @@ def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -
     csv_path = cfg.results_dir / MULTI_CSV
     upsert_rows(csv_path, [{"topology": "older", "note": "kept"}], key=("topology",), columns=())
     for spec in (_spec(holders=2, topology="splitfed"), _spec(topology="splitfed", noise=5.0)):
-        multi_holder_runs.simulate(spec, cfg)
+        MULTI.simulate(spec, cfg)
 
     lines = write_multi_tables(cfg)
 

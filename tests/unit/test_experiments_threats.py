@@ -18,7 +18,7 @@ from matplotlib.image import imread
 
 from splitnn.attacker.figures import save_grid
 from splitnn.common.processes import ProcessError
-from splitnn.experiments import threat_runs
+from splitnn.experiments import runner
 from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import (
@@ -34,8 +34,6 @@ from splitnn.experiments.tables import read_rows, upsert_rows
 from splitnn.experiments.threat_records import (
     ThreatRecord,
     ThreatSummary,
-    threat_record,
-    threat_record_path,
 )
 from splitnn.experiments.threat_report import (
     THREATS_CSV,
@@ -44,6 +42,7 @@ from splitnn.experiments.threat_report import (
     write_threat_tables,
     write_threats_figure,
 )
+from splitnn.experiments.threat_runs import THREATS
 
 DATA = "0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -212,7 +211,7 @@ def test_the_command_line_of_one_row(
     cfg = _cfg(tmp_path, attack_epochs=7, decoder="study")
     spec = ThreatSpec("mnist5k", ThreatSetting(threat, defence), seed=1, epochs=3)
 
-    args = threat_runs.sim_args(spec, cfg)
+    args = THREATS.sim_args(spec, cfg)
 
     assert spec.name == f"mnist5k_threats_{threat}_{defence.tag}_seed1"
     assert args == _expected(tmp_path, spec.name, *flags)
@@ -222,7 +221,7 @@ def test_max_steps_are_passed_on(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, attack_epochs=7, decoder="study")
     spec = replace(_spec("colluding", Defence(noise=0.5), seed=1), max_steps=20)
 
-    args = threat_runs.sim_args(spec, cfg)
+    args = THREATS.sim_args(spec, cfg)
 
     flags = ("--threat", "colluding", "--noise", "0.5", "--nopeek", "0.0", "--batch-size", "128")
     assert args == _expected(tmp_path, spec.name, *flags, max_steps="20")
@@ -230,7 +229,7 @@ def test_max_steps_are_passed_on(tmp_path: Path) -> None:
 
 def test_every_run_has_its_own_files(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, seeds=2)
-    commands = [threat_runs.sim_args(spec, cfg) for spec in threat_runs.specs(cfg)]
+    commands = [THREATS.sim_args(spec, cfg) for spec in THREATS.specs(cfg)]
 
     for flag in ("--workdir", "--model-dir", "--figure"):
         assert len({args[args.index(flag) + 1] for args in commands}) == 36
@@ -298,17 +297,17 @@ def _grid_png(path: Path, *, shade: float = 0.6, n: int = 3) -> Path:
 @pytest.fixture
 def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
     fake = FakeSim()
-    monkeypatch.setattr(threat_runs, "run_json", fake)
+    monkeypatch.setattr(runner, "run_json", fake)
     return fake
 
 
 def test_a_finished_run_is_recorded_and_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec("fsha", Defence(guard="splitguard"))
 
-    record = threat_runs.simulate(spec, cfg)
+    record = THREATS.simulate(spec, cfg)
 
-    assert threat_record(cfg, spec) == record
-    saved = json.loads(threat_record_path(cfg.runs_dir, spec).read_text())
+    assert THREATS.record(cfg, spec) == record
+    saved = json.loads(THREATS.record_path(cfg.runs_dir, spec).read_text())
     assert saved["kind"] == "threat"
     assert saved["settings"]["threat"] == "fsha"
     assert saved["settings"]["guard"] == "splitguard"
@@ -331,21 +330,21 @@ def test_other_settings_are_not_done(
     tmp_path: Path, fake_sim: FakeSim, cfg_changes: dict[str, Any], spec_changes: dict[str, Any]
 ) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    threat_runs.simulate(spec, cfg)
+    THREATS.simulate(spec, cfg)
     other_cfg, other = _cfg(tmp_path, **cfg_changes), replace(spec, **spec_changes)
-    assert threat_record_path(cfg.runs_dir, other) == threat_record_path(cfg.runs_dir, spec)
+    assert THREATS.record_path(cfg.runs_dir, other) == THREATS.record_path(cfg.runs_dir, spec)
 
-    assert threat_record(other_cfg, other) is None
-    assert threat_record(cfg, spec) is not None
+    assert THREATS.record(other_cfg, other) is None
+    assert THREATS.record(cfg, spec) is not None
 
 
 def test_a_run_whose_figure_is_gone_is_not_done(tmp_path: Path, fake_sim: FakeSim) -> None:
     cfg, spec = _cfg(tmp_path), _spec()
-    record = threat_runs.simulate(spec, cfg)
+    record = THREATS.simulate(spec, cfg)
 
     Path(record.report.figure).unlink()
 
-    assert threat_record(cfg, spec) is None
+    assert THREATS.record(cfg, spec) is None
 
 
 @pytest.mark.parametrize(
@@ -364,13 +363,13 @@ def test_a_report_of_another_run_is_failed_and_not_recorded(
     def wrong(name: str, args: list[str], **_: Any) -> dict[str, Any]:
         return {**summary(threat="fsha"), **reported}
 
-    monkeypatch.setattr(threat_runs, "run_json", wrong)
+    monkeypatch.setattr(runner, "run_json", wrong)
     cfg, spec = _cfg(tmp_path), _spec("fsha")
 
     with pytest.raises(ProcessError, match=message):
-        threat_runs.simulate(spec, cfg)
+        THREATS.simulate(spec, cfg)
 
-    assert not threat_record_path(cfg.runs_dir, spec).exists()
+    assert not THREATS.record_path(cfg.runs_dir, spec).exists()
 
 
 # The table
@@ -424,14 +423,12 @@ def _two_seeds(tmp_path: Path) -> ExperimentConfig:
         spec = ThreatSpec("mnist5k", ThreatSetting(threat, defence), seed, 3)
         figure = _grid_png(tmp_path / "figures" / f"{spec.name}.png")
         record = ThreatRecord(
-            settings=threat_runs.threat_run_settings(
-                spec, attack_epochs=2, decoder="deep", data=DATA
-            ),
+            settings=THREATS.settings(spec, cfg),
             report=ThreatSummary.from_json({**data, "figure": str(figure)}),
             wall_seconds=1.0,
             finished_at="then",
         )
-        path = threat_record_path(cfg.runs_dir, spec)
+        path = THREATS.record_path(cfg.runs_dir, spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record.to_json()))
     return cfg
@@ -537,7 +534,7 @@ def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeSim(failing=("fsha",))
-    monkeypatch.setattr(threat_runs, "run_json", fake)
+    monkeypatch.setattr(runner, "run_json", fake)
     args = ["threats", "--dataset", "mnist5k", "--epochs", "3", "--max-steps", "2", "-q"]
     for flag, folder in (("--runs-dir", "runs"), ("--results-dir", "results"),
                          ("--model-dir", "models"), ("--data-dir", "data")):  # fmt: skip
