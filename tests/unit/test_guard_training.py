@@ -184,6 +184,7 @@ def test_a_fake_batch_sends_shifted_labels_records_and_takes_no_step(tmp_path: P
     assert split.guard is not None
     assert (split.guard.fake.count, split.guard.r1.count, split.guard.r2.count) == (1, 0, 0)
     first = split.body.features[0]
+    assert isinstance(first, torch.nn.Conv2d) and first.bias is not None
     assert split.guard.fake.total is not None
     assert split.guard.fake.total.numel() == first.weight.numel() + first.bias.numel()
 
