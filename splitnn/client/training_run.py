@@ -229,7 +229,10 @@ class TrainingRun:
             logger.warning("%s; training goes on", message)
             return
         self._save(step)
-        raise exits.Alarm(f"{message}; stopped, the state saved to {self.state_path}")
+        raise exits.Alarm(
+            f"{message}; stopped, the state saved to {self.state_path} (--resume goes on past "
+            "the alarm)"
+        )
 
     def _keep(self, record: EpochRecord) -> None:
         """Keeps the best-validation epoch: part 1 here, part 2 on the server."""
