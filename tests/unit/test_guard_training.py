@@ -134,7 +134,7 @@ def config(tmp_path: Path, **changes: Any) -> ClientConfig:
         "epochs": 2,
         "batch_size": 8,
         "lr": 1e-3,
-        "save_every": 5,
+        "save_every": 0,  # epoch ends only (each save writes part 1 and Adam's moments)
         "model_dir": tmp_path,
         "progress": False,
         "guard": "splitguard",
@@ -235,7 +235,7 @@ def test_fake_batches_count_as_steps_but_not_in_the_training_metrics(
 def test_an_honest_server_scores_high_without_an_alarm(
     tmp_path: Path, splits: DatasetSplits
 ) -> None:
-    run = training(config(tmp_path, epochs=3), splits, HeadLink())
+    run = training(config(tmp_path), splits, HeadLink())
 
     run.train()
 
@@ -248,13 +248,13 @@ def test_an_honest_server_scores_high_without_an_alarm(
 def test_a_blind_server_raises_the_alarm_and_warn_trains_on(
     tmp_path: Path, splits: DatasetSplits, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = training(config(tmp_path, epochs=3), splits, HeadLink(blind=True))
+    run = training(config(tmp_path), splits, HeadLink(blind=True))
 
     run.train()
 
     guard = run.trainer.guard
     assert guard is not None and guard.detected_at_step is not None
-    assert run.progress.epoch == 4  # all three epochs trained
+    assert run.progress.epoch == 3  # both epochs trained
     alarms = [r for r in caplog.records if "GUARD ALARM" in r.getMessage()]
     assert len(alarms) == 1 and alarms[0].levelname == "WARNING"
 
@@ -303,7 +303,7 @@ def test_a_resumed_run_makes_the_same_decisions_and_scores(
 ) -> None:
     whole = training(config(tmp_path / "whole"), splits, HeadLink())
     whole.train()
-    cfg = config(tmp_path / "parts")
+    cfg = config(tmp_path / "parts", save_every=5)
     stop_at = StepId(RUN, 2, 3)  # 12 batches an epoch, a save point every 5: the last at (2, 2)
     first = HeadLink(stop_at=stop_at)
     broken = training(cfg, splits, first)
