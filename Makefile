@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/nopeek.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/groups.py
+	$(BIN)/python bench/guard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

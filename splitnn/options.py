@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from splitnn.client.guard import GUARD_ACTIONS, GUARDS, GuardSettings
 from splitnn.common.credentials import CredentialError, Credentials
 from splitnn.common.datasets import DATASETS
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
@@ -36,6 +37,12 @@ EPOCHS = click.IntRange(1, 10_000)
 BATCH_SIZE = click.IntRange(2, 1024)
 LEARNING_RATE = click.FloatRange(0.0, 1.0, min_open=True)
 HOLDERS = click.IntRange(1, 64)
+GUARD_START_AFTER = click.IntRange(0, 1_000_000)  # training steps
+# More fake batches than regular ones would leave little training: at most one in two.
+GUARD_FAKE_PROBABILITY = click.FloatRange(0.0, 0.5, min_open=True)
+GUARD_MULTIPLIER = click.FloatRange(0.0, 100.0, min_open=True)
+GUARD_EXPONENT = click.FloatRange(0.0, 10.0, min_open=True)
+GUARD_THRESHOLD = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
@@ -250,3 +257,66 @@ def credential_options(function: F) -> F:
 
     options = [click.option(flag, type=kind, help=text) for flag, kind, text in _CREDENTIALS]
     return stack(*options)(cast(F, command))
+
+
+_GUARD_DEFAULTS = GuardSettings()
+# The guard's settings: (flag, type, default, help); the command receives them as guard_<name>.
+_GUARD_SETTINGS: tuple[tuple[str, Any, object, str], ...] = (
+    ("--guard-start-after", GUARD_START_AFTER, _GUARD_DEFAULTS.start_after,
+     "Training steps before the guard's first fake batch (N)."),
+    ("--guard-fake-probability", GUARD_FAKE_PROBABILITY, _GUARD_DEFAULTS.fake_probability,
+     "Chance that a step after N is a fake batch (shifted labels, no update of part 1)."),
+    ("--guard-multiplier", GUARD_MULTIPLIER, _GUARD_DEFAULTS.multiplier,
+     "The score's multiplier m: SG = sigmoid(m x) ** e."),
+    ("--guard-exponent", GUARD_EXPONENT, _GUARD_DEFAULTS.exponent, "The score's exponent e."),
+    ("--guard-threshold", GUARD_THRESHOLD, _GUARD_DEFAULTS.threshold,
+     "A score below this is the alarm (an honest server scores near 1)."),
+    ("--guard-action", click.Choice(GUARD_ACTIONS), _GUARD_DEFAULTS.action,
+     "At the alarm: warn (one loud line, training goes on) or stop (save the state, exit 4)."),
+)  # fmt: skip
+
+
+def guard_options(function: F) -> F:
+    """``--guard NAME|none`` and its settings ``--guard-start-after`` ... ``--guard-action``:
+    the data holder's test of whether the server's gradients follow the labels (SplitGuard).
+
+    The command receives `guard` (a name in `GUARDS`, None for ``none``) and `guard_start_after`,
+    `guard_fake_probability`, `guard_multiplier`, `guard_exponent`, `guard_threshold` and
+    `guard_action`; a ``--guard-*`` setting given on the command line without a guard is a usage
+    error (it would change nothing).
+    """
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["guard"] == "none":
+            kwargs["guard"] = None
+            context = click.get_current_context()
+            given = [
+                flag
+                for flag, _, _, _ in _GUARD_SETTINGS
+                if context.get_parameter_source(_guard_name(flag))
+                is click.core.ParameterSource.COMMANDLINE
+            ]
+            if given:
+                raise click.UsageError(f"{', '.join(given)} needs --guard {', '.join(GUARDS)}")
+        return function(*args, **kwargs)
+
+    options = [
+        click.option(flag, type=kind, default=default, help=text)
+        for flag, kind, default, text in _GUARD_SETTINGS
+    ]
+    return stack(
+        click.option(
+            "--guard",
+            type=click.Choice(["none", *GUARDS]),
+            default="none",
+            help="The data holder's hijack detector. splitguard: fake batches with shifted "
+            "labels, whose gradients an honest server makes differ from the regular ones.",
+        ),
+        *options,
+    )(cast(F, command))
+
+
+def _guard_name(flag: str) -> str:
+    """The parameter of a ``--guard-*`` flag: ``--guard-start-after`` → ``guard_start_after``."""
+    return flag[2:].replace("-", "_")

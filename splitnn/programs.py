@@ -19,7 +19,14 @@ from splitnn.common import exits
 # Which exit codes each program can end with (their meanings are `exits.MEANINGS`).
 EXIT_CODES: dict[str, tuple[int, ...]] = {
     "splitnn-server": (exits.OK, exits.FAILED, exits.USAGE),
-    "splitnn-client": (exits.OK, exits.FAILED, exits.USAGE, exits.UNREACHABLE, exits.INTERRUPTED),
+    "splitnn-client": (
+        exits.OK,
+        exits.FAILED,
+        exits.USAGE,
+        exits.UNREACHABLE,
+        exits.ALARM,
+        exits.INTERRUPTED,
+    ),
     "splitnn-attack": (exits.OK, exits.FAILED, exits.USAGE, exits.UNREACHABLE, exits.INTERRUPTED),
     "splitnn-sim": (exits.OK, exits.FAILED, exits.USAGE, exits.INTERRUPTED),
     "splitnn-experiments": (exits.OK, exits.FAILED, exits.USAGE, exits.INTERRUPTED),
@@ -31,6 +38,8 @@ _NOTES = {
         exits.USAGE: "bad usage, or a state to resume (--resume or --restart)",
         exits.UNREACHABLE: "the server could not be reached (--connect-timeout), or was lost "
         "for longer than --reconnect-timeout",
+        exits.ALARM: "--guard-action stop: the guard flagged the server; the state is saved "
+        "(--resume continues past the alarm)",
     },
 }
 

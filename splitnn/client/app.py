@@ -20,6 +20,7 @@ from splitnn.client.split_trainer import EVAL_BATCH_SIZE, SplitTrainer
 from splitnn.client.training_run import (
     TrainingRun,
     eval_noise,
+    holder_guard,
     member,
     resume_settings,
     training_noise,
@@ -36,7 +37,7 @@ from splitnn.common.checkpoints import (
 from splitnn.common.datasets import DatasetSplits, load_splits
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
-from splitnn.common.reports import GroupReport, RunReport
+from splitnn.common.reports import GroupReport, GuardScore, RunReport
 from splitnn.common.seeds import seed_for
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def run(cfg: ClientConfig) -> RunReport:
             batch_size=cfg.batch_size,
             seed=seed_for(cfg.seed, "batch_order", member=member(cfg)),
             send_indices=cfg.send_indices,
+            guard=holder_guard(cfg, splits.num_classes),
         )
         if trained is not None:
             trainer.body.load_state_dict(trained)
@@ -276,6 +278,7 @@ def _report(
     """
     deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
     steps_ms = [1000 * s for s in trainer.step_seconds]
+    guard = trainer.guard
     return RunReport(
         run=name,
         dataset=splits.name,
@@ -289,6 +292,9 @@ def _report(
         deploy_accuracy=deploy.accuracy if deploy else None,
         step_ms_p50=statistics.median(steps_ms) if steps_ms else None,
         step_ms_p95=_percentile(steps_ms, 0.95),
+        guard=cfg.guard,
+        guard_scores=[GuardScore(step, score) for step, score in guard.scores] if guard else [],
+        guard_detected_at_step=guard.detected_at_step if guard is not None else None,
         **measured,
     )
 

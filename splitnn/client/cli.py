@@ -21,6 +21,7 @@ from splitnn.options import (
     credential_options,
     dataset_option,
     dir_option,
+    guard_options,
     json_option,
     logging_options,
     lr_option,
@@ -109,6 +110,7 @@ from splitnn.programs import program
     default=3600.0,
     help="Seconds to wait for the other holders of the group at one synchronisation.",
 )
+@guard_options
 @credential_options
 @click.option(
     "--from-checkpoint",
@@ -135,9 +137,17 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     --tls-server-name); with --tls-cert/--tls-key it is mutual TLS, the certificate naming this
     party (see splitnn-certs). --token-file sends a bearer token instead.
 
+    --guard splitguard checks, while training, that the server's gradients follow the labels:
+    after --guard-start-after steps, some batches are fakes with shifted labels on which part 1
+    takes no step; a score below --guard-threshold is the alarm (a hijacking server), which
+    warns, or with --guard-action stop saves the state and exits 4. Fake batches do not count in
+    the reported training loss and accuracy.
+
     \b
     Example (with a splitnn-server listening on port 50051):
       splitnn-client --server 127.0.0.1:50051 --dataset mnist5k --noise 0.5 --epochs 10
+    With the guard, stopping at its alarm:
+      splitnn-client --server 127.0.0.1:50051 --epochs 5 --guard splitguard --guard-action stop
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     _check(**options)
@@ -157,6 +167,7 @@ def _check(
     group: str | None,
     holder: int,
     holders: int,
+    guard: str | None,
     **others: Any,
 ) -> None:
     """Usage errors the options' types cannot see."""
@@ -174,6 +185,10 @@ def _check(
         )
     if group is not None and from_checkpoint is not None:
         raise click.UsageError("--group cannot be combined with --from-checkpoint")
+    if guard is not None and (group is not None or from_checkpoint is not None):
+        # A group's steps interleave several holders' batches; a served model trains no more.
+        other = "--group" if group is not None else "--from-checkpoint"
+        raise click.UsageError(f"--guard watches a lone holder's training: not with {other}")
 
 
 def _print_summary(report: RunReport) -> None:
@@ -196,4 +211,10 @@ def _print_summary(report: RunReport) -> None:
     click.echo(f"val accuracy:   {report.val_accuracy:.2f}%")
     click.echo(f"test accuracy:  {report.test_accuracy:.2f}%")
     click.echo(f"throughput: {report.samples_per_second:.0f} samples/s")
+    if report.guard is not None:
+        lowest = min((s.score for s in report.guard_scores), default=None)
+        scored = f"lowest score {lowest:.3f}" if lowest is not None else "no score yet"
+        alarm = report.guard_detected_at_step
+        flagged = f"ALARM at step {alarm}" if alarm is not None else "no alarm"
+        click.echo(f"guard {report.guard}: {len(report.guard_scores)} scores, {scored}; {flagged}")
     click.echo(f"checkpoint: {report.checkpoint} (server: {report.head_checkpoint})")

@@ -29,9 +29,19 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["GradientSet", "GuardSettings", "SplitGuard", "StepPlan", "splitguard_score"]
+__all__ = [
+    "GUARDS",
+    "GUARD_ACTIONS",
+    "GradientSet",
+    "GuardSettings",
+    "SplitGuard",
+    "StepPlan",
+    "splitguard_score",
+]
 
 GuardAction = Literal["warn", "stop"]
+# What the data holder does at the alarm: log it and train on, or save and stop (exit 4).
+GUARD_ACTIONS: tuple[GuardAction, ...] = ("warn", "stop")
 
 
 @dataclass(frozen=True)
@@ -207,3 +217,7 @@ class SplitGuard:
             self.detected_at_step = detected
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"a damaged guard state: {error}") from error
+
+
+# The data holder's guards by name (`splitnn-client --guard NAME`; ``none``: no guard).
+GUARDS: dict[str, type[SplitGuard]] = {"splitguard": SplitGuard}

@@ -1,8 +1,9 @@
 """The data holder's resume state: what it takes to continue a run exactly where it was saved.
 
 Saved at every save point, after the server's reply (so the server holds the same step): part 1,
-its optimizer, both noise generators, the position with the running epoch's sums, the history
-and the best epoch so far, and the settings the run was started with. One file per run,
+its optimizer, both noise generators, the guard's sums and scores (with a guard), the position
+with the running epoch's sums, the history and the best epoch so far, and the settings the run
+was started with. One file per run,
 ``<model_dir>/client/<run>.ckpt``, written atomically; it is removed when the run completes.
 """
 
@@ -34,6 +35,7 @@ class HolderState:
     optimizer: dict[str, Any]
     noise: torch.Tensor  # generator state of the training noise (uint8)
     val_noise: torch.Tensor  # generator state of the validation noise (uint8)
+    guard: dict[str, Any] | None = None  # the guard's `state_dict` (None: no guard)
 
 
 def resume_path(model_dir: Path, run: str) -> Path:
@@ -49,6 +51,7 @@ def save_state(path: Path, state: HolderState, *, settings: dict[str, Any], run:
         "optimizer": state.optimizer,
         "noise": state.noise,
         "val_noise": state.val_noise,
+        "guard": state.guard,
         "settings": settings,
     }
     manifest = {"part": "body-resume", "run": run, "step": payload["step"], **settings}
@@ -81,4 +84,5 @@ def load_state(path: Path, *, settings: dict[str, Any], run: str) -> HolderState
         optimizer=payload["optimizer"],
         noise=payload["noise"],
         val_noise=payload["val_noise"],
+        guard=payload.get("guard"),
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from splitnn.client.guard import SplitGuard, StepPlan
 from splitnn.client.progress import Progress
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId
@@ -47,6 +48,7 @@ class SplitTrainer:
         seed: seeds the per-epoch shuffling.
         send_indices: send each batch's sample indices (an evaluation harness scoring an attack
             needs them; a real data holder never reveals which samples it sent).
+        guard: watches the server's gradients (SplitGuard) and plans fake batches; None: none.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class SplitTrainer:
         batch_size: int,
         seed: int,
         send_indices: bool = False,
+        guard: SplitGuard | None = None,
     ) -> None:
         self.body = body
         self.link = link
@@ -70,6 +73,7 @@ class SplitTrainer:
         self.batch_size = batch_size
         self.seed = seed
         self.send_indices = send_indices
+        self.guard = guard
         self.optimizer = make_optimizer(body, lr)
         self.step_seconds: list[float] = []  # every training step's duration, for reports
 
@@ -81,27 +85,57 @@ class SplitTrainer:
         indices: torch.Tensor | None = None,
         *,
         save: bool = False,
+        plan: StepPlan | None = None,
+        index: int = 0,
     ) -> tuple[float, int]:
         """One training step. images: float32 [B,1,28,28]; labels, indices: int64 [B].
 
         `save` marks a save point: the server saves its state of the run before it replies.
-        Returns the server's mean cross-entropy and the number of correct predictions.
+        `plan` is the guard's decision for this step, `index` its 0-based place in the run: on a
+        fake batch the labels sent are shifted by `plan.label_shift` (mod C), part 1's
+        first-layer gradient of the server's answer is recorded, and part 1 takes no optimiser
+        step (nor any NoPeek term); a regular batch of R1 or R2 is recorded and trains as usual.
+        Returns the server's mean cross-entropy and the number of correct predictions (on the
+        labels sent).
         """
+        plan = plan or StepPlan()
         self.body.train()
         self.optimizer.zero_grad(set_to_none=True)
         cut = self.body(images)
         sent = self.noise(cut.detach())
+        if plan.fake:
+            assert self.guard is not None, "a fake batch needs a guard"
+            labels = (labels + plan.label_shift) % self.guard.num_classes
         reply = self.link.train_step(step, sent, labels, indices, save=save)
+        recorded = self.guard is not None and (plan.fake or plan.regular_set > 0)
+        server_part: tuple[torch.Tensor, ...] = ()
         # The noise is additive, so d loss / d cut equals the gradient w.r.t. what was sent.
         # Distance correlation needs two samples: a one-sample batch (an epoch's last, say)
         # trains on the task loss alone.
-        if self.nopeek > 0.0 and len(images) >= 2:
+        if self.nopeek > 0.0 and len(images) >= 2 and not plan.fake:
+            if recorded:  # the guard judges the server's gradient, without the NoPeek term
+                server_part = torch.autograd.grad(
+                    cut, self._first_layer(), reply.gradient, retain_graph=True
+                )
             penalty = self.nopeek * distance_correlation(images, cut)
             torch.autograd.backward((cut, penalty), (reply.gradient, torch.ones_like(penalty)))
         else:
             cut.backward(reply.gradient)
-        self.optimizer.step()
+            server_part = tuple(p.grad for p in self._first_layer() if p.grad is not None)
+        if recorded:
+            assert self.guard is not None
+            self.guard.record(index, plan, torch.cat([g.reshape(-1) for g in server_part]))
+        if not plan.fake:
+            self.optimizer.step()
         return reply.loss, reply.correct
+
+    def _first_layer(self) -> list[torch.nn.Parameter]:
+        """The parameters of part 1's first layer (the first module that has any)."""
+        for module in self.body.modules():
+            own = list(module.parameters(recurse=False))
+            if own:
+                return own
+        raise ValueError("part 1 has no parameters")
 
     def train_epoch(
         self,
@@ -112,6 +146,7 @@ class SplitTrainer:
         save_every: int = 0,
         on_save: Callable[[StepId], None] | None = None,
         before_step: Callable[[StepId], None] | None = None,
+        on_alarm: Callable[[StepId], None] | None = None,
         show_progress: bool = True,
     ) -> None:
         """Trains the rest of epoch `progress.epoch` over `data`, counting into `progress`.
@@ -120,6 +155,9 @@ class SplitTrainer:
         The last step of the epoch and every `save_every`-th step of the run are save points:
         the server saves before replying, then `on_save(step)` saves this side.
         `before_step(step)` runs before each step (a group member waits for its turn there).
+        With a guard, its fake batches count as steps done but add no samples, loss or hits to
+        `progress` (they are not training); `on_alarm(step)` runs after the step whose score
+        first fell below the guard's threshold.
         """
         epoch = progress.epoch
         order = epoch_permutation(len(data), seed=self.seed, epoch=epoch)
@@ -144,16 +182,26 @@ class SplitTrainer:
                 before_step(step)
             began = time.perf_counter()
             indices = data.indices[idx] if self.send_indices else None
-            loss, hits = self.step(step, data.images[idx], data.labels[idx], indices, save=save)
+            index = done - 1
+            plan = self.guard.plan(index) if self.guard is not None else StepPlan()
+            loss, hits = self.step(
+                step, data.images[idx], data.labels[idx], indices, save=save, plan=plan, index=index
+            )
             seconds = time.perf_counter() - began
             self.step_seconds.append(seconds)
-            progress.add_step(loss=loss, correct=hits, samples=len(idx), seconds=seconds)
+            if plan.fake:  # not training: the position moves on, the epoch's sums do not
+                progress.add_step(loss=0.0, correct=0, samples=0, seconds=seconds)
+            else:
+                progress.add_step(loss=loss, correct=hits, samples=len(idx), seconds=seconds)
             bar.update()
             bar.set_postfix(
                 loss=f"{progress.train_loss:.4f}", acc=f"{progress.train_accuracy:.2f}%"
             )
             if save and on_save is not None:
                 on_save(step)
+            alarm = self.guard is not None and self.guard.detected_at_step == index
+            if alarm and on_alarm is not None:
+                on_alarm(step)
         bar.close()
 
     @torch.no_grad()

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from splitnn.client.config import ClientConfig
+from splitnn.client.guard import GUARDS, SplitGuard
 from splitnn.client.progress import Best, EpochRecord, Progress
-from splitnn.client.resume import HolderState, load_state, save_state
+from splitnn.client.resume import HolderState, ResumeError, load_state, save_state
 from splitnn.client.split_trainer import EvalScore, SplitTrainer
 from splitnn.client.transport import RolledBack
+from splitnn.common import exits
 from splitnn.common.checkpoints import (
     CheckpointError,
     classifier_stem,
@@ -75,6 +78,14 @@ def validation_noise(cfg: ClientConfig, *, scale: float | None = None) -> Laplac
     return LaplaceNoise(cfg.noise if scale is None else scale, seed=seed)
 
 
+def holder_guard(cfg: ClientConfig, num_classes: int) -> SplitGuard | None:
+    """The guard of `cfg` (None without one), fresh, on its own seeded stream."""
+    if cfg.guard is None:
+        return None
+    settings, seed = cfg.guard_settings(), seed_for(cfg.seed, "guard")
+    return GUARDS[cfg.guard](settings, seed=seed, num_classes=num_classes)
+
+
 def body_manifest(cfg: ClientConfig, run: str, epoch: int, val_accuracy: float) -> dict[str, Any]:
     """The manifest of a saved part 1: its run, settings and validation accuracy."""
     return {
@@ -95,7 +106,15 @@ def body_manifest(cfg: ClientConfig, run: str, epoch: int, val_accuracy: float) 
 
 
 def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
-    return {name: getattr(cfg, name) for name in _RESUME_SETTINGS}
+    """What a resumption must repeat. The guard's settings make its decisions, so they are
+    here; what it does at the alarm (`guard_action`) is not: a run stopped by its alarm may go
+    on with a warning instead."""
+    settings = {name: getattr(cfg, name) for name in _RESUME_SETTINGS}
+    guard = None
+    if cfg.guard is not None:
+        guard = {"name": cfg.guard, **asdict(cfg.guard_settings())}
+        del guard["action"]
+    return {**settings, "guard": guard}
 
 
 class TrainingRun:
@@ -125,6 +144,14 @@ class TrainingRun:
         self.trainer.noise.set_state(state.noise)
         self.val_noise.set_state(state.val_noise)
         self.progress = state.progress
+        guard = self.trainer.guard
+        if guard is not None:
+            if state.guard is None:
+                raise ResumeError(f"the state of run {self.trainer.run!r} has no guard state")
+            try:
+                guard.load_state_dict(state.guard)
+            except ValueError as error:
+                raise ResumeError(str(error)) from None
         self.trainer.link.position = self.trainer.link.saved = state.step
         logger.info("continuing run %s after %s", self.trainer.run, state.step)
 
@@ -158,6 +185,7 @@ class TrainingRun:
                 save_every=cfg.save_every,
                 on_save=self._save,
                 before_step=self._before_step,
+                on_alarm=self._alarm,
                 show_progress=cfg.progress,
             )
             self._after_steps()
@@ -181,6 +209,31 @@ class TrainingRun:
     def _after_steps(self) -> None:
         """Runs after an epoch's last step, before its validation."""
 
+    def _alarm(self, step: StepId) -> None:
+        """The guard's first score below its threshold: warn, or save this side and stop.
+
+        Raises:
+            exits.Alarm: with ``--guard-action stop`` (exit 4); the state saved here, and the
+                server's snapshot of the same step when the session closes, let ``--resume``
+                go on past the alarm.
+        """
+        guard = self.trainer.guard
+        assert guard is not None and guard.detected_at_step is not None
+        score = guard.scores[-1][1]
+        message = (
+            f"GUARD ALARM: {self.cfg.guard} scored {score:.3f} < {guard.settings.threshold:g} "
+            f"at training step {guard.detected_at_step} (epoch {step.epoch}, batch {step.batch}): "
+            "the server's gradients do not follow the labels (a hijacking server?)"
+        )
+        if guard.settings.action == "warn":
+            logger.warning("%s; training goes on", message)
+            return
+        self._save(step)
+        raise exits.Alarm(
+            f"{message}; stopped, the state saved to {self.state_path} (--resume goes on past "
+            "the alarm)"
+        )
+
     def _keep(self, record: EpochRecord) -> None:
         """Keeps the best-validation epoch: part 1 here, part 2 on the server."""
         progress = self.progress
@@ -196,6 +249,7 @@ class TrainingRun:
             optimizer=self.trainer.optimizer.state_dict(),
             noise=self.trainer.noise.get_state(),
             val_noise=self.val_noise.get_state(),
+            guard=self.trainer.guard.state_dict() if self.trainer.guard is not None else None,
         )
         save_state(self.state_path, state, settings=resume_settings(self.cfg), run=self.trainer.run)
         self.trainer.link.saved = step
@@ -222,6 +276,8 @@ class TrainingRun:
         trainer.body.load_state_dict(build_body(seed_for(cfg.seed, "body")).state_dict())
         trainer.optimizer = make_optimizer(trainer.body, cfg.lr)
         trainer.noise = training_noise(cfg)
+        if trainer.guard is not None:
+            trainer.guard = holder_guard(cfg, trainer.guard.num_classes)
         self.val_noise = validation_noise(cfg)
         self.progress = Progress()
         trainer.link.position = trainer.link.saved = None

@@ -62,6 +62,14 @@ class ClientCommand:
     partition: str | None = None
     alpha: float | None = None
     run: str | None = None
+    # The hijack detector (`--guard NAME`) and its settings; None: the program's default.
+    guard: str | None = None
+    guard_start_after: int | None = None
+    guard_fake_probability: float | None = None
+    guard_multiplier: float | None = None
+    guard_exponent: float | None = None
+    guard_threshold: float | None = None
+    guard_action: str | None = None
 
     def as_harness(self) -> ClientCommand:
         """This run as the evaluation harness: started afresh, it then sends the attack slice's
@@ -91,6 +99,13 @@ class ClientCommand:
                 ("--partition", self.partition),
                 ("--alpha", self.alpha),
                 ("--run", self.run),
+                ("--guard", self.guard),
+                ("--guard-start-after", self.guard_start_after),
+                ("--guard-fake-probability", self.guard_fake_probability),
+                ("--guard-multiplier", self.guard_multiplier),
+                ("--guard-exponent", self.guard_exponent),
+                ("--guard-threshold", self.guard_threshold),
+                ("--guard-action", self.guard_action),
             ]
         )
         switches = [

@@ -1,9 +1,9 @@
 """Exit codes of every splitnn program and the one map from an exception to its code.
 
-A domain exception says what kind of end it means by deriving from `Failed`, `BadUsage` or
-`Unreachable`; each program's entry point (`splitnn.programs`) turns whatever escapes its command
-into one line on stderr and the code of `exit_code`. Exceptions of no kind are bugs: they keep
-their traceback.
+A domain exception says what kind of end it means by deriving from `Failed`, `BadUsage`,
+`Unreachable` or `Alarm`; each program's entry point (`splitnn.programs`) turns whatever escapes
+its command into one line on stderr and the code of `exit_code`. Exceptions of no kind are bugs:
+they keep their traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ OK = 0
 FAILED = 1
 USAGE = 2
 UNREACHABLE = 3
+ALARM = 4
 INTERRUPTED = 130
 
 MEANINGS: dict[int, str] = {
@@ -22,6 +23,7 @@ MEANINGS: dict[int, str] = {
     FAILED: "the work failed (a training error, a refused request, a corrupt file)",
     USAGE: "bad usage: a flag, a value or a file the user must change",
     UNREACHABLE: "the server could not be reached in the time given (--connect-timeout)",
+    ALARM: "a defence raised its alarm and the run stopped there, its state saved (--resume)",
     INTERRUPTED: "interrupted (Ctrl-C) before the work finished",
 }
 
@@ -38,9 +40,14 @@ class Unreachable(ConnectionError):
     """The peer did not answer within the time given to reach it: exit 3."""
 
 
+class Alarm(Exception):
+    """A defence of the data holder flagged the server and the run stopped there: exit 4."""
+
+
 # Checked in order: the first class the exception is an instance of gives its code.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (KeyboardInterrupt, INTERRUPTED),
+    (Alarm, ALARM),
     (Unreachable, UNREACHABLE),
     (BadUsage, USAGE),
     (Failed, FAILED),

@@ -19,6 +19,7 @@ __all__ = [
     "AttackReport",
     "EpochRecord",
     "GroupReport",
+    "GuardScore",
     "MemberSummary",
     "MultiSummary",
     "ReportError",
@@ -65,6 +66,15 @@ class GroupReport:
 
 
 @dataclass(frozen=True)
+class GuardScore:
+    """The guard's score after a fake batch: `step` is the 0-based training step of the run
+    ((epoch - 1) * batches per epoch + batch); `score` in [0, 1], near 1 for an honest server."""
+
+    step: int
+    score: float
+
+
+@dataclass(frozen=True)
 class RunReport:
     """What a data holder's run measured; accuracies in percent."""
 
@@ -93,6 +103,9 @@ class RunReport:
     step_ms_p95: float | None = None
     history: list[EpochRecord] = field(default_factory=list)
     group: GroupReport | None = None  # set when the run trained in a group (its final epoch)
+    guard: str | None = None  # the hijack detector that watched the training (None: none)
+    guard_scores: list[GuardScore] = field(default_factory=list)  # every score, in step order
+    guard_detected_at_step: int | None = None  # the step of the first score below the threshold
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)

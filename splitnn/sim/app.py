@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from splitnn.client.guard import GuardAction, GuardSettings
 from splitnn.common.certs import make_certificates
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.credentials import Credentials
@@ -39,6 +40,14 @@ class SimConfig:
     model_dir: Path = Path("models")
     figure: Path = Path("results/figures/sim_reconstructions.png")
     quiet: bool = False
+    # The victim's hijack detector (`splitnn-client --guard`) and its settings; None: none.
+    guard: str | None = None
+    guard_start_after: int = GuardSettings.start_after
+    guard_fake_probability: float = GuardSettings.fake_probability
+    guard_multiplier: float = GuardSettings.multiplier
+    guard_exponent: float = GuardSettings.exponent
+    guard_threshold: float = GuardSettings.threshold
+    guard_action: GuardAction = GuardSettings.action
 
 
 VICTIM = "victim"
@@ -74,6 +83,9 @@ class SimSummary:
     wire_log: str
     classifier: str
     seconds: float
+    guard: str | None = None  # the victim's hijack detector (None: none)
+    guard_detected_at_step: int | None = None  # the training step of its alarm (None: none)
+    guard_lowest_score: float | None = None  # its lowest score (None: no guard, or no score)
 
     @classmethod
     def of(
@@ -90,6 +102,9 @@ class SimSummary:
             wire_log=str(wire_log),
             classifier=victim.checkpoint,
             seconds=round(seconds, 1),
+            guard=victim.guard,
+            guard_detected_at_step=victim.guard_detected_at_step,
+            guard_lowest_score=min((s.score for s in victim.guard_scores), default=None),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -143,8 +158,19 @@ def colluding_server(
 def holder_command(
     cfg: SimConfig, *, server: str, credentials: Credentials, noise: float, nopeek: float
 ) -> ClientCommand:
-    """A data holder that trains with defences `noise` (b) and `nopeek` (W), deploys, and
-    reveals its sample indices so that the attack can be scored."""
+    """A data holder that trains with defences `noise` (b) and `nopeek` (W) and the guard of
+    `cfg`, deploys, and reveals its sample indices so that the attack can be scored."""
+    guard: dict[str, Any] = {}
+    if cfg.guard is not None:
+        guard = {
+            "guard": cfg.guard,
+            "guard_start_after": cfg.guard_start_after,
+            "guard_fake_probability": cfg.guard_fake_probability,
+            "guard_multiplier": cfg.guard_multiplier,
+            "guard_exponent": cfg.guard_exponent,
+            "guard_threshold": cfg.guard_threshold,
+            "guard_action": cfg.guard_action,
+        }
     return ClientCommand(
         server=server,
         dataset=cfg.dataset,
@@ -156,6 +182,7 @@ def holder_command(
         max_steps=cfg.max_steps,
         model_dir=cfg.model_dir,
         credentials=credentials,
+        **guard,
     ).as_harness()
 
 

@@ -16,6 +16,7 @@ from splitnn.options import (
     config_from,
     dataset_option,
     dir_option,
+    guard_options,
     json_option,
     logging_options,
     noise_option,
@@ -61,6 +62,7 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
     help="With --holders: the colluder's Laplace b (--noise and --nopeek are the victims').",
 )
 @nopeek_option("--colluder-nopeek", help="The colluder's NoPeek W.")
+@guard_options
 @json_option
 @logging_options
 def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
@@ -83,12 +85,19 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     `members` and a list `victims` (holder, test_accuracy, attack_ssim, attack_psnr,
     attack_validator_accuracy, ...).
 
+    --guard splitguard gives the victim SplitGuard (see splitnn-client --help); --json adds
+    `guard`, `guard_detected_at_step` (the training step of its alarm, null: none) and
+    `guard_lowest_score`. With --guard-action stop an alarm stops the victim (exit 4) and the
+    simulation fails.
+
     \b
     Example: splitnn-sim --holders 4 --noise 0.5 --epochs 5
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")
+    if holders >= 2 and options["guard"] is not None:
+        raise click.UsageError("--guard watches a lone victim: not with --holders K >= 2")
     if holders == 1:
         if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
             raise click.UsageError("--alpha and --colluder need --holders K >= 2")
@@ -156,6 +165,11 @@ def _print_table(s: SimSummary) -> None:
         ("wire log", s.wire_log),
         ("wall time", f"{s.seconds:.0f} s"),
     ]
+    if s.guard is not None:
+        lowest = "no score" if s.guard_lowest_score is None else f"{s.guard_lowest_score:.3f}"
+        alarm = s.guard_detected_at_step
+        flagged = "no alarm" if alarm is None else f"ALARM at training step {alarm}"
+        rows.insert(3, ("victim guard", f"{s.guard}: {flagged}, lowest score {lowest}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")

@@ -39,6 +39,13 @@ CLIENT = ClientCommand(
     partition="dirichlet",
     alpha=0.3,
     run="r1",
+    guard="splitguard",
+    guard_start_after=5,
+    guard_fake_probability=0.25,
+    guard_multiplier=4.0,
+    guard_exponent=3.0,
+    guard_threshold=0.75,
+    guard_action="stop",
 )
 ATTACK = AttackCommand(
     classifier=Path("models/classifiers/a.ckpt"),
