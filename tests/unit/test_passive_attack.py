@@ -11,16 +11,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+from torch.nn import functional as F
 
 from splitnn.attacker import app, oracle, passive
 from splitnn.attacker.app import AttackConfig, BadAttack, check_config, run_attack
 from splitnn.attacker.cli import main
 from splitnn.attacker.intercept import received_from_log
+from splitnn.attacker.passive import replay_heads
 from splitnn.attacker.substitute import MatchTarget, SubstituteSettings, train_substitute
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.codec import tensor_to_proto
 from splitnn.common.datasets import load_splits
-from splitnn.common.models import build_body, build_head
+from splitnn.common.models import build_body, build_head, make_optimizer
 from splitnn.common.wirelog import WireLogWriter
 from splitnn.proto import splitnn_pb2 as pb
 
@@ -240,3 +242,28 @@ def test_the_cli_refuses_an_oracle_without_what_it_needs(
 
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_head_snapshots_replayed_from_the_log_retrace_the_servers_head(victim_log: Path) -> None:
+    # Prepare: the server's head trained by hand on the log's training batches, epoch by epoch.
+    spec: dict[str, object] = {"seed": 3, "lr": 1e-3, "num_classes": 10}
+    head = build_head(3)
+    optimizer = make_optimizer(head, 1e-3)
+    by_hand = []
+    for epoch in (1, 2):
+        train = received_from_log(victim_log, run=RUN, last_epochs=None)
+        rows = slice(32 * (epoch - 1), 32 * epoch)
+        for cut, labels in zip(
+            train.activations[rows].split(16), train.labels[rows].split(16), strict=True
+        ):
+            optimizer.zero_grad()
+            F.cross_entropy(head(cut), labels).backward()
+            optimizer.step()
+        by_hand.append({k: v.clone() for k, v in head.state_dict().items()})
+
+    snapshots = replay_heads(victim_log, run=RUN, spec=spec, last=5)
+
+    assert len(snapshots) == 2
+    for snapshot, expected in zip(snapshots, by_hand, strict=True):
+        for name, value in snapshot.state_dict().items():
+            torch.testing.assert_close(value, expected[name])
