@@ -24,10 +24,10 @@ from splitnn.attacker.passive import (
     ServerHead,
     load_head,
     predict,
-    save_substitute,
+    save_substitutes,
     substitute_oracle,
 )
-from splitnn.attacker.substitute import SubstituteOracle, SubstituteSettings
+from splitnn.attacker.substitute import SubstituteEnsemble, SubstituteOracle, SubstituteSettings
 from splitnn.attacker.validator import accuracy, load_or_train_validator
 from splitnn.common import exits
 from splitnn.common.checkpoints import (
@@ -142,8 +142,8 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         protocol=cfg.protocol,
     )
     path = cfg.model_dir / "attackers" / f"{stem}.ckpt"
-    if isinstance(oracle, SubstituteOracle):
-        save_substitute(path.with_name(f"{stem}.substitute.ckpt"), oracle)
+    if isinstance(oracle, SubstituteOracle | SubstituteEnsemble):
+        save_substitutes(path.with_name(f"{stem}.substitute.ckpt"), oracle)
     decoder = load_or_train_decoder(
         path,
         cfg=cfg,
@@ -244,7 +244,7 @@ def _substitute(
     run: str,
     public: Subset,
     server_head: ServerHead | None,
-) -> SubstituteOracle:
+) -> SubstituteOracle | SubstituteEnsemble:
     assert cfg.from_log is not None  # check_config
     settings = dataclasses.replace(cfg.substitute, noise=cfg.set_noise or 0.0)
     return substitute_oracle(

@@ -92,6 +92,7 @@ _SUBSTITUTE_OPTIONS = {
     "match_splits": "match_splits",
     "match_epochs": "match_epochs",
     "head_snapshots": "head_snapshots",
+    "substitutes": "substitutes",
 }
 _WEIGHT = click.FloatRange(0)
 
@@ -142,6 +143,13 @@ def substitute_options(function: Any) -> Any:
             default=0,
             help="Substitute: the label term also goes through the head as it stood after each"
             " of the last N training epochs, replayed from the wire log (needs --head).",
+        ),
+        click.option(
+            "--substitutes",
+            type=click.IntRange(1),
+            default=1,
+            help="Substitute: train K (different seeds); the decoder is trained through each"
+            " in turn.",
         ),
     ]
     for option in reversed(options):

@@ -22,6 +22,7 @@ from splitnn.attacker.intercept import InterceptError, received_from_log, traini
 from splitnn.attacker.oracle import file_sha256, resolve_checkpoint
 from splitnn.attacker.substitute import (
     MatchTarget,
+    SubstituteEnsemble,
     SubstituteOracle,
     SubstituteSettings,
     train_substitute,
@@ -105,8 +106,9 @@ def substitute_oracle(
     settings: SubstituteSettings,
     seed: int,
     progress: bool = True,
-) -> SubstituteOracle:
-    """Trains a substitute part 1 on `public` against run `run`'s received tensors in `log`.
+) -> SubstituteOracle | SubstituteEnsemble:
+    """Trains a substitute part 1 on `public` against run `run`'s received tensors in `log`;
+    with `settings.substitutes` K > 1, K of them from different seeds, queried in turn.
 
     The label term goes through the saved head and, with `settings.head_snapshots` N, also the
     head as it stood after each of the last N epochs (`replay_heads`).
@@ -131,14 +133,6 @@ def substitute_oracle(
         if settings.head_snapshots:
             spec = server_head.manifest
             heads += replay_heads(log, run=run, spec=spec, last=settings.head_snapshots)
-    body, losses = train_substitute(
-        target=target,
-        heads=heads,
-        settings=settings,
-        seed=seed_for(seed, "substitute"),
-        progress=progress,
-    )
-    logger.info("substitute: loss %.4f after %d epochs", losses[-1], len(losses))
     identity = {
         "wire_log_sha256": file_sha256(log),
         "run": run,
@@ -147,11 +141,33 @@ def substitute_oracle(
         "seed": seed,
         "seeding": SEEDING,
     }
-    return SubstituteOracle(
-        body, noise=settings.noise, seed=seed_for(seed, "oracle_noise"), identity=identity
-    )
+    members = []
+    for k in range(settings.substitutes):
+        # The first substitute has the role's own stream; further ones a member's stream each.
+        member = k or None
+        body, losses = train_substitute(
+            target=target,
+            heads=heads,
+            settings=settings,
+            seed=seed_for(seed, "substitute", member=member),
+            progress=progress,
+        )
+        logger.info("substitute %d: loss %.4f after %d epochs", k, losses[-1], len(losses))
+        noise_seed = seed_for(seed, "oracle_noise", member=member)
+        members.append(
+            SubstituteOracle(body, noise=settings.noise, seed=noise_seed, identity=identity)
+        )
+    return members[0] if len(members) == 1 else SubstituteEnsemble(members)
 
 
-def save_substitute(path: Path, oracle: SubstituteOracle) -> None:
-    """Writes the substitute's weights with how it was made (``part`` = ``substitute``)."""
-    save_checkpoint(path, oracle.body.state_dict(), {"part": "substitute", **oracle.describe()})
+def save_substitutes(path: Path, oracle: SubstituteOracle | SubstituteEnsemble) -> list[Path]:
+    """Writes each substitute's weights with how it was made (``part`` = ``substitute``) as
+    `path`, or for an ensemble `path` with ``.<k>`` before its suffix; returns the files."""
+    if isinstance(oracle, SubstituteOracle):
+        members, paths = [oracle], [path]
+    else:
+        members = list(oracle.members)
+        paths = [path.with_name(f"{path.stem}.{k}{path.suffix}") for k in range(len(members))]
+    for member, file in zip(members, paths, strict=True):
+        save_checkpoint(file, member.body.state_dict(), {"part": "substitute", **member.describe()})
+    return paths

@@ -58,6 +58,7 @@ class SubstituteSettings:
         match_epochs: of each split, the tensors of the last N epochs; 0: all.
         head_snapshots: the label term also goes through the head as it stood after each of
             the last N training epochs (replayed from the wire log; PCAT-style); 0: none.
+        substitutes: how many substitutes (different seeds) the decoder is trained through.
         noise: the Laplace scale the attacker assumes the holder adds (its own guess).
     """
 
@@ -71,6 +72,7 @@ class SubstituteSettings:
     match_splits: tuple[str, ...] = ("train",)
     match_epochs: int = 1
     head_snapshots: int = 0
+    substitutes: int = 1
     noise: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +124,31 @@ class SubstituteOracle:
             "set_noise": self.noise_scale,
             **self._identity,
         }
+
+
+class SubstituteEnsemble:
+    """Several substitutes queried in turn, one per call: a decoder trained through it sees
+    each of them in its epochs, and so leans on none of one substitute's quirks."""
+
+    kind = "substitute"
+
+    def __init__(self, members: Sequence[SubstituteOracle]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one substitute")
+        self.members = tuple(members)
+        self.noise_scale = members[0].noise_scale
+        self._calls = 0
+
+    def query(
+        self, images: torch.Tensor, *, noisy: bool = True, batch_size: int = 500
+    ) -> torch.Tensor:
+        """images: float32 [N,1,28,28] in [0,1] -> float32 [N,500] from the next member."""
+        member = self.members[self._calls % len(self.members)]
+        self._calls += 1
+        return member.query(images, noisy=noisy, batch_size=batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"substitutes": [member.describe() for member in self.members]}
 
 
 class _ReceivedSampler:

@@ -18,7 +18,13 @@ from splitnn.attacker.app import AttackConfig, BadAttack, check_config, run_atta
 from splitnn.attacker.cli import main
 from splitnn.attacker.intercept import received_from_log
 from splitnn.attacker.passive import replay_heads
-from splitnn.attacker.substitute import MatchTarget, SubstituteSettings, train_substitute
+from splitnn.attacker.substitute import (
+    MatchTarget,
+    SubstituteEnsemble,
+    SubstituteOracle,
+    SubstituteSettings,
+    train_substitute,
+)
 from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.codec import tensor_to_proto
 from splitnn.common.datasets import load_splits
@@ -267,3 +273,19 @@ def test_head_snapshots_replayed_from_the_log_retrace_the_servers_head(victim_lo
     for snapshot, expected in zip(snapshots, by_hand, strict=True):
         for name, value in snapshot.state_dict().items():
             torch.testing.assert_close(value, expected[name])
+
+
+def test_an_ensemble_answers_from_each_substitute_in_turn() -> None:
+    members = [
+        SubstituteOracle(build_body(seed), noise=0.0, seed=0, identity={"k": seed})
+        for seed in (1, 2)
+    ]
+    ensemble = SubstituteEnsemble(members)
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+
+    answers = [ensemble.query(images) for _ in range(3)]
+
+    torch.testing.assert_close(answers[0], members[0].query(images))
+    torch.testing.assert_close(answers[1], members[1].query(images))
+    torch.testing.assert_close(answers[2], answers[0])
+    assert [d["k"] for d in ensemble.describe()["substitutes"]] == [1, 2]
