@@ -46,7 +46,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     1. inspect   what a wire log holds (runs, phases, splits, damage)
     2. run       train a decoder through the colluding data holder's part 1 on auxiliary
                  images (or reuse the one trained under the same settings), invert the
-                 victim's intercepted tensors, score and draw them
+                 victim's intercepted tensors, score and draw them; --oracle substitute:
+                 the server alone, through a substitute part 1 fitted to its wire log
     3. validator train (or show) the independent classifier that judges reconstructions
 
     `splitnn-attack --from-log LOG [OPTIONS]` is short for `splitnn-attack run --from-log LOG
@@ -249,7 +250,10 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
     if (options["from_log"] is None) == (options["live"] is None):
         raise click.UsageError("give exactly one of --from-log FILE or --live HOST:PORT")
     if options["oracle"] == "lent" and options["classifier"] is None:
-        raise click.UsageError("--oracle lent needs --classifier (the part 1 the holder lends)")
+        raise click.UsageError(
+            "Missing option '--classifier': --oracle lent attacks through the part 1 the"
+            " colluding holder lends (--oracle substitute needs none)"
+        )
     if options["oracle"] == "substitute" and options["from_log"] is None:
         raise click.UsageError("--oracle substitute needs --from-log (the server's wire log)")
     substitute = {new: options.pop(old) for old, new in _SUBSTITUTE_OPTIONS.items()}

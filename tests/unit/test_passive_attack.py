@@ -233,8 +233,8 @@ def test_settings_that_cannot_make_an_attack_are_refused(tmp_path: Path) -> None
     ("args", "message"),
     [
         ("run --oracle substitute --live localhost:1", "needs --from-log"),
-        ("run --from-log {log}", "needs --classifier"),
-        ("run --oracle lent --from-log {log}", "needs --classifier"),
+        ("run --from-log {log}", "Missing option '--classifier'"),
+        ("run --oracle lent --from-log {log}", "Missing option '--classifier'"),
         ("run --oracle substitute --from-log {log} --match-splits ,", "at least one split"),
     ],
 )
