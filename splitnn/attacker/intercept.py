@@ -176,6 +176,26 @@ def from_log(path: Path, *, split: str = "attack", run: str | None = None) -> In
     return dataclasses.replace(found, problem=log.problem)
 
 
+def training_run(path: Path, *, run: str) -> str:
+    """The run whose training batches stand for `run`'s part 1: `run` itself if it trained
+    through this server, else the latest run of the same data holder (the record's owner) that
+    did: a holder that deploys a checkpoint again does so under a run of its own.
+
+    Raises:
+        InterceptError: neither `run` nor another run of its holder trained here.
+    """
+    records = read_wirelog(path).records
+    trained = [r for r in records if r.phase == "train"]
+    if any(r.step.run == run for r in trained):
+        return run
+    owners = {r.owner for r in records if r.step.run == run}
+    same_holder = [r.step.run for r in trained if r.owner in owners]
+    if not same_holder:
+        raise InterceptError(f"no training batches of run {run!r} or of its holder in {path}")
+    logger.info("run %s did not train here: matching its holder's run %s", run, same_holder[-1])
+    return same_holder[-1]
+
+
 def training_batches(path: Path, *, run: str) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """Run `run`'s training batches in the order they arrived: (epoch, cut float32 [B,500],
     labels int64 [B]) each; a step received twice (a retry) counts once, as the server applied it.

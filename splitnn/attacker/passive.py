@@ -18,7 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from splitnn.attacker.intercept import InterceptError, received_from_log, training_batches
+from splitnn.attacker.intercept import (
+    InterceptError,
+    received_from_log,
+    training_batches,
+    training_run,
+)
 from splitnn.attacker.oracle import file_sha256, resolve_checkpoint
 from splitnn.attacker.substitute import (
     MatchTarget,
@@ -117,6 +122,8 @@ def substitute_oracle(
         InterceptError: the log holds no labelled tensors of `settings.match_splits` for `run`.
         ValueError: the label term is on (`ce_weight` > 0) but `head` is None.
     """
+    # The attacked tensors may come from a redeployment under a run of their own.
+    run = training_run(log, run=run)
     received = received_from_log(
         log, splits=settings.match_splits, run=run, last_epochs=settings.match_epochs or None
     )

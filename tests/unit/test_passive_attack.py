@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from splitnn.attacker import app, oracle, passive
 from splitnn.attacker.app import AttackConfig, BadAttack, check_config, run_attack
 from splitnn.attacker.cli import main
-from splitnn.attacker.intercept import received_from_log
+from splitnn.attacker.intercept import InterceptError, received_from_log, training_run
 from splitnn.attacker.passive import replay_heads
 from splitnn.attacker.substitute import (
     MatchTarget,
@@ -289,3 +289,24 @@ def test_an_ensemble_answers_from_each_substitute_in_turn() -> None:
     torch.testing.assert_close(answers[1], members[1].query(images))
     torch.testing.assert_close(answers[2], answers[0])
     assert [d["k"] for d in ensemble.describe()["substitutes"]] == [1, 2]
+
+
+def test_a_redeployment_is_matched_with_its_holders_training_run(tmp_path: Path) -> None:
+    # Prepare: holder "v" trains under run "a" and deploys again under run "b"; "w" only deploys.
+    cut, labels = torch.zeros(2, 500), torch.zeros(2, dtype=torch.int64)
+    records = [
+        _record(cut, labels, split="train", epoch=1, batch=0),
+        _record(cut, labels, split="attack", epoch=0, batch=0),
+        _record(cut, labels, split="attack", epoch=0, batch=0),
+    ]
+    for record, run, owner in zip(records, ["a", "b", "c"], ["v", "v", "w"], strict=True):
+        record.step.run, record.owner = run, owner
+    log = tmp_path / "wire.log"
+    with WireLogWriter(log, header={"cut_shape": [500]}) as writer:
+        for record in records:
+            writer.write(record)
+
+    assert training_run(log, run="a") == "a"
+    assert training_run(log, run="b") == "a"
+    with pytest.raises(InterceptError, match="'c'"):
+        training_run(log, run="c")
