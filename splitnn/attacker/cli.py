@@ -191,7 +191,9 @@ def substitute_options(function: Any) -> Any:
 @click.option("--live", metavar="HOST:PORT", help="Subscribe to a collusion-mode server (--tap).")
 @connect_timeout_option
 @dataset_option(
-    default=None, help="The victim's data set (ground truth). Default: from the classifier."
+    default=None,
+    help="The victim's data set (ground truth). Default: from the classifier (with --oracle"
+    " substitute: mnist5k).",
 )
 @attacker_options
 @click.option(
