@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from splitnn.attacker.app import AttackConfig, run_attack
+from splitnn.attacker.substitute import MATCHINGS, SubstituteSettings
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common.datasets import load_splits
 from splitnn.common.logs import configure_logging
@@ -45,7 +46,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     1. inspect   what a wire log holds (runs, phases, splits, damage)
     2. run       train a decoder through the colluding data holder's part 1 on auxiliary
                  images (or reuse the one trained under the same settings), invert the
-                 victim's intercepted tensors, score and draw them
+                 victim's intercepted tensors, score and draw them; --oracle substitute:
+                 the server alone, through a substitute part 1 fitted to its wire log
     3. validator train (or show) the independent classifier that judges reconstructions
 
     `splitnn-attack --from-log LOG [OPTIONS]` is short for `splitnn-attack run --from-log LOG
@@ -79,14 +81,107 @@ def inspect(log: Path) -> None:
     click.echo(f"damage: {wirelog.problem or 'none'}")
 
 
+# The substitute's settings: options of `run`, gathered into one SubstituteSettings.
+_SUBSTITUTE_OPTIONS = {
+    "matching": "matching",
+    "mmd_weight": "mmd_weight",
+    "ce_weight": "ce_weight",
+    "match_weight": "match_weight",
+    "substitute_epochs": "epochs",
+    "substitute_lr": "lr",
+    "substitute_batch_size": "batch_size",
+    "match_splits": "match_splits",
+    "match_epochs": "match_epochs",
+    "head_snapshots": "head_snapshots",
+    "substitutes": "substitutes",
+}
+_WEIGHT = click.FloatRange(0)
+
+
+def substitute_options(function: Any) -> Any:
+    """The passive attacker's substitute part 1 (`--oracle substitute`): what it matches, how."""
+    options = [
+        click.option(
+            "--matching",
+            type=click.Choice(MATCHINGS),
+            default="conditional",
+            help="Substitute: MMD per class (labels on the wire) or marginal (FORA's).",
+        ),
+        click.option(
+            "--mmd-weight", type=_WEIGHT, default=1.0, help="Substitute: MMD term's weight."
+        ),
+        click.option(
+            "--ce-weight",
+            type=_WEIGHT,
+            default=1.0,
+            help="Substitute: label term's weight (through the frozen --head).",
+        ),
+        click.option(
+            "--match-weight",
+            type=_WEIGHT,
+            default=0.0,
+            help="Substitute: WGAN critic term's weight; 0 (default): no critic (it made every"
+            " run measured worse).",
+        ),
+        click.option("--substitute-epochs", type=click.IntRange(1), default=40),
+        click.option("--substitute-lr", type=click.FloatRange(0, min_open=True), default=1e-4),
+        click.option("--substitute-batch-size", type=click.IntRange(2), default=64),
+        click.option(
+            "--match-splits",
+            default="train",
+            help="Substitute: comma-separated wire splits whose tensors it matches. Default:"
+            " train (not the attacked split; adding it is transductive).",
+        ),
+        click.option(
+            "--match-epochs",
+            type=click.IntRange(0),
+            default=1,
+            help="Substitute: of each matched split, the tensors of its last N epochs (0: all).",
+        ),
+        click.option(
+            "--head-snapshots",
+            type=click.IntRange(0),
+            default=0,
+            help="Substitute: the label term also goes through the head as it stood after each"
+            " of the last N training epochs, replayed from the wire log (needs --head).",
+        ),
+        click.option(
+            "--substitutes",
+            type=click.IntRange(1),
+            default=1,
+            help="Substitute: train K (different seeds); the decoder is trained through each"
+            " in turn.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @main.command()
 @click.option(
+    "--oracle",
+    type=click.Choice(["lent", "substitute"]),
+    default="lent",
+    help="lent: the colluding data holder lends its part 1 (--classifier). substitute: the"
+    " server alone trains one from its wire log (--from-log), its head (--head) and public"
+    " images: the honest-but-curious server.",
+)
+@click.option(
     "--classifier",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The deployed part-1 checkpoint lent by the colluding data holder. A quoted pattern"
-    " with * picks the newest match, e.g."
+    default=None,
+    help="With --oracle lent (required): the deployed part-1 checkpoint lent by the colluding"
+    " data holder. A quoted pattern with * picks the newest match, e.g."
     " 'models/classifiers/mnist5k_00noise_00nopeek_epoch=*.ckpt'",
+)
+@click.option(
+    "--head",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The server's head checkpoint (a quoted * pattern picks the newest), e.g."
+    " 'models/heads/victim/*/*.head.ckpt': the substitute's label term, and the classes of"
+    " the class-mean baseline (without it: the labels on the wire).",
 )
 @click.option(
     "--from-log",
@@ -96,7 +191,9 @@ def inspect(log: Path) -> None:
 @click.option("--live", metavar="HOST:PORT", help="Subscribe to a collusion-mode server (--tap).")
 @connect_timeout_option
 @dataset_option(
-    default=None, help="The victim's data set (ground truth). Default: from the classifier."
+    default=None,
+    help="The victim's data set (ground truth). Default: from the classifier (with --oracle"
+    " substitute: mnist5k).",
 )
 @attacker_options
 @click.option(
@@ -131,6 +228,7 @@ def inspect(log: Path) -> None:
     help="Train the decoder even if one trained under the same settings (the same part-1"
     " bytes) is saved; without it, that one is reused.",
 )
+@substitute_options
 @credential_options
 @json_option
 @click.option(
@@ -145,14 +243,28 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
     """Train an inversion decoder and attack the victim's intercepted tensors.
 
     \b
-    Example:
+    Examples:
       splitnn-attack run --from-log runs/sim/wire.log --json \\
         --classifier 'models/classifiers/mnist5k_00noise_00nopeek_epoch=10.ckpt'
+      splitnn-attack run --oracle substitute --from-log runs/sim/wire.log --json \\
+        --head 'models/heads/victim/*/*.head.ckpt'
     """
     if (options["from_log"] is None) == (options["live"] is None):
         raise click.UsageError("give exactly one of --from-log FILE or --live HOST:PORT")
+    if options["oracle"] == "lent" and options["classifier"] is None:
+        raise click.UsageError(
+            "Missing option '--classifier': --oracle lent attacks through the part 1 the"
+            " colluding holder lends (--oracle substitute needs none)"
+        )
+    if options["oracle"] == "substitute" and options["from_log"] is None:
+        raise click.UsageError("--oracle substitute needs --from-log (the server's wire log)")
+    substitute = {new: options.pop(old) for old, new in _SUBSTITUTE_OPTIONS.items()}
+    substitute["match_splits"] = _splits(substitute["match_splits"])
     progress = not ctx.obj["quiet"] and sys.stderr.isatty()
-    report = run_attack(config_from(AttackConfig, options, progress=progress))
+    cfg = config_from(
+        AttackConfig, options, progress=progress, substitute=SubstituteSettings(**substitute)
+    )
+    report = run_attack(cfg)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -177,10 +289,18 @@ def validator(ctx: click.Context, dataset: str, seed: int, model_dir: Path, data
     click.echo(f"validator: {validator_path(model_dir, dataset, seed)}")
 
 
+def _splits(text: str) -> tuple[str, ...]:
+    splits = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not splits:
+        raise click.BadParameter("name at least one split", param_hint="--match-splits")
+    return splits
+
+
 def _print_report(report: AttackReport) -> None:
     click.echo(f"attacked {report.images} intercepted tensors from {report.source}")
+    deployed = f"deployed {report.deployed_noise:g}" if report.oracle == "lent" else "assumed"
     click.echo(
-        f"oracle noise b={report.set_noise:g} (deployed {report.deployed_noise:g}), "
+        f"oracle {report.oracle}, noise b={report.set_noise:g} ({deployed}), "
         f"decoder {report.decoder}, {report.aux_images} auxiliary images ({report.aux}), "
         f"protocol {report.protocol}"
     )
@@ -192,5 +312,12 @@ def _print_report(report: AttackReport) -> None:
         f"validator accuracy on reconstructions: {report.validator_accuracy:.1f}% "
         f"(on the originals: {report.validator_accuracy_originals:.1f}%)"
     )
+    for name, scores in report.baselines.items():
+        click.echo(
+            f"baseline {name}: MSE {scores['mse']:.4f}  SSIM {scores['ssim']:.3f}  "
+            f"validator {scores['validator_accuracy']:.1f}%"
+        )
+    if report.baseline_classes:
+        click.echo(f"(class-mean baseline classes: {report.baseline_classes})")
     click.echo(f"figure: {report.figure}")
     click.echo(f"attacker: {report.attacker}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,28 @@ class TapUnreachable(exits.Unreachable):
 
 @dataclass(frozen=True)
 class Intercepted:
-    """activations: float32 [N,500] as received; indices: int64 [N], which images they were."""
+    """activations: float32 [N,500] as received; indices: int64 [N], which images they were;
+    labels: int64 [N], the labels the data holder sent with them (None if any batch had none)."""
 
     activations: torch.Tensor
     indices: torch.Tensor
     run: str
     source: str
     problem: str | None = None
+    labels: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """Labelled cut tensors as received, whichever images they were (no indices needed).
+
+    activations: float32 [N,500]; labels: int64 [N], sent by the data holder in the clear.
+    """
+
+    activations: torch.Tensor
+    labels: torch.Tensor
+    run: str
+    splits: tuple[str, ...]
 
 
 def stack_records(
@@ -72,23 +88,58 @@ def stack_records(
     return torch.cat(activations), torch.cat(indices)
 
 
-def _decode_record(record: pb.TapRecord) -> tuple[torch.Tensor, torch.Tensor]:
+def _where(record: pb.TapRecord) -> str:
     step = f"{record.step.run}/epoch={record.step.epoch}/batch={record.step.batch}"
-    where = f"record {step} ({record.phase}, {record.split})"
-    if not record.HasField("indices"):
-        raise ValueError(
-            f"{where} carries no sample indices: an attack is scored against the true images "
-            "only when the victim runs as an evaluation harness (splitnn-client --send-indices)"
-        )
+    return f"record {step} ({record.phase}, {record.split})"
+
+
+def _decode_cut(record: pb.TapRecord) -> torch.Tensor:
+    where = _where(record)
     wire_dtype = record.activations.dtype
     if wire_dtype not in ("float16", "float32", "float64"):
         raise ValueError(f"{where}: activations of dtype {wire_dtype!r}, not floating point")
     try:
         cut = tensor_from_proto(record.activations, shape=(None, *CUT_SHAPE), finite=True)
+    except ValueError as error:  # CodecError is a ValueError
+        raise ValueError(f"{where}: {error}") from error
+    return cut.to(torch.float32)
+
+
+def _decode_labels(record: pb.TapRecord, rows: int) -> torch.Tensor | None:
+    """The record's labels int64 [rows], or None if the data holder sent none."""
+    if not record.HasField("labels"):
+        return None
+    try:
+        return tensor_from_proto(record.labels, dtype="int64", shape=(rows,))
+    except ValueError as error:
+        raise ValueError(f"{_where(record)}: {error}") from error
+
+
+def stack_labels(records: Iterable[pb.TapRecord]) -> torch.Tensor | None:
+    """The labels of `records` in record order, int64 [N]; None if any record carries none."""
+    labels: list[torch.Tensor] = [torch.empty(0, dtype=torch.int64)]
+    for record in records:
+        rows = int(record.activations.shape[0]) if record.activations.shape else 0
+        found = _decode_labels(record, rows)
+        if found is None:
+            return None
+        labels.append(found)
+    return torch.cat(labels)
+
+
+def _decode_record(record: pb.TapRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    where = _where(record)
+    if not record.HasField("indices"):
+        raise ValueError(
+            f"{where} carries no sample indices: an attack is scored against the true images "
+            "only when the victim runs as an evaluation harness (splitnn-client --send-indices)"
+        )
+    cut = _decode_cut(record)
+    try:
         index = tensor_from_proto(record.indices, dtype="int64", shape=(cut.shape[0],))
     except ValueError as error:  # CodecError is a ValueError
         raise ValueError(f"{where}: {error}") from error
-    return cut.to(torch.float32), index
+    return cut, index
 
 
 def _select(
@@ -101,12 +152,19 @@ def _select(
     chosen = [r for r in chosen if r.step.run == last_run]
     try:
         activations, indices = stack_records(chosen)
+        labels = stack_labels(chosen)
     except ValueError as error:
         raise InterceptError(str(error)) from None
     # If the split went over the wire more than once, keep each image's latest tensor.
     latest: dict[int, int] = {int(i): row for row, i in enumerate(indices)}
     rows = torch.tensor(sorted(latest.values()), dtype=torch.long)
-    return Intercepted(activations[rows], indices[rows], last_run, source)
+    return Intercepted(
+        activations[rows],
+        indices[rows],
+        last_run,
+        source,
+        labels=None if labels is None else labels[rows],
+    )
 
 
 def from_log(path: Path, *, split: str = "attack", run: str | None = None) -> Intercepted:
@@ -115,7 +173,86 @@ def from_log(path: Path, *, split: str = "attack", run: str | None = None) -> In
     if log.problem:
         logger.warning("wire log %s: %s", path, log.problem)
     found = _select(log.records, split=split, run=run, source=str(path))
-    return Intercepted(found.activations, found.indices, found.run, found.source, log.problem)
+    return dataclasses.replace(found, problem=log.problem)
+
+
+def training_run(path: Path, *, run: str) -> str:
+    """The run whose training batches stand for `run`'s part 1: `run` itself if it trained
+    through this server, else the latest run of the same data holder (the record's owner) that
+    did: a holder that deploys a checkpoint again does so under a run of its own.
+
+    Raises:
+        InterceptError: neither `run` nor another run of its holder trained here.
+    """
+    records = read_wirelog(path).records
+    trained = [r for r in records if r.phase == "train"]
+    if any(r.step.run == run for r in trained):
+        return run
+    owners = {r.owner for r in records if r.step.run == run}
+    same_holder = [r.step.run for r in trained if r.owner in owners]
+    if not same_holder:
+        raise InterceptError(f"no training batches of run {run!r} or of its holder in {path}")
+    logger.info("run %s did not train here: matching its holder's run %s", run, same_holder[-1])
+    return same_holder[-1]
+
+
+def training_batches(path: Path, *, run: str) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Run `run`'s training batches in the order they arrived: (epoch, cut float32 [B,500],
+    labels int64 [B]) each; a step received twice (a retry) counts once, as the server applied it.
+
+    Raises:
+        InterceptError: a training batch without labels, or one that cannot be decoded.
+    """
+    batches: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    seen: set[tuple[int, int]] = set()
+    for record in read_wirelog(path).records:
+        step = (record.step.epoch, record.step.batch)
+        if record.phase != "train" or record.step.run != run or step in seen:
+            continue
+        seen.add(step)
+        try:
+            cut = _decode_cut(record)
+            labels = _decode_labels(record, cut.shape[0])
+        except ValueError as error:
+            raise InterceptError(str(error)) from None
+        if labels is None:
+            raise InterceptError(f"{_where(record)} arrived without labels")
+        batches.append((record.step.epoch, cut, labels))
+    return batches
+
+
+def received_from_log(
+    path: Path, *, splits: Sequence[str] = ("train",), run: str, last_epochs: int | None = 1
+) -> Received:
+    """The labelled tensors of `splits` that run `run` sent, as a curious server keeps them.
+
+    Needs no sample indices: a real data holder never sends them. Training tensors come from
+    every epoch's version of part 1; `last_epochs` keeps those of the last N epochs of each split
+    (None: all), the nearest to the part 1 that was deployed.
+
+    Raises:
+        InterceptError: nothing of `splits` in that run, or a batch arrived without labels.
+    """
+    log = read_wirelog(path)
+    activations: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for split in splits:
+        chosen = [r for r in log.records if r.split == split and r.step.run == run]
+        if chosen and last_epochs is not None:
+            epochs = sorted({r.step.epoch for r in chosen})[-last_epochs:]
+            chosen = [r for r in chosen if r.step.epoch in epochs]
+        try:
+            cuts = [_decode_cut(r) for r in chosen]
+            found = stack_labels(chosen)
+        except ValueError as error:
+            raise InterceptError(str(error)) from None
+        if found is None:
+            raise InterceptError(f"a batch of split {split!r} in {path} arrived without labels")
+        activations += cuts
+        labels.append(found)
+    if not activations:
+        raise InterceptError(f"no batches of splits {', '.join(splits)} of run {run!r} in {path}")
+    return Received(torch.cat(activations), torch.cat(labels), run, tuple(splits))
 
 
 def from_live(

@@ -7,13 +7,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from splitnn.attacker.oracle import BodyOracle
+from splitnn.attacker.oracle import CutOracle
 
 
 def train_decoder(
     decoder: nn.Module,
     *,
-    oracle: BodyOracle,
+    oracle: CutOracle,
     images: torch.Tensor,
     noisy: bool,
     epochs: int,

@@ -1,10 +1,12 @@
-"""Black-box access to the deployed part 1, lent by the colluding data holder."""
+"""What the attacker queries in place of part 1: the deployed part 1 lent by a colluding data
+holder (`BodyOracle`), or a substitute the attacker trained alone (`attacker.substitute`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -13,31 +15,70 @@ from splitnn.common.models import Body
 from splitnn.common.noise import LaplaceNoise
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """`path` itself, or, for a ``*`` pattern, the newest match that is a data holder's part 1.
+class CutOracle(Protocol):
+    """Images in, the cut tensors the attacker takes for what part 1 would send.
 
-    Matches are chosen by their manifest (``part`` = ``body``), never by their names: a pattern
-    may also match other checkpoints (a server's head, an attacker's decoder).
+    Attributes:
+        kind: "lent" (the deployed part 1, lent by a colluding holder) or "substitute".
+        noise_scale: the Laplace scale b its answers carry.
+    """
+
+    kind: str
+    noise_scale: float
+
+    def query(
+        self, images: torch.Tensor, *, noisy: bool = True, batch_size: int = 500
+    ) -> torch.Tensor:
+        """images: float32 [N,1,28,28] in [0,1] -> cut tensors float32 [N,500]."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this oracle's answers (for the decoder's manifest): JSON values."""
+        ...
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(path: Path, *, part: str = "body") -> Path:
+    """`path` itself, or, for a ``*`` pattern (in any of its parts), the newest match whose
+    manifest names `part` ("body": a data holder's part 1; "head": a server's part 2).
+
+    Matches are chosen by their manifest (``part``), never by their names: a pattern may also
+    match other checkpoints (a server's head, an attacker's decoder).
 
     Raises:
         CheckpointError: nothing usable matches; the message lists what was found and why not.
     """
-    if path.exists() or "*" not in path.name:
+    if path.exists() or "*" not in str(path):
         return path
     usable: list[Path] = []
     passed: list[str] = []
-    for match in sorted(path.parent.glob(path.name), key=lambda p: p.stat().st_mtime):
+    # A pattern may have * in any part (heads/<party>/*/*.ckpt): glob from its anchor.
+    anchor = Path(path.anchor or ".")
+    matches = anchor.glob(str(path.relative_to(anchor) if path.anchor else path))
+    for match in sorted(matches, key=lambda p: p.stat().st_mtime):
         if match.suffix != ".ckpt":
             continue
-        part = _manifest_part(match)
-        if part == "body":
+        found_part = _manifest_part(match)
+        if found_part == part:
             usable.append(match)
         else:
-            passed.append(f"{match.name} ({'no manifest' if part is None else f'part {part}'})")
+            why = "no manifest" if found_part is None else f"part {found_part}"
+            passed.append(f"{match.name} ({why})")
     if not usable:
         found = f"; found only: {', '.join(passed)}" if passed else ""
-        raise CheckpointError(f"no data holder's part-1 checkpoint matches {path}{found}")
+        raise CheckpointError(f"no {_PART_NAMES.get(part, part)} checkpoint matches {path}{found}")
     return usable[-1]
+
+
+_PART_NAMES = {"body": "data holder's part-1", "head": "server's head"}
 
 
 def _manifest_part(path: Path) -> str | None:
@@ -58,6 +99,8 @@ class BodyOracle:
         set_noise: noise scale to apply instead of the deployed one; None: deployed.
         seed: seeds the oracle's noise draws (independent of the victim's).
     """
+
+    kind = "lent"
 
     def __init__(self, checkpoint: Path, *, set_noise: float | None = None, seed: int = 0) -> None:
         self.path = resolve_checkpoint(checkpoint)
@@ -85,3 +128,12 @@ class BodyOracle:
             cut = self.body(images[start : start + batch_size])
             outputs.append(self._noise(cut) if noisy else cut)
         return torch.cat(outputs) if outputs else torch.empty(0, 500)
+
+    def describe(self) -> dict[str, Any]:
+        """The part 1 by its bytes (the path may be rewritten in place) and the noise it adds."""
+        return {
+            "classifier": str(self.path),
+            "classifier_sha256": file_sha256(self.path),
+            "deployed_noise": self.deployed_noise,
+            "set_noise": self.noise_scale,
+        }

@@ -122,8 +122,10 @@ class ClientCommand:
 class AttackCommand:
     """A `splitnn-attack run` command line attacking a wire log."""
 
-    classifier: Path
+    classifier: Path | None  # None: no part 1 lent (oracle "substitute")
     from_log: Path
+    oracle: str | None = None  # "lent" (the program's default) or "substitute"
+    head: Path | None = None  # the server's head checkpoint (a substitute's label term)
     dataset: str | None = None
     aux: str | None = None
     aux_fraction: float | None = None
@@ -143,7 +145,9 @@ class AttackCommand:
         args = [*(["-q"] if self.quiet else []), "run"]
         args += _flags(
             [
+                ("--oracle", self.oracle),
                 ("--classifier", self.classifier),
+                ("--head", self.head),
                 ("--from-log", self.from_log),
                 ("--dataset", self.dataset),
                 ("--aux", self.aux),

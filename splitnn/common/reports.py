@@ -147,6 +147,9 @@ class AttackReport:
     oracle: str = "lent"
     # Trivial reconstructions scored the same way (splitnn.attacker.baselines): name -> metrics.
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Whose classes the class-mean baseline used: "head" (the server head's predictions on the
+    # attacked tensors), "wire labels" (the labels sent with them), None (no class-mean baseline).
+    baseline_classes: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)

@@ -177,3 +177,20 @@ def test_attack_from_the_intact_log_inverts_the_latest_deployment(scenario: Scen
     # The latest deployment carried Laplace noise b = 1 that the attacker's oracle (b = 0, as
     # trained) never added: its reconstructions are worse than those of the noise-free one.
     assert report["mse"] > live["mse"], (report["mse"], live["mse"])
+
+
+def test_a_passive_attack_from_the_log_needs_no_part_1(scenario: Scenario) -> None:
+    heads = scenario.root / "server" / "heads"
+    result = _program(
+        scenario.root,
+        "splitnn-attack",
+        *("-q", "run", "--oracle", "substitute", *ATTACKER, "--substitute-epochs", "1"),
+        *("--from-log", str(scenario.wirelog), "--head", f"{heads}/*/*/*.head.ckpt"),
+        *("--model-dir", str(scenario.root / "models")),
+    )
+
+    report = _report(result)
+    assert report["oracle"] == "substitute" and report["classifier"] == ""
+    assert report["images"] == DEPLOYED and report["source"] == str(scenario.wirelog)
+    assert report["baseline_classes"] == "head"
+    assert set(report["baselines"]) == {"mean_image", "class_mean_image"}
