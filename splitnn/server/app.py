@@ -216,7 +216,7 @@ def _head_policy(cfg: ServerConfig) -> str | HeadFactory:
         raise ValueError("--hijack serves lone runs only: it cannot be combined with --group")
     from splitnn.server import hijack  # malicious mode only
 
-    if cfg.hijack not in hijack.HEAD_POLICIES or cfg.hijack == "honest":
+    if cfg.hijack != "fsha":
         raise ValueError(f"--hijack {cfg.hijack!r}: one of fsha")
     settings = hijack.HijackSettings(
         model_dir=cfg.model_dir,

@@ -19,6 +19,7 @@ collapsed here.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from dataclasses import asdict, dataclass, field
@@ -117,7 +118,8 @@ class _Given(nn.Module):
 
 def adversarial_loss(critic: ClassCritic, cut: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """What the holder is made to minimise: -mean critic score of its tensors (float32 scalar)."""
-    return -critic(cut, labels).mean()
+    score: torch.Tensor = critic(cut, labels)
+    return -score.mean()
 
 
 def critic_loss(
@@ -133,7 +135,9 @@ def critic_loss(
     real, fake: float32 [B, 500] of the same labels int64 [B] (pilot features, holder tensors).
     """
     penalty = gradient_penalty(_Given(critic, labels), real, fake, generator=generator)
-    return critic(fake, labels).mean() - critic(real, labels).mean() + GP_WEIGHT * penalty
+    fake_score: torch.Tensor = critic(fake, labels)
+    real_score: torch.Tensor = critic(real, labels)
+    return fake_score.mean() - real_score.mean() + GP_WEIGHT * penalty
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,8 @@ class HijackHead(LoneHead):
             chosen = labels == c
             picks = (draws[chosen] * pool.numel()).long().clamp_(max=pool.numel() - 1)
             rows[chosen] = pool[picks]
-        return self.features[rows]
+        features: torch.Tensor = self.features[rows]
+        return features
 
     def train_critic(self) -> None:
         """CRITIC_STEPS updates on the buffer against public features of the same labels."""
@@ -316,16 +321,19 @@ class HijackHead(LoneHead):
     def state(self) -> dict[str, Any]:
         state = super().state()
         with self.lock:
-            state["hijack"] = {
-                "pilot": self.pilot.state_dict(),
-                "decoder": self.decoder.state_dict(),
-                "decoder_optimizer": self.decoder_optimizer.state_dict(),
-                "critic": self.critic.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(),
-                "generator": self.generator.get_state(),
-                "buffer_cut": self.buffer_cut.clone(),
-                "buffer_labels": self.buffer_labels.clone(),
-            }
+            # Copies: an optimizer loading this state would otherwise share our moments.
+            state["hijack"] = copy.deepcopy(
+                {
+                    "pilot": self.pilot.state_dict(),
+                    "decoder": self.decoder.state_dict(),
+                    "decoder_optimizer": self.decoder_optimizer.state_dict(),
+                    "critic": self.critic.state_dict(),
+                    "critic_optimizer": self.critic_optimizer.state_dict(),
+                    "generator": self.generator.get_state(),
+                    "buffer_cut": self.buffer_cut,
+                    "buffer_labels": self.buffer_labels,
+                }
+            )
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
