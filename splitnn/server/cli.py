@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
 from splitnn.common.topology import DEFAULT, describe
 from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
@@ -185,6 +186,7 @@ def _parse_groups(
 )
 @click.option(
     "--hijack-data",
+    type=click.Choice(DATASETS),
     default=None,
     help="With --hijack: the public data set whose auxiliary slice trains pilot and decoder "
     "(default: mnist5k).",
