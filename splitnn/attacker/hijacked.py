@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +22,21 @@ from torch import nn
 
 from splitnn.attacker.baselines import score_baselines
 from splitnn.attacker.figures import save_grid
-from splitnn.attacker.intercept import InterceptError, from_log, ground_truth
+from splitnn.attacker.intercept import InterceptError, from_log, ground_truth, stack_records
 from splitnn.attacker.metrics import score
 from splitnn.attacker.validator import accuracy, load_or_train_validator
 from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint
-from splitnn.common.datasets import load_splits
+from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
 from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 
 _STEP = re.compile(r"decoder_step=(\d+)\.ckpt$")
-CURVE_FIELDS = ("step", "mse", "psnr", "ssim", "validator_accuracy")
+# train_*: the snapshot's decoder on the training tensors of the steps just before it (the
+# holder's part 1 as it was then), NaN when the log holds no training tensors with indices.
+CURVE_FIELDS = ("step", "mse", "psnr", "ssim", "validator_accuracy", "train_mse", "train_ssim")
+RECENT_STEPS = 4  # training batches scored per snapshot
 
 
 class SnapshotError(exits.Failed):
@@ -136,6 +140,35 @@ def sent_labels(log: Path, *, run: str, indices: torch.Tensor) -> torch.Tensor |
     return torch.tensor([by_index[int(i)] for i in indices], dtype=torch.int64)
 
 
+def training_tensors(log: Path, *, run: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The holder's training batches (cut float32 [B, 500], indices int64 [B]) in step order,
+    the latest copy of a retried step; empty when the holder sent no indices."""
+    latest = {}
+    for record in read_wirelog(log).records:
+        if record.phase == "train" and record.split == "train" and record.step.run == run:
+            latest[record.step.epoch, record.step.batch] = record
+    try:
+        return [stack_records([latest[key]]) for key in sorted(latest)]
+    except ValueError:  # no indices: nothing to score against
+        return []
+
+
+def _at_step(
+    decoder: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    step: int,
+    train: Subset,
+) -> dict[str, float]:
+    chosen = batches[max(0, step - RECENT_STEPS) : step]
+    if not chosen:
+        return {"train_mse": math.nan, "train_ssim": math.nan}
+    cut = torch.cat([c for c, _ in chosen])
+    originals, _ = ground_truth(train, torch.cat([i for _, i in chosen]))
+    with torch.no_grad():
+        scores = score(originals, decoder(cut).clamp(0.0, 1.0))
+    return {"train_mse": scores["mse"], "train_ssim": scores["ssim"]}
+
+
 def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, float]]]:
     """Scores every snapshot on the victim's attack-split tensors; returns the final snapshot's
     report (with baselines) and the curve, one row per snapshot (`CURVE_FIELDS`).
@@ -150,15 +183,18 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     validator = load_or_train_validator(
         splits=splits, model_dir=cfg.model_dir, seed=cfg.seed, progress=False
     )
+    batches = training_tensors(cfg.from_log, run=intercepted.run)
     curve: list[dict[str, float]] = []
     drawn: list[tuple[str, torch.Tensor]] = []
     chosen = _spread(len(snapshots), cfg.shown)
     for n, snapshot in enumerate(snapshots):
+        decoder = load_decoder(snapshot)
         with torch.no_grad():
-            recon = load_decoder(snapshot)(intercepted.activations).clamp(0.0, 1.0)
+            recon = decoder(intercepted.activations).clamp(0.0, 1.0)
         scores = score(originals, recon)
         row = {"step": float(snapshot.step), **{k: scores[k] for k in ("mse", "psnr", "ssim")}}
         row["validator_accuracy"] = accuracy(validator, recon, labels)
+        row.update(_at_step(decoder, batches, snapshot.step, splits.train))
         curve.append(row)
         if n in chosen:
             drawn.append((f"step {snapshot.step}", recon))

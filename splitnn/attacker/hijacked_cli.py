@@ -52,7 +52,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 def hijacked(*, as_json: bool, report_path: Path | None, **options: Any) -> None:
     """Score a malicious (--hijack fsha) server's decoders on the victim's deployment tensors.
 
-    Every snapshot decodes the attack split of the log; scores are against the true images.
+    Every snapshot decodes the attack split of the log (the deployed part 1's tensors) and, when
+    the holder sent indices while training, the training tensors of the steps just before it
+    (train_mse, train_ssim: how far the hijacking had got); scores are against the true images.
 
     \b
     Example:
@@ -70,7 +72,8 @@ def hijacked(*, as_json: bool, report_path: Path | None, **options: Any) -> None
     for row in curve:
         click.echo(
             f"step {int(row['step']):>5}  MSE {row['mse']:.4f}  PSNR {row['psnr']:.2f} dB  "
-            f"SSIM {row['ssim']:.3f}  validator {row['validator_accuracy']:.1f}%"
+            f"SSIM {row['ssim']:.3f}  validator {row['validator_accuracy']:.1f}%  "
+            f"(its own steps' training tensors: MSE {row['train_mse']:.4f})"
         )
     for name, scores in report.baselines.items():
         click.echo(

@@ -89,9 +89,10 @@ def test_splitnn_attack_hijacked_scores_every_snapshot(
     assert [row["step"] for row in result["curve"]] == [8, 16]
     assert set(result["baselines"]) == {"mean_image", "class_mean_image"}
     assert result["images"] == 500
+    assert all(0.0 < row["train_mse"] < 1.0 for row in result["curve"])
     assert 0.0 < result["mse"] < 1.0
     assert (tmp_path / "curve.csv").read_text().splitlines()[0] == (
-        "step,mse,psnr,ssim,validator_accuracy"
+        "step,mse,psnr,ssim,validator_accuracy,train_mse,train_ssim"
     )
     assert (tmp_path / "fig.png").stat().st_size > 0
     assert json.loads((tmp_path / "report.json").read_text())["oracle"] == "hijacked"
