@@ -22,7 +22,8 @@ from tests.e2e.test_crash_resume import RUN, Outcome, _assert_same_run, _client,
 
 pytestmark = pytest.mark.slow
 
-SNAPSHOTS = ("decoder_step=8.ckpt", "decoder_step=16.ckpt")  # every 8 of FLAGS' 16 steps
+STEPS = (8, 16, 24, 32)  # FLAGS: 2 epochs of 16 steps; a snapshot every 8
+SNAPSHOTS = tuple(f"decoder_step={step}.ckpt" for step in STEPS)
 
 
 def _server(root: Path, *, port: int = 0) -> ServerProcess:
@@ -86,7 +87,7 @@ def test_splitnn_attack_hijacked_scores_every_snapshot(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["oracle"] == "hijacked"
-    assert [row["step"] for row in result["curve"]] == [8, 16]
+    assert [row["step"] for row in result["curve"]] == list(STEPS)
     assert set(result["baselines"]) == {"mean_image", "class_mean_image"}
     assert result["images"] == 500
     assert all(0.0 < row["train_mse"] < 1.0 for row in result["curve"])
