@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from splitnn.attacker.app import AttackConfig, run_attack
+from splitnn.attacker.hijacked_cli import hijacked
 from splitnn.attacker.substitute import MATCHINGS, SubstituteSettings
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common.datasets import load_splits
@@ -287,6 +288,9 @@ def validator(ctx: click.Context, dataset: str, seed: int, model_dir: Path, data
         splits=splits, model_dir=model_dir, seed=seed, progress=not ctx.obj["quiet"]
     )
     click.echo(f"validator: {validator_path(model_dir, dataset, seed)}")
+
+
+main.add_command(hijacked)
 
 
 def _splits(text: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ is bound and SERVING; `serve` is the CLI's blocking form with signal handling.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from splitnn.server import security
 from splitnn.server.config import ServerConfig
 from splitnn.server.groups import Groups
 from splitnn.server.handlers import SplitLearningHandlers, TapSink
+from splitnn.server.head import HeadFactory
 from splitnn.server.servicer import SERVICE_NAME, TAP_SERVICE_NAME, SplitLearningService
 from splitnn.server.sessions import SessionRegistry
 
@@ -60,12 +62,14 @@ class RunningServer:
         )
         self._options = [*grpc_options(max_message_bytes=limit), ("grpc.so_reuseport", 0)]
         authenticated = not self.authenticator.anonymous
+        head_policy = _head_policy(cfg)
         self.sessions = SessionRegistry(
             model_dir=cfg.model_dir,
             max_batch_size=cfg.max_batch_size,
             max_sessions=cfg.max_sessions,
             max_sessions_per_owner=cfg.sessions_per_party(authenticated=authenticated),
             keep_checkpoints=cfg.keep_checkpoints,
+            head_policy=head_policy,
         )
         self.hub: TapHub | None = None
         if cfg.tap_log is not None or cfg.tap:
@@ -202,6 +206,35 @@ class RunningServer:
         while True:
             await asyncio.sleep(interval)
             await loop.run_in_executor(self.executor, self.service.handlers.expire, ttl)
+
+
+def _head_policy(cfg: ServerConfig) -> str | HeadFactory:
+    """The honest head, or (announced loudly) a hijacking one, pre-trained before serving."""
+    if cfg.hijack is None:
+        return "honest"
+    if cfg.groups:
+        raise ValueError("--hijack serves lone runs only: it cannot be combined with --group")
+    from splitnn.server import hijack  # malicious mode only
+
+    if cfg.hijack != "fsha":
+        raise ValueError(f"--hijack {cfg.hijack!r}: one of fsha")
+    settings = hijack.HijackSettings(
+        model_dir=cfg.model_dir,
+        dataset=cfg.hijack_data or "mnist5k",
+        data_dir=cfg.data_dir,
+        pretrain_steps=cfg.hijack_pretrain_steps,
+        snapshot_every=cfg.hijack_snapshot_every,
+        seed=cfg.seed,
+    )
+    logger.warning(
+        "MALICIOUS SERVER (FSHA): every holder's part 1 is steered into a feature space this "
+        "server inverts; the gradients returned are not the task's (public data: %s, decoder "
+        "snapshots under %s)",
+        settings.dataset,
+        cfg.model_dir / "hijack",
+    )
+    hijack.prepare(settings)  # pilot and decoder are ready before the first holder step
+    return functools.partial(hijack.HijackHead, settings=settings)
 
 
 def _announce_groups(cfg: ServerConfig, *, authenticated: bool) -> None:

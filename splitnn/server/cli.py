@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
 from splitnn.common.topology import DEFAULT, describe
 from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
@@ -176,6 +177,34 @@ def _parse_groups(
     "0..K-1; others are refused as if there were no such group. Without it an index goes to "
     f"the first party that takes it. E.g. --group clinics={DEFAULT.name}:3@alice,bob,carol",
 )
+@click.option(
+    "--hijack",
+    type=click.Choice(["fsha"]),
+    default=None,
+    help="MALICIOUS SERVER: hijack every holder's part 1 (feature-space hijacking) instead of "
+    "returning the task's gradient; replies look honest. Off by default; not with --group.",
+)
+@click.option(
+    "--hijack-data",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="With --hijack: the public data set whose auxiliary slice trains pilot and decoder "
+    "(default: mnist5k).",
+)
+@dir_option("--data-dir", "data", help="With --hijack: where --hijack-data is read.")
+@click.option(
+    "--hijack-pretrain-steps",
+    type=click.IntRange(0),
+    default=300,
+    help="With --hijack: autoencoder steps of pilot and decoder before serving.",
+)
+@click.option(
+    "--hijack-snapshot-every",
+    type=click.IntRange(0),
+    default=0,
+    help="With --hijack: write the decoder every N holder steps under "
+    "MODEL_DIR/hijack/<party>/<run>/ (0: only when the run finishes).",
+)
 @logging_options
 def main(
     *, verbose: int, quiet: bool, list_runs: bool, remove_run: str | None, **options: Any
@@ -203,6 +232,8 @@ def main(
     """
     configure_logging(verbose=verbose, quiet=quiet)
     cfg = config_from(ServerConfig, options)
+    if cfg.hijack is not None and cfg.groups:
+        raise click.UsageError("--hijack serves lone runs only: drop --group")
     if list_runs or remove_run is not None:
         _manage_runs(cfg.model_dir, list_runs=list_runs, remove=remove_run)
         return

@@ -43,6 +43,13 @@ class ServerConfig:
         anonymous_tap: without client certificates or tokens, every caller may also tap
             (otherwise the anonymous party only trains).
         groups: training groups that several data holders join (see `group.py`).
+        hijack: MALICIOUS SERVER: a hijacking head policy ("fsha", see `hijack.py`); None:
+            honest.
+        hijack_data: the hijacking server's public data set (None: the holders' data set,
+            mnist5k by default).
+        data_dir: where the public data set is read.
+        hijack_pretrain_steps: autoencoder steps of the pilot and decoder before serving.
+        hijack_snapshot_every: decoder snapshot every N holder steps (0: only at the end).
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +76,11 @@ class ServerConfig:
     tap: bool = False
     anonymous_tap: bool = False
     groups: tuple[GroupSpec, ...] = ()
+    hijack: str | None = None
+    hijack_data: str | None = None
+    data_dir: Path = Path("data")
+    hijack_pretrain_steps: int = 300
+    hijack_snapshot_every: int = 0
 
     def sessions_per_party(self, *, authenticated: bool) -> int:
         """Live sessions one party may hold: `max_sessions_per_party`, by default a quarter of

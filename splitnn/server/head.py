@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -178,7 +177,7 @@ class LoneHead:
     group_name: str | None = None
     resumable = True
 
-    def __init__(self, spec: SessionSpec) -> None:
+    def __init__(self, spec: SessionSpec, *, owner: str = ANONYMOUS_OWNER) -> None:
         self.spec = spec
         self.head = build_head(spec.seed, spec.num_classes)
         self.optimizer = make_optimizer(self.head, spec.lr)
@@ -268,16 +267,25 @@ def _not_in_a_group() -> WrongState:
     return WrongState("Sync is for the members of a training group")
 
 
-# How a session's own head answers steps, by name. The server is honest unless told otherwise.
-HEAD_POLICIES: dict[str, Callable[[SessionSpec], LoneHead]] = {"honest": LoneHead}
+class HeadFactory(Protocol):
+    """Makes a session's own head: what `owner` announced in `spec`."""
+
+    def __call__(self, spec: SessionSpec, *, owner: str = ANONYMOUS_OWNER) -> LoneHead: ...
 
 
-def lookup_head_policy(name: str) -> Callable[[SessionSpec], LoneHead]:
+# How a session's own head answers steps, by name. The server is honest unless told otherwise;
+# "fsha" (a hijacking server, `hijack.py`) registers itself when that module is imported.
+HEAD_POLICIES: dict[str, HeadFactory] = {"honest": LoneHead}
+
+
+def lookup_head_policy(name: str) -> HeadFactory:
     """The factory of head policy `name`.
 
     Raises:
         ValueError: no such policy, naming the known ones.
     """
+    if name == "fsha":
+        import splitnn.server.hijack  # noqa: F401  (registers itself; heavy, malicious mode only)
     return lookup(HEAD_POLICIES, name, kind="head policy")
 
 

@@ -21,7 +21,13 @@ from splitnn.common.checkpoints import (
 from splitnn.common.codec import ALLOWED_DTYPES, StepId
 from splitnn.common.models import CUT_SHAPE
 from splitnn.server.errors import Busy, InvalidRequest, UnknownSession, WrongState
-from splitnn.server.head import ANONYMOUS_OWNER, HeadSession, SessionSpec, lookup_head_policy
+from splitnn.server.head import (
+    ANONYMOUS_OWNER,
+    HeadFactory,
+    HeadSession,
+    SessionSpec,
+    lookup_head_policy,
+)
 from splitnn.server.runs import older_heads
 from splitnn.server.saves import ResumeStore, Save
 
@@ -47,7 +53,8 @@ class SessionRegistry:
         max_sessions_per_owner: live sessions of one owner at most (None: `max_sessions`), so
             that no party can take every session of the server.
         keep_checkpoints: head checkpoints kept per run, the newest (see `save_head`).
-        head_policy: how a session's own head answers steps (a name in `HEAD_POLICIES`).
+        head_policy: how a session's own head answers steps: a name in `HEAD_POLICIES`, or a
+            factory (e.g. a hijacking head with the server's settings).
     """
 
     def __init__(
@@ -58,10 +65,12 @@ class SessionRegistry:
         max_sessions: int = 64,
         max_sessions_per_owner: int | None = None,
         keep_checkpoints: int = 3,
-        head_policy: str = "honest",
+        head_policy: str | HeadFactory = "honest",
     ) -> None:
         self.model_dir = model_dir
-        self._make_head = lookup_head_policy(head_policy)
+        self._make_head = (
+            lookup_head_policy(head_policy) if isinstance(head_policy, str) else head_policy
+        )
         self.max_batch_size = max_batch_size
         self.max_sessions = max_sessions
         self.max_sessions_per_owner = max_sessions_per_owner or max_sessions
@@ -347,7 +356,8 @@ class SessionRegistry:
         raise WrongState(f"cannot resume at {wanted}: the server holds {', '.join(held)}")
 
     def _new_session(self, spec: SessionSpec, owner: str) -> HeadSession:
-        return HeadSession(secrets.token_hex(16), spec, head=self._make_head(spec), owner=owner)
+        head = self._make_head(spec, owner=owner)
+        return HeadSession(secrets.token_hex(16), spec, head=head, owner=owner)
 
     def _load(self, spec: SessionSpec, save: Save, store: ResumeStore, owner: str) -> HeadSession:
         state = store.load(save)

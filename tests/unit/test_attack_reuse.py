@@ -55,6 +55,7 @@ class Attacker:
         return dataclasses.replace(base, **changes)
 
     def decoder(self, cfg: AttackConfig) -> nn.Module:
+        assert cfg.classifier is not None
         oracle = BodyOracle(
             cfg.classifier, set_noise=cfg.set_noise, seed=seed_for(cfg.seed, "oracle_noise")
         )

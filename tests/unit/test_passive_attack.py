@@ -102,7 +102,7 @@ def test_a_passive_attack_runs_without_ever_opening_a_part_1(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the passive attacker touched the data holder's part 1")
 
-    real_load = oracle.load_checkpoint
+    real_load = oracle.load_checkpoint  # type: ignore[attr-defined]
 
     def load_only_heads(path: Path) -> Any:
         state, manifest = real_load(path)
@@ -198,8 +198,8 @@ def test_the_critic_term_and_both_matchings_train(matching: str) -> None:
         epochs=1,
         batch_size=8,
         match_weight=0.5,
-        matching=matching,
-        ce_weight=0.0,  # type: ignore[arg-type]
+        matching=matching,  # type: ignore[arg-type]
+        ce_weight=0.0,
     )
 
     _, losses = train_substitute(target=target, heads=[], settings=settings, seed=2)
