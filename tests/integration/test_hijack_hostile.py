@@ -38,6 +38,9 @@ from tests.integration.test_security import (  # noqa: F401
     test_holder_b_cannot_touch_holder_as_run,
 )
 
+# Each server pre-trains its pilot first: a second a test, so these run in `make test` only.
+pytestmark = pytest.mark.slow
+
 HIJACK: dict[str, Any] = {"hijack": "fsha", "hijack_pretrain_steps": 2}
 
 
