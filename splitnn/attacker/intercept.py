@@ -106,8 +106,9 @@ def _decode_cut(record: pb.TapRecord) -> torch.Tensor:
 
 
 def _decode_labels(record: pb.TapRecord, rows: int) -> torch.Tensor | None:
-    """The record's labels int64 [rows], or None if the data holder sent none."""
-    if not record.HasField("labels"):
+    """The record's labels int64 [rows], or None if the data holder sent none (the live tap
+    forwards an absent label tensor as an empty message)."""
+    if not record.HasField("labels") or record.labels.ByteSize() == 0:
         return None
     try:
         return tensor_from_proto(record.labels, dtype="int64", shape=(rows,))
