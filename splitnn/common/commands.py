@@ -15,7 +15,14 @@ from splitnn.common.credentials import Credentials
 from splitnn.common.processes import ProcessError, run_json
 from splitnn.common.reports import AttackReport, ReportError, RunReport
 
-__all__ = ["AttackCommand", "ClientCommand", "run_attacker", "run_client"]
+__all__ = [
+    "AttackCommand",
+    "ClientCommand",
+    "HijackedCommand",
+    "run_attacker",
+    "run_client",
+    "run_hijacked",
+]
 
 _Report = TypeVar("_Report", RunReport, AttackReport)
 
@@ -139,6 +146,7 @@ class AttackCommand:
     figure: Path | None = None
     validator_epochs: int | None = None
     run: str | None = None  # the victim's run in the log; None: the log's latest run
+    substitute_epochs: int | None = None  # with oracle "substitute": its training epochs
     quiet: bool = False
 
     def args(self) -> list[str]:
@@ -162,6 +170,41 @@ class AttackCommand:
                 ("--figure", self.figure),
                 ("--validator-epochs", self.validator_epochs),
                 ("--run", self.run),
+                ("--substitute-epochs", self.substitute_epochs),
+            ]
+        )
+        return [*args, "--json"]
+
+
+@dataclass(frozen=True)
+class HijackedCommand:
+    """A `splitnn-attack hijacked` command line: a hijacking server's decoder snapshots
+    (`decoders`) scored on its wire log."""
+
+    from_log: Path
+    decoders: Path
+    run: str | None = None
+    dataset: str | None = None
+    data_dir: Path | None = None
+    model_dir: Path | None = None
+    seed: int | None = None
+    curve: Path | None = None
+    figure: Path | None = None
+    quiet: bool = False
+
+    def args(self) -> list[str]:
+        args = [*(["-q"] if self.quiet else []), "hijacked"]
+        args += _flags(
+            [
+                ("--from-log", self.from_log),
+                ("--decoders", self.decoders),
+                ("--run", self.run),
+                ("--dataset", self.dataset),
+                ("--data-dir", self.data_dir),
+                ("--model-dir", self.model_dir),
+                ("--seed", self.seed),
+                ("--curve", self.curve),
+                ("--figure", self.figure),
             ]
         )
         return [*args, "--json"]
@@ -187,6 +230,22 @@ def run_attacker(
         ProcessError: it failed, or its report is not an attack report of this version.
     """
     return _parsed(AttackReport, run_json("splitnn-attack", command.args(), log=log, env=env))
+
+
+def run_hijacked(
+    command: HijackedCommand, *, log: IO[str] | None = None, env: dict[str, str] | None = None
+) -> tuple[AttackReport, list[dict[str, float]]]:
+    """Runs `splitnn-attack hijacked` to completion; the final snapshot's report and the curve
+    (one row per snapshot: step, mse, psnr, ssim, validator_accuracy, train_mse, train_ssim).
+
+    Raises:
+        ProcessError: it failed, or printed no report of this version, or no curve.
+    """
+    data = run_json("splitnn-attack", command.args(), log=log, env=env)
+    curve = data.pop("curve", None)
+    if not isinstance(curve, list) or not all(isinstance(row, dict) for row in curve):
+        raise ProcessError("splitnn-attack hijacked printed no curve")
+    return _parsed(AttackReport, data), curve
 
 
 def _parsed(kind: type[_Report], data: dict[str, object]) -> _Report:

@@ -1,28 +1,49 @@
-"""The three-party simulation: server, victim and attacker as separate OS processes; and the
-parts every simulation shares (certificates, the colluding server and its wire log, the holders'
-and the attacker's command lines), which the cross-holder simulation builds on."""
+"""The three-party simulation: server, victim and attacker as separate OS processes, under one of
+the threat models of `THREATS`; and the parts every simulation shares (certificates, the
+colluding server and its wire log, the holders' and the attacker's command lines), which the
+cross-holder simulation builds on."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from splitnn.client.guard import GuardAction, GuardSettings
 from splitnn.common.certs import make_certificates
-from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
+from splitnn.common.commands import (
+    AttackCommand,
+    ClientCommand,
+    HijackedCommand,
+    run_attacker,
+    run_client,
+    run_hijacked,
+)
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ServerProcess
 from splitnn.common.reports import AttackReport, RunReport
+
+Threat = Literal["colluding", "fsha", "passive"]
+
+# What each threat model assumes of the server (the data holder's program is the same in all).
+THREATS: dict[str, str] = {
+    "colluding": "the server logs the wire and a colluding data holder lends it black-box "
+    "access to its part 1 (the study's threat model)",
+    "fsha": "a malicious server answers the holder's steps with the gradients of its own "
+    "objective (feature-space hijacking) and inverts the tensors with its own decoder",
+    "passive": "an honest-but-curious server alone: its wire log, its head and public data "
+    "train a substitute part 1, through which it trains the decoder",
+}
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """The victim's training settings, the attacker's, and where files go."""
 
+    threat: Threat = "colluding"
     dataset: str = "mnist5k"
     noise: float = 0.0
     nopeek: float = 0.0
@@ -48,6 +69,12 @@ class SimConfig:
     guard_exponent: float = GuardSettings.exponent
     guard_threshold: float = GuardSettings.threshold
     guard_action: GuardAction = GuardSettings.action
+    # threat "fsha": the hijacking server's autoencoder pre-training steps, and how often (in
+    # holder steps) it writes the decoder that the attack curve scores.
+    hijack_pretrain_steps: int = 300
+    hijack_snapshot_every: int = 10
+    # threat "passive": epochs of the substitute part 1 (None: splitnn-attack's default).
+    substitute_epochs: int | None = None
 
 
 VICTIM = "victim"
@@ -86,11 +113,31 @@ class SimSummary:
     guard: str | None = None  # the victim's hijack detector (None: none)
     guard_detected_at_step: int | None = None  # the training step of its alarm (None: none)
     guard_lowest_score: float | None = None  # its lowest score (None: no guard, or no score)
+    threat: str = "colluding"
+    # MSE of the trivial reconstructions scored beside the attack (None: not measured): every
+    # image as the mean auxiliary image, and as the mean auxiliary image of its class.
+    attack_baseline_mean_mse: float | None = None
+    attack_baseline_class_mse: float | None = None
+    # The guard's scores in step order: {"step": 0-based training step, "score": SG}.
+    guard_scores: list[dict[str, float]] | None = None
+    # threat "fsha": one row per decoder snapshot (step = holder steps so far; mse ... on the
+    # deployment tensors, train_mse/train_ssim on the training tensors just before the step),
+    # and the last row at or before the guard's alarm (None: no alarm, or no snapshot yet).
+    attack_curve: list[dict[str, float]] | None = None
+    attack_at_alarm: dict[str, float] | None = None
 
     @classmethod
     def of(
-        cls, victim: RunReport, attack: AttackReport, *, wire_log: Path, seconds: float
+        cls,
+        victim: RunReport,
+        attack: AttackReport,
+        *,
+        wire_log: Path,
+        seconds: float,
+        threat: str = "colluding",
+        curve: list[dict[str, float]] | None = None,
     ) -> SimSummary:
+        alarm = victim.guard_detected_at_step
         return cls(
             **{name: getattr(victim, name) for name in _FROM_VICTIM},
             **{f"attack_{name}": getattr(attack, name) for name in _ATTACK_SCORES},
@@ -105,10 +152,27 @@ class SimSummary:
             guard=victim.guard,
             guard_detected_at_step=victim.guard_detected_at_step,
             guard_lowest_score=min((s.score for s in victim.guard_scores), default=None),
+            threat=threat,
+            attack_baseline_mean_mse=attack.baselines.get("mean_image", {}).get("mse"),
+            attack_baseline_class_mse=attack.baselines.get("class_mean_image", {}).get("mse"),
+            guard_scores=(
+                [{"step": s.step, "score": s.score} for s in victim.guard_scores]
+                if victim.guard is not None
+                else None
+            ),
+            attack_curve=curve,
+            attack_at_alarm=None if alarm is None or curve is None else at_step(curve, alarm),
         )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def at_step(curve: list[dict[str, float]], step: int) -> dict[str, float] | None:
+    """The last row of a hijacking curve that the server had by 0-based training step `step`
+    (its snapshot after at most step + 1 holder steps); None if it had none yet."""
+    rows = [row for row in curve if row["step"] <= step + 1]
+    return max(rows, key=lambda row: row["step"]) if rows else None
 
 
 def certificates(workdir: Path, holders: Sequence[str]) -> tuple[list[str], list[Credentials]]:
@@ -215,8 +279,13 @@ def attack_command(
 
 
 def run(cfg: SimConfig) -> SimSummary:
-    """Runs server (collusion mode), victim and attacker; returns what they measured.
+    """Runs server, victim and attacker of `cfg.threat`; returns what they measured.
 
+    colluding: the server logs the wire, and the attacker inverts the victim's deployment
+    tensors through the victim's part 1 (lent). fsha: the server hijacks the victim's training
+    (`splitnn-server --hijack fsha`) and its decoder snapshots are scored. passive: the server
+    logs the wire, and the attacker trains a substitute part 1 from the log and the server's head
+    (`splitnn-attack run --oracle substitute`): the victim's part 1 is never read.
     Server and victim speak mutual TLS with certificates made under `cfg.workdir`/certs.
 
     Raises:
@@ -226,7 +295,12 @@ def run(cfg: SimConfig) -> SimSummary:
     began = time.perf_counter()
     log = wire_log(cfg)
     tls, (credentials,) = certificates(cfg.workdir, [VICTIM])
-    with colluding_server(cfg, log=log, tls=tls) as server:
+    extra: list[str] = []
+    if cfg.threat == "fsha":
+        extra = ["--hijack", "fsha", "--hijack-data", cfg.aux or cfg.dataset,
+                 "--hijack-pretrain-steps", str(cfg.hijack_pretrain_steps),
+                 "--hijack-snapshot-every", str(cfg.hijack_snapshot_every)]  # fmt: skip
+    with colluding_server(cfg, log=log, tls=tls, extra=extra) as server:
         victim = run_client(
             holder_command(
                 cfg,
@@ -236,5 +310,39 @@ def run(cfg: SimConfig) -> SimSummary:
                 nopeek=cfg.nopeek,
             )
         )
-    attack = run_attacker(attack_command(cfg, classifier=victim.checkpoint, log=log))
-    return SimSummary.of(victim, attack, wire_log=log, seconds=time.perf_counter() - began)
+    curve: list[dict[str, float]] | None = None
+    if cfg.threat == "fsha":
+        attack, curve = run_hijacked(
+            HijackedCommand(
+                from_log=log,
+                decoders=cfg.model_dir / "hijack" / VICTIM,
+                run=victim.run,
+                dataset=cfg.dataset,
+                model_dir=cfg.model_dir,
+                seed=cfg.seed,
+                curve=cfg.workdir / "curve.csv",
+                figure=cfg.figure,
+                quiet=cfg.quiet,
+            )
+        )
+    elif cfg.threat == "passive":
+        command = attack_command(cfg, classifier=victim.checkpoint, log=log)
+        attack = run_attacker(
+            replace(
+                command,
+                classifier=None,
+                oracle="substitute",
+                head=cfg.model_dir / victim.head_checkpoint,
+                substitute_epochs=cfg.substitute_epochs,
+            )
+        )
+    else:
+        attack = run_attacker(attack_command(cfg, classifier=victim.checkpoint, log=log))
+    return SimSummary.of(
+        victim,
+        attack,
+        wire_log=log,
+        seconds=time.perf_counter() - began,
+        threat=cfg.threat,
+        curve=curve,
+    )

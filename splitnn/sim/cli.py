@@ -25,18 +25,44 @@ from splitnn.options import (
     training_options,
 )
 from splitnn.programs import program
-from splitnn.sim.app import SimConfig, SimSummary, run
+from splitnn.sim.app import THREATS, SimConfig, SimSummary, run
 from splitnn.sim.cross_holder import MultiConfig, run_multi
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 
 
 @program("splitnn-sim", example_option="NOISE=0.5")
+@click.option(
+    "--threat",
+    type=click.Choice(list(THREATS)),
+    default="colluding",
+    help="The threat model: colluding (a data holder lends the server its part 1), fsha (a "
+    "malicious server hijacks the victim's training), passive (the server alone, from the "
+    "wire and public data).",
+)
 @dataset_option()
 @training_options(whose="Victim's", batch_size=None)
 @attacker_options
 @click.option("--attack-epochs", type=click.IntRange(1), default=30)
 @click.option("--validator-epochs", type=click.IntRange(1), default=5)
+@click.option(
+    "--hijack-pretrain-steps",
+    type=click.IntRange(0),
+    default=300,
+    help="With --threat fsha: the server's autoencoder steps before it serves.",
+)
+@click.option(
+    "--hijack-snapshot-every",
+    type=click.IntRange(1),
+    default=10,
+    help="With --threat fsha: score the server's decoder every N victim steps (the curve).",
+)
+@click.option(
+    "--substitute-epochs",
+    type=click.IntRange(1),
+    default=None,
+    help="With --threat passive: epochs of the substitute part 1 (default: splitnn-attack's).",
+)
 @dir_option("--workdir", "runs/sim", help="Holds the wire log of this simulation.")
 @dir_option("--model-dir", "models")
 @click.option(
@@ -74,6 +100,14 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
        deployment-time images (the attack-evaluation slice) through the split model
     3. splitnn-attack inverts the intercepted deployment tensors and scores them
     Then prints victim accuracy and attack scores and writes the reconstruction figure.
+
+    --threat picks the threat model; the victim's program is the same in all three:
+    colluding (default) as above, through the victim's part 1 lent by a colluding holder;
+    fsha: the server hijacks the victim's training (splitnn-server --hijack fsha) and scores
+    its decoder every --hijack-snapshot-every steps (--json: `attack_curve`); passive: the
+    server alone trains a substitute part 1 from its wire log and head (splitnn-attack run
+    --oracle substitute). --json adds `threat` and the trivial baselines' MSE
+    (`attack_baseline_mean_mse`, `attack_baseline_class_mse`).
     Server and victim speak mutual TLS with development certificates made under
     WORKDIR/certs (see splitnn-certs).
 
@@ -87,17 +121,21 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
 
     --guard splitguard gives the victim SplitGuard (see splitnn-client --help); --json adds
     `guard`, `guard_detected_at_step` (the training step of its alarm, null: none) and
-    `guard_lowest_score`. With --guard-action stop an alarm stops the victim (exit 4) and the
-    simulation fails.
+    `guard_lowest_score`, the scores (`guard_scores`) and, with --threat fsha, the curve's row
+    at the alarm (`attack_at_alarm`: how well the server inverted by then). With
+    --guard-action stop an alarm stops the victim (exit 4) and the simulation fails.
 
     \b
-    Example: splitnn-sim --holders 4 --noise 0.5 --epochs 5
+    Examples:
+      splitnn-sim --holders 4 --noise 0.5 --epochs 5
+      splitnn-sim --threat fsha --guard splitguard --json
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")
     if holders >= 2 and options["guard"] is not None:
         raise click.UsageError("--guard watches a lone victim: not with --holders K >= 2")
+    _check_threat(options, holders=holders)
     if holders == 1:
         if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
             raise click.UsageError("--alpha and --colluder need --holders K >= 2")
@@ -122,6 +160,27 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
         _print_multi(summary)
     else:
         _print_table(summary)
+
+
+_THREAT_ONLY = {
+    "hijack_pretrain_steps": ("fsha", "--hijack-pretrain-steps"),
+    "hijack_snapshot_every": ("fsha", "--hijack-snapshot-every"),
+    "substitute_epochs": ("passive", "--substitute-epochs"),
+}
+
+
+def _check_threat(options: dict[str, Any], *, holders: int) -> None:
+    """Refuses settings that the threat model given does not use."""
+    threat = options["threat"]
+    if holders >= 2 and threat != "colluding":
+        raise click.UsageError(f"--threat {threat} attacks a lone victim: not with --holders")
+    context = click.get_current_context()
+    for name, (owner, flag) in _THREAT_ONLY.items():
+        given = context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        if given and threat != owner:
+            raise click.UsageError(f"{flag} needs --threat {owner}")
+    if threat == "fsha" and options["set_noise"] is not None:
+        raise click.UsageError("--set-noise queries a part 1; the hijacking server has its decoder")
 
 
 def _print_multi(s: MultiSummary) -> None:
@@ -152,6 +211,7 @@ def _print_multi(s: MultiSummary) -> None:
 def _print_table(s: SimSummary) -> None:
     originals = f"(originals {s.validator_accuracy_originals:.1f}%)"
     rows = [
+        ("threat", s.threat),
         ("data set", s.dataset),
         ("victim defence", f"noise b={s.noise:g}, NoPeek W={s.nopeek:g}"),
         ("victim test accuracy", f"{s.test_accuracy:.2f}% (best epoch {s.best_epoch})"),
@@ -161,6 +221,14 @@ def _print_table(s: SimSummary) -> None:
         ("attack SSIM", f"{s.attack_ssim:.3f}"),
         ("attack dCor(x, x_hat)", f"{s.attack_dcor:.3f}"),
         ("validator on reconstructions", f"{s.attack_validator_accuracy:.1f}% {originals}"),
+        *(
+            (f"baseline {name}", f"MSE {mse:.4f}")
+            for name, mse in (
+                ("mean image", s.attack_baseline_mean_mse),
+                ("class-mean image", s.attack_baseline_class_mse),
+            )
+            if mse is not None
+        ),
         ("figure", s.figure),
         ("wire log", s.wire_log),
         ("wall time", f"{s.seconds:.0f} s"),
@@ -169,7 +237,11 @@ def _print_table(s: SimSummary) -> None:
         lowest = "no score" if s.guard_lowest_score is None else f"{s.guard_lowest_score:.3f}"
         alarm = s.guard_detected_at_step
         flagged = "no alarm" if alarm is None else f"ALARM at training step {alarm}"
-        rows.insert(3, ("victim guard", f"{s.guard}: {flagged}, lowest score {lowest}"))
+        rows.insert(4, ("victim guard", f"{s.guard}: {flagged}, lowest score {lowest}"))
+    if s.attack_at_alarm is not None:
+        at = s.attack_at_alarm
+        rows.insert(5, ("attack at the alarm", f"step {int(at['step'])}: training tensors "
+                        f"MSE {at['train_mse']:.4f}, SSIM {at['train_ssim']:.3f}"))  # fmt: skip
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")

@@ -10,7 +10,7 @@ import pytest
 
 from splitnn.attacker.cli import main as attack_main
 from splitnn.client.cli import main as client_main
-from splitnn.common.commands import AttackCommand, ClientCommand
+from splitnn.common.commands import AttackCommand, ClientCommand, HijackedCommand
 from splitnn.common.credentials import Credentials
 
 CLIENT = ClientCommand(
@@ -65,6 +65,19 @@ ATTACK = AttackCommand(
     figure=Path("f.png"),
     validator_epochs=1,
     run="victim_run",
+    substitute_epochs=7,
+)
+HIJACKED = HijackedCommand(
+    from_log=Path("runs/wire.log"),
+    decoders=Path("m"),
+    run="victim_run",
+    dataset="mnist5k",
+    data_dir=Path("d"),
+    model_dir=Path("m"),
+    seed=3,
+    curve=Path("c.csv"),
+    figure=Path("f.png"),
+    quiet=True,
 )
 
 
@@ -106,6 +119,19 @@ def test_every_attack_field_reaches_the_attack_parser() -> None:
         if f.name == "quiet":
             continue  # a flag of the group, before "run"
         assert params[f.name] == getattr(ATTACK, f.name), f.name
+    assert params["as_json"] is True
+
+
+def test_every_hijacked_field_reaches_the_hijacked_parser() -> None:
+    args = HIJACKED.args()
+    assert args[:2] == ["-q", "hijacked"]
+
+    params = _parse(attack_main.commands["hijacked"], args[2:])
+
+    for f in fields(HijackedCommand):
+        if f.name == "quiet":
+            continue  # a flag of the group, before "hijacked"
+        assert params[f.name] == getattr(HIJACKED, f.name), f.name
     assert params["as_json"] is True
 
 

@@ -225,6 +225,7 @@ def test_the_sims_summary_carries_the_victims_guard() -> None:
     texts = ("classifier", "attacker", "dataset", "aux", "decoder", "protocol", "figure", "source")
     attack_fields: dict[str, Any] = {f.name: 0.0 for f in fields(AttackReport)}
     attack_fields |= dict.fromkeys(texts, "x") | {"aux_images": 1, "images": 1, "log_problem": None}
+    attack_fields |= {"oracle": "lent", "baselines": {}, "baseline_classes": None}
     attack = AttackReport(**attack_fields)
     scores = [GuardScore(25, 0.97), GuardScore(31, 0.2), GuardScore(40, 0.6)]
     victim = report(guard="splitguard", guard_scores=scores, guard_detected_at_step=31)
