@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +142,15 @@ def critic_loss(
 
 @dataclass(frozen=True)
 class Prepared:
-    """The public data and the pre-trained pilot and decoder, shared by the sessions."""
+    """The public data, the pre-trained pilot and decoder, and the frozen pilot's features of
+    every public image (float32 [N, 500]): shared by the sessions."""
 
     settings: HijackSettings
     public: Subset
     pilot: dict[str, torch.Tensor]
     decoder: dict[str, torch.Tensor]
     pretrain_loss: float
+    features: torch.Tensor
     by_class: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -156,10 +158,16 @@ def _stream(settings: HijackSettings, part: int) -> int:
     return (seed_for(settings.seed, "hijack") + part) % _SEED_SPAN
 
 
-@functools.cache
 def prepare(settings: HijackSettings) -> Prepared:
-    """Loads the public data and pre-trains pilot and decoder as an autoencoder (once per
-    settings in a process): PUBLIC_BATCH images a step, Adam at PRETRAIN_LR, MSE on pixels."""
+    """Loads the public data and pre-trains pilot and decoder as an autoencoder: PUBLIC_BATCH
+    images a step, Adam at PRETRAIN_LR, MSE on pixels. Done once per process for the same data,
+    steps and seed (where snapshots go does not change the pre-training)."""
+    common = replace(settings, model_dir=Path(), snapshot_every=0)
+    return replace(_pretrained(common), settings=settings)
+
+
+@functools.cache
+def _pretrained(settings: HijackSettings) -> Prepared:
     public = load_splits(settings.dataset, root=settings.data_dir).aux
     pilot = build_body(_stream(settings, 0))
     decoder = build_decoder(DECODER, seed=_stream(settings, 1))
@@ -182,6 +190,9 @@ def prepare(settings: HijackSettings) -> Prepared:
         settings.pretrain_steps,
         final,
     )
+    pilot.eval()
+    with torch.no_grad():
+        features = pilot(public.images)  # the pilot is frozen from here on
     labels = public.labels
     every = torch.arange(len(public))
     by_class = [every[labels == c] for c in range(int(labels.max()) + 1)]
@@ -191,6 +202,7 @@ def prepare(settings: HijackSettings) -> Prepared:
         pilot=pilot.state_dict(),
         decoder=decoder.state_dict(),
         pretrain_loss=final,
+        features=features,
         by_class=by_class,
     )
 
@@ -227,8 +239,7 @@ class HijackHead(LoneHead):
         self.generator = torch.Generator().manual_seed(_stream(self.kit.settings, 4))
         self.buffer_cut = torch.empty((0, *CUT_SHAPE))
         self.buffer_labels = torch.empty(0, dtype=torch.int64)
-        with torch.no_grad():
-            self.features = self.pilot(self.kit.public.images)  # [N, 500]: the pilot is frozen
+        self.features = self.kit.features  # [N, 500]: the pilot is frozen
 
     def apply(self, step: StepId, activations: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """Honest loss and accuracy; the critic's gradient instead of the task's."""
