@@ -90,3 +90,49 @@ def test_holders_colluder_attacks_every_other_holder(tmp_path: Path) -> None:
     assert victims[0]["attack_mse"] != victims[1]["attack_mse"]
     # One decoder, trained on the colluder's part 1, serves every victim.
     assert len(list((tmp_path / "models" / "attackers").glob("*.ckpt"))) == 1
+
+
+def _sim(tmp_path: Path, *extra: str) -> dict[str, object]:
+    """A few steps of `splitnn-sim` under `tmp_path`; its JSON summary."""
+    args = [str(SIM), "--epochs", "1", "--attack-epochs", "1", "--validator-epochs", "1",
+            "--workdir", str(tmp_path / "run"), "--model-dir", str(tmp_path / "models"),
+            "--figure", str(tmp_path / "figure.png"), "--json", "-q", *extra]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return summary
+
+
+@pytest.mark.slow
+def test_a_hijacking_server_against_a_guarded_victim(tmp_path: Path) -> None:
+    # Execute: 12 steps; a fake batch is likely from step 2 on, and every one is scored.
+    summary = _sim(
+        tmp_path, "--threat", "fsha", "--max-steps", "12", "--hijack-pretrain-steps", "5",
+        "--hijack-snapshot-every", "4", "--guard", "splitguard", "--guard-start-after", "2",
+        "--guard-fake-probability", "0.5",
+    )  # fmt: skip
+    # Assert
+    assert summary["threat"] == "fsha"
+    curve = summary["attack_curve"]
+    assert isinstance(curve, list) and [row["step"] for row in curve] == [4, 8, 12]
+    assert summary["attack_mse"] == curve[-1]["mse"]  # the final snapshot is the attack
+    assert str(summary["attacker"]).endswith("decoder_step=12.ckpt")
+    scores = summary["guard_scores"]
+    assert isinstance(scores, list) and scores  # 10 steps at P_f = 0.5: a fake batch, surely
+    alarm = summary["guard_detected_at_step"]
+    if isinstance(alarm, int):
+        at = summary["attack_at_alarm"]
+        assert at is None or (isinstance(at, dict) and at["step"] <= alarm + 1)
+    assert isinstance(summary["attack_baseline_mean_mse"], float)
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_passive_server_attacks_from_its_wire_log_and_head(tmp_path: Path) -> None:
+    summary = _sim(tmp_path, "--threat", "passive", "--max-steps", "4", "--substitute-epochs", "1")
+
+    assert summary["threat"] == "passive"
+    assert summary["attack_images"] == 500
+    assert 0.0 <= float(summary["attack_ssim"]) <= 1.0  # type: ignore[arg-type]
+    assert isinstance(summary["attack_baseline_class_mse"], float)
+    assert "_substitute_" in Path(str(summary["attacker"])).name  # the decoder of no lent part 1
