@@ -280,10 +280,9 @@ def guard_options(function: F) -> F:
     """``--guard NAME|none`` and its settings ``--guard-start-after`` ... ``--guard-action``:
     the data holder's test of whether the server's gradients follow the labels (SplitGuard).
 
-    The command receives `guard` (a name in `GUARDS`, None for ``none``) and `guard_start_after`,
-    `guard_fake_probability`, `guard_multiplier`, `guard_exponent`, `guard_threshold` and
-    `guard_action`; a ``--guard-*`` setting given on the command line without a guard is a usage
-    error (it would change nothing).
+    The command receives `guard` (a name in `GUARDS`, None for ``none``) and `guard_settings` (a
+    `GuardSettings` of the ``--guard-*`` flags); a ``--guard-*`` setting given on the command line
+    without a guard is a usage error (it would change nothing).
     """
 
     @functools.wraps(function)
@@ -299,6 +298,12 @@ def guard_options(function: F) -> F:
             ]
             if given:
                 raise click.UsageError(f"{', '.join(given)} needs --guard {', '.join(GUARDS)}")
+        settings = {
+            _guard_name(flag): kwargs.pop(_guard_name(flag)) for flag, *_ in _GUARD_SETTINGS
+        }
+        kwargs["guard_settings"] = GuardSettings(
+            **{name.removeprefix("guard_"): value for name, value in settings.items()}
+        )
         return function(*args, **kwargs)
 
     options = [

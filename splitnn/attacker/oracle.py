@@ -37,6 +37,19 @@ class CutOracle(Protocol):
         ...
 
 
+@torch.no_grad()
+def cut_tensors(
+    body: Body, noise: LaplaceNoise | None, images: torch.Tensor, batch_size: int = 500
+) -> torch.Tensor:
+    """images float32 [N,1,28,28] in [0,1] through `body` (and `noise`, if any), `batch_size` at
+    a time -> float32 [N,500]."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        cut = body(images[start : start + batch_size])
+        outputs.append(noise(cut) if noise is not None else cut)
+    return torch.cat(outputs) if outputs else torch.empty(0, 500)
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of the file's bytes."""
     digest = hashlib.sha256()
@@ -123,11 +136,7 @@ class BodyOracle:
 
         `noisy=False` gives the pre-noise tensor: the reference's shortcut, never on the wire.
         """
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            cut = self.body(images[start : start + batch_size])
-            outputs.append(self._noise(cut) if noisy else cut)
-        return torch.cat(outputs) if outputs else torch.empty(0, 500)
+        return cut_tensors(self.body, self._noise if noisy else None, images, batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The part 1 by its bytes (the path may be rewritten in place) and the noise it adds."""

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from splitnn.attacker.mmd import conditional_mk_mmd, mk_mmd
+from splitnn.attacker.oracle import cut_tensors
 from splitnn.common.critics import build_critic, gradient_penalty
 from splitnn.common.models import Body, build_body
 from splitnn.common.noise import LaplaceNoise
@@ -109,11 +110,7 @@ class SubstituteOracle:
         self, images: torch.Tensor, *, noisy: bool = True, batch_size: int = 500
     ) -> torch.Tensor:
         """images: float32 [N,1,28,28] in [0,1] -> float32 [N,500], noised if `noisy`."""
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            cut = self.body(images[start : start + batch_size])
-            outputs.append(self._noise(cut) if noisy else cut)
-        return torch.cat(outputs) if outputs else torch.empty(0, 500)
+        return cut_tensors(self.body, self._noise if noisy else None, images, batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The substitute by the bytes of its weights, with how it was made."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitnn.client.guard import GuardAction, GuardSettings
+from splitnn.client.guard import GuardSettings
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import PLAIN_BATCH_SIZE
 
@@ -49,8 +49,7 @@ class ClientConfig:
         group_timeout: seconds one synchronisation may wait for the other holders.
         guard: the hijack detector that watches the server's gradients (a name in
             `splitnn.client.guard.GUARDS`); None: none.
-        guard_start_after, guard_fake_probability, guard_multiplier, guard_exponent,
-            guard_threshold, guard_action: its settings (`GuardSettings`).
+        guard_settings: its settings (N, P_f, m, e, threshold, action).
     """
 
     server: str = "127.0.0.1:50051"
@@ -85,20 +84,4 @@ class ClientConfig:
     alpha: float | None = None
     group_timeout: float = 3600.0
     guard: str | None = None
-    guard_start_after: int = GuardSettings.start_after
-    guard_fake_probability: float = GuardSettings.fake_probability
-    guard_multiplier: float = GuardSettings.multiplier
-    guard_exponent: float = GuardSettings.exponent
-    guard_threshold: float = GuardSettings.threshold
-    guard_action: GuardAction = GuardSettings.action
-
-    def guard_settings(self) -> GuardSettings:
-        """The guard's settings (raises ValueError out of range)."""
-        return GuardSettings(
-            start_after=self.guard_start_after,
-            fake_probability=self.guard_fake_probability,
-            multiplier=self.guard_multiplier,
-            exponent=self.guard_exponent,
-            threshold=self.guard_threshold,
-            action=self.guard_action,
-        )
+    guard_settings: GuardSettings = field(default_factory=GuardSettings)

@@ -82,7 +82,7 @@ def holder_guard(cfg: ClientConfig, num_classes: int) -> SplitGuard | None:
     """The guard of `cfg` (None without one), fresh, on its own seeded stream."""
     if cfg.guard is None:
         return None
-    settings, seed = cfg.guard_settings(), seed_for(cfg.seed, "guard")
+    settings, seed = cfg.guard_settings, seed_for(cfg.seed, "guard")
     return GUARDS[cfg.guard](settings, seed=seed, num_classes=num_classes)
 
 
@@ -112,7 +112,7 @@ def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
     settings = {name: getattr(cfg, name) for name in _RESUME_SETTINGS}
     guard = None
     if cfg.guard is not None:
-        guard = {"name": cfg.guard, **asdict(cfg.guard_settings())}
+        guard = {"name": cfg.guard, **asdict(cfg.guard_settings)}
         del guard["action"]
     return {**settings, "guard": guard}
 

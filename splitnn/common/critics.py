@@ -14,6 +14,18 @@ from torch import nn
 from splitnn.common.models import CUT_SHAPE
 
 
+def critic_mlp(outputs: int, *, hidden: int = 256) -> nn.Sequential:
+    """The critics' body: float32 [B, 500] -> [B, outputs]. Linear(500 -> hidden) ->
+    LeakyReLU(0.2) -> Linear(hidden -> hidden) -> LeakyReLU(0.2) -> Linear(hidden -> outputs)."""
+    return nn.Sequential(
+        nn.Linear(CUT_SHAPE[0], hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, outputs),
+    )
+
+
 class CutCritic(nn.Module):
     """A small MLP critic: cut float32 [B, 500] -> score float32 [B] (unbounded, WGAN).
 
@@ -23,13 +35,7 @@ class CutCritic(nn.Module):
 
     def __init__(self, hidden: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(CUT_SHAPE[0], hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 1),
-        )
+        self.net = critic_mlp(1, hidden=hidden)
 
     def forward(self, cut: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(cut).squeeze(1)

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from splitnn.common.checkpoints import check_stem, save_checkpoint
 from splitnn.common.codec import StepId
-from splitnn.common.critics import gradient_penalty
+from splitnn.common.critics import critic_mlp, gradient_penalty
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
 from splitnn.common.models import CUT_SHAPE, build_body
@@ -90,13 +90,7 @@ class ClassCritic(nn.Module):
 
     def __init__(self, num_classes: int, hidden: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(CUT_SHAPE[0], hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, num_classes),
-        )
+        self.net = critic_mlp(num_classes, hidden=hidden)
 
     def forward(self, cut: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(cut).gather(1, labels.unsqueeze(1)).squeeze(1)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from splitnn.client.guard import GuardAction, GuardSettings
+from splitnn.client.guard import GuardSettings
 from splitnn.common.certs import make_certificates
 from splitnn.common.commands import (
     AttackCommand,
@@ -63,12 +63,7 @@ class SimConfig:
     quiet: bool = False
     # The victim's hijack detector (`splitnn-client --guard`) and its settings; None: none.
     guard: str | None = None
-    guard_start_after: int = GuardSettings.start_after
-    guard_fake_probability: float = GuardSettings.fake_probability
-    guard_multiplier: float = GuardSettings.multiplier
-    guard_exponent: float = GuardSettings.exponent
-    guard_threshold: float = GuardSettings.threshold
-    guard_action: GuardAction = GuardSettings.action
+    guard_settings: GuardSettings = field(default_factory=GuardSettings)
     # threat "fsha": the hijacking server's autoencoder pre-training steps, and how often (in
     # holder steps) it writes the decoder that the attack curve scores.
     hijack_pretrain_steps: int = 300
@@ -226,15 +221,8 @@ def holder_command(
     `cfg`, deploys, and reveals its sample indices so that the attack can be scored."""
     guard: dict[str, Any] = {}
     if cfg.guard is not None:
-        guard = {
-            "guard": cfg.guard,
-            "guard_start_after": cfg.guard_start_after,
-            "guard_fake_probability": cfg.guard_fake_probability,
-            "guard_multiplier": cfg.guard_multiplier,
-            "guard_exponent": cfg.guard_exponent,
-            "guard_threshold": cfg.guard_threshold,
-            "guard_action": cfg.guard_action,
-        }
+        settings = asdict(cfg.guard_settings)
+        guard = {"guard": cfg.guard, **{f"guard_{k}": v for k, v in settings.items()}}
     return ClientCommand(
         server=server,
         dataset=cfg.dataset,

@@ -130,6 +130,10 @@ def splits() -> DatasetSplits:
 
 
 def config(tmp_path: Path, **changes: Any) -> ClientConfig:
+    """A guarded run's settings; `changes` may name the guard's settings as `guard_<name>`."""
+    guard: dict[str, Any] = {"start_after": 2, "fake_probability": 0.3}
+    for name in [name for name in changes if name.startswith("guard_")]:
+        guard[name.removeprefix("guard_")] = changes.pop(name)
     settings: dict[str, Any] = {
         "epochs": 2,
         "batch_size": 8,
@@ -138,8 +142,7 @@ def config(tmp_path: Path, **changes: Any) -> ClientConfig:
         "model_dir": tmp_path,
         "progress": False,
         "guard": "splitguard",
-        "guard_start_after": 2,
-        "guard_fake_probability": 0.3,
+        "guard_settings": GuardSettings(**guard),
     }
     return ClientConfig(**{**settings, **changes})
 

@@ -65,7 +65,7 @@ def test_the_client_has_no_guard_by_default(client_settings: list[ClientConfig])
     assert result.exit_code == 0, result.output
     (cfg,) = client_settings
     assert cfg.guard is None
-    assert cfg.guard_settings() == GuardSettings()
+    assert cfg.guard_settings == GuardSettings()
 
 
 def test_the_guards_flags_reach_the_clients_settings(client_settings: list[ClientConfig]) -> None:
@@ -78,7 +78,7 @@ def test_the_guards_flags_reach_the_clients_settings(client_settings: list[Clien
     assert result.exit_code == 0, result.output
     (cfg,) = client_settings
     assert cfg.guard == "splitguard"
-    assert cfg.guard_settings() == GuardSettings(
+    assert cfg.guard_settings == GuardSettings(
         start_after=7,
         fake_probability=0.2,
         multiplier=3.0,
