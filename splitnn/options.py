@@ -58,6 +58,22 @@ def stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     return apply
 
 
+FLAG = "flag"  # the type of an `option_table` row that is an on/off flag
+
+
+def option_table(*rows: tuple[str, Any, object, str | None]) -> Callable[[F], F]:
+    """One click option per row ``(flag, type, default, help)``, first on top: options alike in
+    shape, written as a table. A row of type `FLAG` is an on/off flag (its default is ignored)."""
+    return stack(
+        *(
+            click.option(flag, is_flag=True, help=text)
+            if kind == FLAG
+            else click.option(flag, type=kind, default=default, help=text)
+            for flag, kind, default, text in rows
+        )
+    )
+
+
 def config_from(cls: type[T], options: Mapping[str, Any], **extra: Any) -> T:
     """The settings dataclass `cls` built from a command's options and `extra`, by field name.
 
@@ -306,20 +322,12 @@ def guard_options(function: F) -> F:
         )
         return function(*args, **kwargs)
 
-    options = [
-        click.option(flag, type=kind, default=default, help=text)
-        for flag, kind, default, text in _GUARD_SETTINGS
-    ]
-    return stack(
-        click.option(
-            "--guard",
-            type=click.Choice(["none", *GUARDS]),
-            default="none",
-            help="The data holder's hijack detector. splitguard: fake batches with shifted "
-            "labels, whose gradients an honest server makes differ from the regular ones.",
-        ),
-        *options,
-    )(cast(F, command))
+    return option_table(
+        ("--guard", click.Choice(["none", *GUARDS]), "none",
+         "The data holder's hijack detector. splitguard: fake batches with shifted labels, "
+         "whose gradients an honest server makes differ from the regular ones."),
+        *_GUARD_SETTINGS,
+    )(cast(F, command))  # fmt: skip
 
 
 def _guard_name(flag: str) -> str:

@@ -20,6 +20,7 @@ from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 from splitnn.options import (
     EXISTING_FILE,
+    FLAG,
     attacker_options,
     config_from,
     connect_timeout_option,
@@ -28,6 +29,7 @@ from splitnn.options import (
     dir_option,
     json_option,
     logging_options,
+    option_table,
     seed_option,
 )
 from splitnn.programs import program_group
@@ -97,98 +99,52 @@ _SUBSTITUTE_OPTIONS = {
     "substitutes": "substitutes",
 }
 _WEIGHT = click.FloatRange(0)
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def substitute_options(function: Any) -> Any:
     """The passive attacker's substitute part 1 (`--oracle substitute`): what it matches, how."""
-    options = [
-        click.option(
-            "--matching",
-            type=click.Choice(MATCHINGS),
-            default="conditional",
-            help="Substitute: MMD per class (labels on the wire) or marginal (FORA's).",
-        ),
-        click.option(
-            "--mmd-weight", type=_WEIGHT, default=1.0, help="Substitute: MMD term's weight."
-        ),
-        click.option(
-            "--ce-weight",
-            type=_WEIGHT,
-            default=1.0,
-            help="Substitute: label term's weight (through the frozen --head).",
-        ),
-        click.option(
-            "--match-weight",
-            type=_WEIGHT,
-            default=0.0,
-            help="Substitute: WGAN critic term's weight; 0 (default): no critic (it made every"
-            " run measured worse).",
-        ),
-        click.option("--substitute-epochs", type=click.IntRange(1), default=40),
-        click.option("--substitute-lr", type=click.FloatRange(0, min_open=True), default=1e-4),
-        click.option("--substitute-batch-size", type=click.IntRange(2), default=64),
-        click.option(
-            "--match-splits",
-            default="train",
-            help="Substitute: comma-separated wire splits whose tensors it matches. Default:"
-            " train (not the attacked split; adding it is transductive).",
-        ),
-        click.option(
-            "--match-epochs",
-            type=click.IntRange(0),
-            default=1,
-            help="Substitute: of each matched split, the tensors of its last N epochs (0: all).",
-        ),
-        click.option(
-            "--head-snapshots",
-            type=click.IntRange(0),
-            default=0,
-            help="Substitute: the label term also goes through the head as it stood after each"
-            " of the last N training epochs, replayed from the wire log (needs --head).",
-        ),
-        click.option(
-            "--substitutes",
-            type=click.IntRange(1),
-            default=1,
-            help="Substitute: train K (different seeds); the decoder is trained through each"
-            " in turn.",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return option_table(
+        ("--matching", click.Choice(MATCHINGS), "conditional",
+         "Substitute: MMD per class (labels on the wire) or marginal (FORA's)."),
+        ("--mmd-weight", _WEIGHT, 1.0, "Substitute: MMD term's weight."),
+        ("--ce-weight", _WEIGHT, 1.0,
+         "Substitute: label term's weight (through the frozen --head)."),
+        ("--match-weight", _WEIGHT, 0.0,
+         "Substitute: WGAN critic term's weight; 0 (default): no critic (it made every run "
+         "measured worse)."),
+        ("--substitute-epochs", click.IntRange(1), 40, None),
+        ("--substitute-lr", click.FloatRange(0, min_open=True), 1e-4, None),
+        ("--substitute-batch-size", click.IntRange(2), 64, None),
+        ("--match-splits", None, "train",
+         "Substitute: comma-separated wire splits whose tensors it matches. Default: train (not "
+         "the attacked split; adding it is transductive)."),
+        ("--match-epochs", click.IntRange(0), 1,
+         "Substitute: of each matched split, the tensors of its last N epochs (0: all)."),
+        ("--head-snapshots", click.IntRange(0), 0,
+         "Substitute: the label term also goes through the head as it stood after each of the "
+         "last N training epochs, replayed from the wire log (needs --head)."),
+        ("--substitutes", click.IntRange(1), 1,
+         "Substitute: train K (different seeds); the decoder is trained through each in turn."),
+    )(function)  # fmt: skip
 
 
 @main.command()
-@click.option(
-    "--oracle",
-    type=click.Choice(["lent", "substitute"]),
-    default="lent",
-    help="lent: the colluding data holder lends its part 1 (--classifier). substitute: the"
-    " server alone trains one from its wire log (--from-log), its head (--head) and public"
-    " images: the honest-but-curious server.",
-)
-@click.option(
-    "--classifier",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="With --oracle lent (required): the deployed part-1 checkpoint lent by the colluding"
-    " data holder. A quoted pattern with * picks the newest match, e.g."
-    " 'models/classifiers/mnist5k_00noise_00nopeek_epoch=*.ckpt'",
-)
-@click.option(
-    "--head",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The server's head checkpoint (a quoted * pattern picks the newest), e.g."
-    " 'models/heads/victim/*/*.head.ckpt': the substitute's label term, and the classes of"
-    " the class-mean baseline (without it: the labels on the wire).",
-)
-@click.option(
-    "--from-log",
-    type=EXISTING_FILE,
-    help="Wire log written by a collusion-mode server (--tap-log).",
-)
+@option_table(
+    ("--oracle", click.Choice(["lent", "substitute"]), "lent",
+     "lent: the colluding data holder lends its part 1 (--classifier). substitute: the server "
+     "alone trains one from its wire log (--from-log), its head (--head) and public images: "
+     "the honest-but-curious server."),
+    ("--classifier", _FILE, None,
+     "With --oracle lent (required): the deployed part-1 checkpoint lent by the colluding data "
+     "holder. A quoted pattern with * picks the newest match, e.g. "
+     "'models/classifiers/mnist5k_00noise_00nopeek_epoch=*.ckpt'"),
+    ("--head", _FILE, None,
+     "The server's head checkpoint (a quoted * pattern picks the newest), e.g. "
+     "'models/heads/victim/*/*.head.ckpt': the substitute's label term, and the classes of the "
+     "class-mean baseline (without it: the labels on the wire)."),
+    ("--from-log", EXISTING_FILE, None, "Wire log written by a collusion-mode server (--tap-log)."),
+)  # fmt: skip
 @click.option("--live", metavar="HOST:PORT", help="Subscribe to a collusion-mode server (--tap).")
 @connect_timeout_option
 @dataset_option(
@@ -211,24 +167,15 @@ def substitute_options(function: Any) -> Any:
 @click.option("--run", default=None, help="Which run of the log. Default: the last.")
 @dir_option("--model-dir", "models")
 @dir_option("--data-dir", "data")
-@click.option(
-    "--figure",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="PNG of originals above reconstructions. Default: results/figures/<attacker>.png",
-)
-@click.option(
-    "--validator-epochs",
-    type=click.IntRange(1),
-    default=5,
-    help="Epochs of the validation classifier if it must be trained first.",
-)
-@click.option(
-    "--retrain",
-    is_flag=True,
-    help="Train the decoder even if one trained under the same settings (the same part-1"
-    " bytes) is saved; without it, that one is reused.",
-)
+@option_table(
+    ("--figure", _FILE, None,
+     "PNG of originals above reconstructions. Default: results/figures/<attacker>.png"),
+    ("--validator-epochs", click.IntRange(1), 5,
+     "Epochs of the validation classifier if it must be trained first."),
+    ("--retrain", FLAG, None,
+     "Train the decoder even if one trained under the same settings (the same part-1 bytes) "
+     "is saved; without it, that one is reused."),
+)  # fmt: skip
 @substitute_options
 @credential_options
 @json_option

@@ -15,6 +15,7 @@ from splitnn.common.logs import configure_logging
 from splitnn.common.models import PLAIN_BATCH_SIZE
 from splitnn.common.reports import RunReport
 from splitnn.options import (
+    FLAG,
     NOISE,
     config_from,
     connect_timeout_option,
@@ -25,6 +26,7 @@ from splitnn.options import (
     json_option,
     logging_options,
     lr_option,
+    option_table,
     partition_options,
     training_options,
 )
@@ -50,46 +52,25 @@ from splitnn.programs import program
     help="Session name on the server. Default: from dataset, noise, nopeek, seed.",
 )
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Default: all cores.")
-@click.option(
-    "--deploy",
-    is_flag=True,
-    help="After training, run the attack-evaluation images through the model.",
+@option_table(
+    ("--deploy", FLAG, None, "After training, run the attack-evaluation images through the model."),
 )
 @connect_timeout_option
-@click.option(
-    "--step-timeout",
-    type=click.FloatRange(0.1),
-    default=60.0,
-    help="Seconds one step may take before it is sent again (answered once, never applied twice).",
-)
-@click.option(
-    "--reconnect-timeout",
-    type=click.FloatRange(0),
-    default=120.0,
-    help="Seconds to keep retrying when the server goes away; it resumes the run when back.",
-)
-@click.option(
-    "--save-every",
-    type=click.IntRange(0),
-    default=100,
-    help="Save points every N steps besides each epoch end (0: epoch ends only).",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue this run from its last save point (after this process died).",
-)
-@click.option(
-    "--restart",
-    is_flag=True,
-    help="Start the run over even if an interrupted one left a state to resume.",
-)
-@click.option(
-    "--send-indices",
-    is_flag=True,
-    help="Evaluation harness only: send each batch's sample indices so that an attack can be "
-    "scored against the true images. A real data holder never reveals them.",
-)
+@option_table(
+    ("--step-timeout", click.FloatRange(0.1), 60.0,
+     "Seconds one step may take before it is sent again (answered once, never applied twice)."),
+    ("--reconnect-timeout", click.FloatRange(0), 120.0,
+     "Seconds to keep retrying when the server goes away; it resumes the run when back."),
+    ("--save-every", click.IntRange(0), 100,
+     "Save points every N steps besides each epoch end (0: epoch ends only)."),
+    ("--resume", FLAG, None,
+     "Continue this run from its last save point (after this process died)."),
+    ("--restart", FLAG, None,
+     "Start the run over even if an interrupted one left a state to resume."),
+    ("--send-indices", FLAG, None,
+     "Evaluation harness only: send each batch's sample indices so that an attack can be "
+     "scored against the true images. A real data holder never reveals them."),
+)  # fmt: skip
 @click.option(
     "--group",
     default=None,

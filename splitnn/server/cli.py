@@ -12,7 +12,15 @@ import click
 from splitnn.common.datasets import DATASETS
 from splitnn.common.logs import configure_logging
 from splitnn.common.topology import DEFAULT, describe
-from splitnn.options import EXISTING_FILE, config_from, dir_option, logging_options, seed_option
+from splitnn.options import (
+    EXISTING_FILE,
+    FLAG,
+    config_from,
+    dir_option,
+    logging_options,
+    option_table,
+    seed_option,
+)
 from splitnn.programs import program
 from splitnn.server.app import serve
 from splitnn.server.config import MIN_STREAMS_PER_PARTY, ServerConfig
@@ -42,107 +50,112 @@ def _parse_groups(
     help="Written: each run's heads under MODEL_DIR/heads/<party>/<run>/ and its resume states "
     "under MODEL_DIR/server/<party>/<run>/.",
 )
-@click.option(
-    "--max-batch-size",
-    type=click.IntRange(1, 65536),
-    default=1024,
-    help="Largest batch a data holder may send; sizes the gRPC message limit.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 256),
-    default=1,
-    help="Torch threads for the head; 1 leaves the cores to the data holder.",
+@option_table(
+    (
+        "--max-batch-size",
+        click.IntRange(1, 65536),
+        1024,
+        "Largest batch a data holder may send; sizes the gRPC message limit.",
+    ),
+    (
+        "--threads",
+        click.IntRange(1, 256),
+        1,
+        "Torch threads for the head; 1 leaves the cores to the data holder.",
+    ),
 )
 @seed_option(help="Head seed when the data holder sends none.")
-@click.option(
-    "--grace",
-    type=click.FloatRange(0, 3600),
-    default=10.0,
-    help="Seconds in-flight steps get on SIGTERM/SIGINT; the process ends within GRACE + 5 s.",
-)
-@click.option(
-    "--max-sessions",
-    type=click.IntRange(1, 100_000),
-    default=64,
-    help="Live sessions at most; one more is refused with RESOURCE_EXHAUSTED.",
-)
-@click.option(
-    "--max-streams",
-    type=click.IntRange(2, 1_000_000),
-    default=256,
-    help="Open calls at most (idle streams count; health checks do not).",
-)
-@click.option(
-    "--max-sessions-per-party",
-    type=click.IntRange(1, 100_000),
-    default=None,
-    help="Live sessions of one party (identity) at most, so no party can take them all. "
-    "Default: a quarter of --max-sessions with --client-ca or --tokens; without, every caller "
-    "is one anonymous party and the default is --max-sessions.",
-)
-@click.option(
-    "--max-streams-per-party",
-    type=click.IntRange(MIN_STREAMS_PER_PARTY, 1_000_000),
-    default=None,
-    help="Open calls of one party at most (a session holds up to 3). Default: a quarter of "
-    "--max-streams with --client-ca or --tokens, else --max-streams.",
-)
-@click.option(
-    "--max-inflight",
-    type=click.IntRange(1, 100_000),
-    default=64,
-    help="Requests waiting for the head at most; more are refused at once, never queued.",
-)
-@click.option(
-    "--session-ttl",
-    type=click.FloatRange(0.1),
-    default=600.0,
-    help="Seconds idle before a session is saved and forgotten (its holder resumes it). A "
-    "training group none of whose holders called or waited for this long drops its run.",
-)
-@click.option(
-    "--tls-cert",
-    type=EXISTING_FILE,
-    help="The server's certificate (PEM): serve TLS. See splitnn-certs.",
-)
-@click.option(
-    "--tls-key",
-    type=EXISTING_FILE,
-    help="The server's private key (PEM).",
-)
-@click.option(
-    "--client-ca",
-    type=EXISTING_FILE,
-    help="Mutual TLS: require client certificates signed by this CA; they name each party.",
-)
-@click.option(
-    "--tokens",
-    type=EXISTING_FILE,
-    help="Identities by bearer token: lines of '<name> <holder|tap> <token>'.",
-)
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Allow plaintext on an address other than loopback (anyone on the path reads it).",
-)
-@click.option(
-    "--stop-after-runs",
-    type=click.IntRange(1),
-    default=None,
-    help="Stop (gracefully, exit 0) once N runs have trained (at least one step) and finished, "
-    "and no session is live: one-shot deployments such as docker compose end by themselves.",
-)
-@click.option(
-    "--keep-checkpoints",
-    type=click.IntRange(1, 10_000),
-    default=3,
-    help="Head checkpoints kept per run: the newest K; writing another removes the oldest.",
-)
-@click.option(
-    "--list-runs",
-    is_flag=True,
-    help="Do not serve: list the runs under --model-dir (OWNER/RUN, files, size) and exit.",
+@option_table(
+    (
+        "--grace",
+        click.FloatRange(0, 3600),
+        10.0,
+        "Seconds in-flight steps get on SIGTERM/SIGINT; the process ends within GRACE + 5 s.",
+    ),
+    (
+        "--max-sessions",
+        click.IntRange(1, 100_000),
+        64,
+        "Live sessions at most; one more is refused with RESOURCE_EXHAUSTED.",
+    ),
+    (
+        "--max-streams",
+        click.IntRange(2, 1_000_000),
+        256,
+        "Open calls at most (idle streams count; health checks do not).",
+    ),
+    (
+        "--max-sessions-per-party",
+        click.IntRange(1, 100_000),
+        None,
+        "Live sessions of one party (identity) at most, so no party can take them all. Default: "
+        "a quarter of --max-sessions with --client-ca or --tokens; without, every caller is one "
+        "anonymous party and the default is --max-sessions.",
+    ),
+    (
+        "--max-streams-per-party",
+        click.IntRange(MIN_STREAMS_PER_PARTY, 1_000_000),
+        None,
+        "Open calls of one party at most (a session holds up to 3). Default: a quarter of "
+        "--max-streams with --client-ca or --tokens, else --max-streams.",
+    ),
+    (
+        "--max-inflight",
+        click.IntRange(1, 100_000),
+        64,
+        "Requests waiting for the head at most; more are refused at once, never queued.",
+    ),
+    (
+        "--session-ttl",
+        click.FloatRange(0.1),
+        600.0,
+        "Seconds idle before a session is saved and forgotten (its holder resumes it). A training "
+        "group none of whose holders called or waited for this long drops its run.",
+    ),
+    (
+        "--tls-cert",
+        EXISTING_FILE,
+        None,
+        "The server's certificate (PEM): serve TLS. See splitnn-certs.",
+    ),
+    ("--tls-key", EXISTING_FILE, None, "The server's private key (PEM)."),
+    (
+        "--client-ca",
+        EXISTING_FILE,
+        None,
+        "Mutual TLS: require client certificates signed by this CA; they name each party.",
+    ),
+    (
+        "--tokens",
+        EXISTING_FILE,
+        None,
+        "Identities by bearer token: lines of '<name> <holder|tap> <token>'.",
+    ),
+    (
+        "--insecure",
+        FLAG,
+        None,
+        "Allow plaintext on an address other than loopback (anyone on the path reads it).",
+    ),
+    (
+        "--stop-after-runs",
+        click.IntRange(1),
+        None,
+        "Stop (gracefully, exit 0) once N runs have trained (at least one step) and finished, and "
+        "no session is live: one-shot deployments such as docker compose end by themselves.",
+    ),
+    (
+        "--keep-checkpoints",
+        click.IntRange(1, 10_000),
+        3,
+        "Head checkpoints kept per run: the newest K; writing another removes the oldest.",
+    ),
+    (
+        "--list-runs",
+        FLAG,
+        None,
+        "Do not serve: list the runs under --model-dir (OWNER/RUN, files, size) and exit.",
+    ),
 )
 @click.option(
     "--remove-run",
@@ -151,21 +164,14 @@ def _parse_groups(
     help="Do not serve: remove this run's resume states and head checkpoints from --model-dir "
     "and exit. Stop the server that serves it first.",
 )
-@click.option(
-    "--tap-log",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="COLLUSION MODE: append every received batch to this wire log.",
-)
-@click.option(
-    "--tap", is_flag=True, help="COLLUSION MODE: serve received batches live (Tap service)."
-)
-@click.option(
-    "--anonymous-tap",
-    is_flag=True,
-    help="COLLUSION MODE without --client-ca or --tokens: let every (anonymous) caller "
-    "subscribe to --tap; otherwise anonymous callers only train.",
-)
+@option_table(
+    ("--tap-log", click.Path(dir_okay=False, path_type=Path), None,
+     "COLLUSION MODE: append every received batch to this wire log."),
+    ("--tap", FLAG, None, "COLLUSION MODE: serve received batches live (Tap service)."),
+    ("--anonymous-tap", FLAG, None,
+     "COLLUSION MODE without --client-ca or --tokens: let every (anonymous) caller subscribe "
+     "to --tap; otherwise anonymous callers only train."),
+)  # fmt: skip
 @click.option(
     "--group",
     "groups",
@@ -177,34 +183,30 @@ def _parse_groups(
     "0..K-1; others are refused as if there were no such group. Without it an index goes to "
     f"the first party that takes it. E.g. --group clinics={DEFAULT.name}:3@alice,bob,carol",
 )
-@click.option(
-    "--hijack",
-    type=click.Choice(["fsha"]),
-    default=None,
-    help="MALICIOUS SERVER: hijack every holder's part 1 (feature-space hijacking) instead of "
-    "returning the task's gradient; replies look honest. Off by default; not with --group.",
-)
-@click.option(
-    "--hijack-data",
-    type=click.Choice(DATASETS),
-    default=None,
-    help="With --hijack: the public data set whose auxiliary slice trains pilot and decoder "
-    "(default: mnist5k).",
+@option_table(
+    (
+        "--hijack",
+        click.Choice(["fsha"]),
+        None,
+        "MALICIOUS SERVER: hijack every holder's part 1 (feature-space hijacking) instead of "
+        "returning the task's gradient; replies look honest. Off by default; not with --group.",
+    ),
+    (
+        "--hijack-data",
+        click.Choice(DATASETS),
+        None,
+        "With --hijack: the public data set whose auxiliary slice trains pilot and decoder "
+        "(default: mnist5k).",
+    ),
 )
 @dir_option("--data-dir", "data", help="With --hijack: where --hijack-data is read.")
-@click.option(
-    "--hijack-pretrain-steps",
-    type=click.IntRange(0),
-    default=300,
-    help="With --hijack: autoencoder steps of pilot and decoder before serving.",
-)
-@click.option(
-    "--hijack-snapshot-every",
-    type=click.IntRange(0),
-    default=0,
-    help="With --hijack: write the decoder every N holder steps under "
-    "MODEL_DIR/hijack/<party>/<run>/ (0: only when the run finishes).",
-)
+@option_table(
+    ("--hijack-pretrain-steps", click.IntRange(0), 300,
+     "With --hijack: autoencoder steps of pilot and decoder before serving."),
+    ("--hijack-snapshot-every", click.IntRange(0), 0,
+     "With --hijack: write the decoder every N holder steps under "
+     "MODEL_DIR/hijack/<party>/<run>/ (0: only when the run finishes)."),
+)  # fmt: skip
 @logging_options
 def main(
     *, verbose: int, quiet: bool, list_runs: bool, remove_run: str | None, **options: Any

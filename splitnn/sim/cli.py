@@ -21,6 +21,7 @@ from splitnn.options import (
     logging_options,
     noise_option,
     nopeek_option,
+    option_table,
     partition_options,
     training_options,
 )
@@ -32,37 +33,25 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 
 
 @program("splitnn-sim", example_option="NOISE=0.5")
-@click.option(
-    "--threat",
-    type=click.Choice(list(THREATS)),
-    default="colluding",
-    help="The threat model: colluding (a data holder lends the server its part 1), fsha (a "
-    "malicious server hijacks the victim's training), passive (the server alone, from the "
-    "wire and public data).",
-)
+@option_table(
+    ("--threat", click.Choice(list(THREATS)), "colluding",
+     "The threat model: colluding (a data holder lends the server its part 1), fsha (a "
+     "malicious server hijacks the victim's training), passive (the server alone, from the "
+     "wire and public data)."),
+)  # fmt: skip
 @dataset_option()
 @training_options(whose="Victim's", batch_size=None)
 @attacker_options
-@click.option("--attack-epochs", type=click.IntRange(1), default=30)
-@click.option("--validator-epochs", type=click.IntRange(1), default=5)
-@click.option(
-    "--hijack-pretrain-steps",
-    type=click.IntRange(0),
-    default=300,
-    help="With --threat fsha: the server's autoencoder steps before it serves.",
-)
-@click.option(
-    "--hijack-snapshot-every",
-    type=click.IntRange(1),
-    default=10,
-    help="With --threat fsha: score the server's decoder every N victim steps (the curve).",
-)
-@click.option(
-    "--substitute-epochs",
-    type=click.IntRange(1),
-    default=None,
-    help="With --threat passive: epochs of the substitute part 1 (default: splitnn-attack's).",
-)
+@option_table(
+    ("--attack-epochs", click.IntRange(1), 30, None),
+    ("--validator-epochs", click.IntRange(1), 5, None),
+    ("--hijack-pretrain-steps", click.IntRange(0), 300,
+     "With --threat fsha: the server's autoencoder steps before it serves."),
+    ("--hijack-snapshot-every", click.IntRange(1), 10,
+     "With --threat fsha: score the server's decoder every N victim steps (the curve)."),
+    ("--substitute-epochs", click.IntRange(1), None,
+     "With --threat passive: epochs of the substitute part 1 (default: splitnn-attack's)."),
+)  # fmt: skip
 @dir_option("--workdir", "runs/sim", help="Holds the wire log of this simulation.")
 @dir_option("--model-dir", "models")
 @click.option(
