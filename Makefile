@@ -24,7 +24,7 @@ test: $(STAMP)
 # beyond a step or two (tests marked `slow` are left to `make test`).
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not slow and not docker'
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m 'not slow and not docker'
 
 # `docker compose up` for real (needs a Docker engine; set TORCH_INDEX_URL to build elsewhere).
 compose-test: $(STAMP)
