@@ -274,7 +274,8 @@ class HeadFactory(Protocol):
 
 
 # How a session's own head answers steps, by name. The server is honest unless told otherwise;
-# "fsha" (a hijacking server, `hijack.py`) registers itself when that module is imported.
+# "fsha" (a hijacking server, `hijack.py`) registers itself when that module is imported (the
+# server imports it in malicious mode only; this module never does, so neither imports the other).
 HEAD_POLICIES: dict[str, HeadFactory] = {"honest": LoneHead}
 
 
@@ -284,8 +285,6 @@ def lookup_head_policy(name: str) -> HeadFactory:
     Raises:
         ValueError: no such policy, naming the known ones.
     """
-    if name == "fsha":
-        import splitnn.server.hijack  # noqa: F401  (registers itself; heavy, malicious mode only)
     return lookup(HEAD_POLICIES, name, kind="head policy")
 
 
