@@ -21,7 +21,8 @@ class ThreatSummary:
     """The part of `splitnn-sim --json` that the threats table reads; accuracies in percent.
 
     `guard_detected_at_step` is the training step at which the data holder's guard flagged the
-    server (None: not flagged, or no guard). The baselines are the MSE of reconstructing every
+    server (None: not flagged, or no guard); `attack_at_alarm` how well the hijacking server
+    inverted by then. The baselines are the MSE of reconstructing every
     image as the mean image and as its class's mean image, where the simulation reports them.
     """
 
@@ -49,6 +50,12 @@ class ThreatSummary:
     wire_log: str | None = None
     attack_baseline_mean_mse: float | None = None
     attack_baseline_class_mse: float | None = None
+    # With a guard: its scores ({"step", "score"}), its lowest, and under a hijacking server the
+    # attack curve's row at its alarm (the decoder the server had then; train_mse, train_ssim:
+    # on the training tensors just before).
+    guard_scores: list[dict[str, float]] | None = None
+    guard_lowest_score: float | None = None
+    attack_at_alarm: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,7 @@ THREATS_COLUMNS = (
     *("threat", "defence", "parameter", "seeds"),
     *(name for field in _AVERAGED[:-1] for name in (field, f"{field}_se")),
     *("test_images", "guard_detected_at_step", "guard_detected_at_step_se", "guard_detections"),
+    *("attack_train_mse_at_alarm", "attack_train_mse_at_alarm_se", "guard_lowest_score"),
     *(name for field in _OPTIONAL for name in (field, f"{field}_se")),
     *("seconds", "seconds_se", "noise", "nopeek", "guard", "batch_size"),
     *("dataset", "epochs", "max_steps", "attack_epochs", "decoder", "figure"),
@@ -69,7 +70,9 @@ def threat_row(
     """One row of threats.csv from the records of its seeds.
 
     `guard_detected_at_step` is the mean step over the seeds whose guard flagged the server
-    (empty if none did); `guard_detections` counts those seeds (empty without a guard).
+    (empty if none did); `guard_detections` counts those seeds (empty without a guard);
+    `attack_train_mse_at_alarm` is the hijacking server's MSE on the training tensors at the
+    alarm (mean over the seeds that have it); `guard_lowest_score` the lowest score of any seed.
     """
     spec, first = runs[0]
     reports = [record.report for _, record in runs]
@@ -86,6 +89,11 @@ def threat_row(
     mean, se = _optional_mean(detected)
     out["guard_detected_at_step"], out["guard_detected_at_step_se"] = mean, se
     out["guard_detections"] = len(detected) if setting.defence.guard is not None else None
+    at_alarm = [r.attack_at_alarm["train_mse"] for r in reports if r.attack_at_alarm]
+    mean, se = _optional_mean(at_alarm)
+    out["attack_train_mse_at_alarm"], out["attack_train_mse_at_alarm_se"] = mean, se
+    lowest = [r.guard_lowest_score for r in reports if r.guard_lowest_score is not None]
+    out["guard_lowest_score"] = min(lowest) if lowest else None
     for field in _OPTIONAL:
         out[field], out[f"{field}_se"] = _optional_mean([getattr(r, field) for r in reports])
     settings = first.settings

@@ -397,6 +397,8 @@ def test_one_seed_gives_the_reports_numbers_and_empty_standard_errors() -> None:
         "guard_detected_at_step": None,
         "guard_detected_at_step_se": None,
         "guard_detections": None,
+        **{"attack_train_mse_at_alarm": None, "attack_train_mse_at_alarm_se": None},
+        "guard_lowest_score": None,
         "validator_accuracy_originals": 95.0,
         "validator_accuracy_originals_se": None,
         **{"attack_baseline_mean_mse": None, "attack_baseline_mean_mse_se": None},
@@ -569,3 +571,26 @@ def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
     assert {r["test_images"] for r in rows} == {"500"}
     figure = imread(tmp_path / "results" / "figures" / THREATS_FIGURE)
     assert len(grid_rows(figure)) == 1 + 18  # the originals, then every row's reconstructions
+
+
+def test_the_guards_row_says_how_far_the_hijacking_had_got_at_each_alarm() -> None:
+    setting = ThreatSetting("fsha", Defence(guard="splitguard"))
+    alarm = {"step": 30.0, "mse": 0.05, "psnr": 13.0, "ssim": 0.3, "validator_accuracy": 50.0}
+    seeds = [
+        summary(threat="fsha", detected=29, guard_lowest_score=0.2,
+                attack_at_alarm={**alarm, "train_mse": 0.06, "train_ssim": 0.2},
+                guard_scores=[{"step": 29, "score": 0.2}]),
+        summary(threat="fsha", detected=44, guard_lowest_score=0.1,
+                attack_at_alarm={**alarm, "train_mse": 0.04, "train_ssim": 0.4}),
+        summary(threat="fsha", detected=None, guard_lowest_score=0.7),
+    ]  # fmt: skip
+    runs = [
+        (ThreatSpec("mnist5k", setting, seed, 3), _record(data)) for seed, data in enumerate(seeds)
+    ]
+
+    row = threat_row(setting, runs)
+
+    assert row["attack_train_mse_at_alarm"] == pytest.approx(0.05)
+    assert row["attack_train_mse_at_alarm_se"] == pytest.approx(0.01)
+    assert row["guard_lowest_score"] == 0.1
+    assert (row["guard_detections"], row["guard_detected_at_step"]) == (2, 36.5)
