@@ -103,10 +103,11 @@ class ServerProcess:
             ready.set()  # end of output: the server has exited
 
         threading.Thread(target=read, daemon=True).start()
-        ready.wait(timeout)
+        in_time = ready.wait(timeout)
         if not found:
             code = self.stop()
-            raise ProcessError(f"splitnn-server did not start (exit status {code})")
+            why = f"exit status {code}" if in_time else f"not listening after {timeout:g} s"
+            raise ProcessError(f"splitnn-server did not start ({why})")
         return found[0]
 
     def stop(self, timeout: float = 60.0) -> int | None:

@@ -201,7 +201,12 @@ def wire_log(cfg: SimConfig) -> Path:
 
 
 def colluding_server(
-    cfg: SimConfig, *, log: Path, tls: Sequence[str], extra: Sequence[str] = ()
+    cfg: SimConfig,
+    *,
+    log: Path,
+    tls: Sequence[str],
+    extra: Sequence[str] = (),
+    start_timeout: float = 120.0,
 ) -> ServerProcess:
     """The server started in collusion mode (it keeps what it receives in `log`); use it as a
     context manager, which stops it.
@@ -209,9 +214,10 @@ def colluding_server(
     Args:
         tls: the TLS flags of `certificates`.
         extra: further `splitnn-server` flags.
+        start_timeout: seconds it may take to listen (a hijacking server pre-trains first).
     """
     args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *extra, *tls]
-    return ServerProcess([*args, *(["-q"] if cfg.quiet else [])])
+    return ServerProcess([*args, *(["-q"] if cfg.quiet else [])], start_timeout=start_timeout)
 
 
 def holder_command(
@@ -288,7 +294,12 @@ def run(cfg: SimConfig) -> SimSummary:
         extra = ["--hijack", "fsha", "--hijack-data", cfg.aux or cfg.dataset,
                  "--hijack-pretrain-steps", str(cfg.hijack_pretrain_steps),
                  "--hijack-snapshot-every", str(cfg.hijack_snapshot_every)]  # fmt: skip
-    with colluding_server(cfg, log=log, tls=tls, extra=extra) as server:
+    # The hijacking server pre-trains before it listens: about 0.3 s a step on an idle core,
+    # several times that on a loaded machine.
+    start_timeout = 120.0 + (3.0 * cfg.hijack_pretrain_steps if cfg.threat == "fsha" else 0.0)
+    with colluding_server(
+        cfg, log=log, tls=tls, extra=extra, start_timeout=start_timeout
+    ) as server:
         victim = run_client(
             holder_command(
                 cfg,

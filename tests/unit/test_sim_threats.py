@@ -43,6 +43,7 @@ class Parties:
 
     def __init__(self) -> None:
         self.server: list[str] = []
+        self.start_timeout = 0.0
         self.client: list[ClientCommand] = []
         self.attacks: list[AttackCommand] = []
         self.hijacked: list[HijackedCommand] = []
@@ -53,8 +54,9 @@ def parties(monkeypatch: pytest.MonkeyPatch) -> Parties:
     seen = Parties()
 
     @contextmanager
-    def server(args: list[str]) -> Iterator[Any]:
+    def server(args: list[str], *, start_timeout: float) -> Iterator[Any]:
         seen.server = args
+        seen.start_timeout = start_timeout
         yield type("Server", (), {"address": "127.0.0.1:1"})()
 
     def client(command: ClientCommand) -> Any:
@@ -126,6 +128,7 @@ def test_the_hijacking_server_is_started_and_its_snapshots_scored(
     assert server[server.index("--hijack-data") + 1] == "fashion-mnist"
     assert server[server.index("--hijack-pretrain-steps") + 1] == "7"
     assert server[server.index("--hijack-snapshot-every") + 1] == "3"
+    assert parties.start_timeout > 120.0  # it pre-trains before it listens
     assert not parties.attacks
     (scoring,) = parties.hijacked
     assert scoring.decoders == cfg.model_dir / "hijack" / app.VICTIM
