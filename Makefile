@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/splitnn-sim --noise 0.5 --epochs 10
 
-# The whole suite (what CI runs).
+# The whole suite (what CI runs), on two workers: most slow tests wait on processes they start.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # The edit loop's fast tier: lint, then every test that starts no process and trains nothing
 # beyond a step or two (tests marked `slow` are left to `make test`).
