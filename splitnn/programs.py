@@ -28,7 +28,7 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
         exits.INTERRUPTED,
     ),
     "splitnn-attack": (exits.OK, exits.FAILED, exits.USAGE, exits.UNREACHABLE, exits.INTERRUPTED),
-    "splitnn-sim": (exits.OK, exits.FAILED, exits.USAGE, exits.INTERRUPTED),
+    "splitnn-sim": (exits.OK, exits.FAILED, exits.USAGE, exits.ALARM, exits.INTERRUPTED),
     "splitnn-experiments": (exits.OK, exits.FAILED, exits.USAGE, exits.INTERRUPTED),
     "splitnn-certs": (exits.OK, exits.FAILED, exits.USAGE),
 }
@@ -40,6 +40,10 @@ _NOTES = {
         "for longer than --reconnect-timeout",
         exits.ALARM: "--guard-action stop: the guard flagged the server; the state is saved "
         "(--resume continues past the alarm)",
+    },
+    "splitnn-sim": {
+        exits.ALARM: "--guard splitguard --guard-action stop: the victim's guard flagged the "
+        "server and the victim stopped",
     },
 }
 

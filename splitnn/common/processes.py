@@ -33,6 +33,10 @@ class ProcessError(exits.Failed, RuntimeError):
     """A program failed; the message carries the end of its log."""
 
 
+class ChildAlarm(ProcessError, exits.Alarm):
+    """A program stopped at its defence's alarm (exit code 4): so does the one that ran it."""
+
+
 def listening_address(line: str) -> str | None:
     """The HOST:PORT of the server's startup line ``listening on HOST:PORT``; None for any other."""
     found = _LISTENING.fullmatch(line.strip())
@@ -145,6 +149,8 @@ def run_json(
         env=child_env(env),
         check=False,
     )
+    if completed.returncode == exits.ALARM:
+        raise ChildAlarm(f"{name} stopped at its guard's alarm (exit status {exits.ALARM})")
     if completed.returncode != 0:
         raise ProcessError(f"{name} exited with status {completed.returncode}")
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]

@@ -112,7 +112,7 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     `guard`, `guard_detected_at_step` (the training step of its alarm, null: none) and
     `guard_lowest_score`, the scores (`guard_scores`) and, with --threat fsha, the curve's row
     at the alarm (`attack_at_alarm`: how well the server inverted by then). With
-    --guard-action stop an alarm stops the victim (exit 4) and the simulation fails.
+    --guard-action stop an alarm stops the victim (exit 4) and the simulation with it (exit 4).
 
     \b
     Examples:
