@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused, SessionSettings
+from splitnn.common import exits
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
+from splitnn.sim import cli as sim_cli
+from splitnn.sim.app import SimConfig
 
 
 @pytest.fixture
@@ -153,3 +156,16 @@ def group_link(
         credentials=credentials,
         group_timeout=GROUP_WAIT_S,
     )
+
+
+@pytest.fixture
+def sim_settings(monkeypatch: pytest.MonkeyPatch) -> list[SimConfig]:
+    """The settings each `splitnn-sim` run would have been started with (nothing starts)."""
+    seen: list[SimConfig] = []
+
+    def run(cfg: SimConfig) -> None:
+        seen.append(cfg)
+        raise exits.Failed("stopped before starting anything")
+
+    monkeypatch.setattr(sim_cli, "run", run)
+    return seen

@@ -166,18 +166,6 @@ def test_the_report_round_trips_the_guard() -> None:
     assert RunReport.from_json(report().to_json()).guard is None
 
 
-@pytest.fixture
-def sim_settings(monkeypatch: pytest.MonkeyPatch) -> list[SimConfig]:
-    seen: list[SimConfig] = []
-
-    def run(cfg: SimConfig) -> None:
-        seen.append(cfg)
-        raise exits.Failed("stopped before starting anything")
-
-    monkeypatch.setattr(sim_cli, "run", run)
-    return seen
-
-
 def test_the_sims_guard_flags_reach_its_victims_command(sim_settings: list[SimConfig]) -> None:
     args = ["--guard", "splitguard", "--guard-threshold", "0.6", "--guard-action", "stop"]
 

@@ -164,18 +164,6 @@ def test_the_summary_carries_the_score_curve_and_the_attack_at_the_alarm() -> No
     )
 
 
-@pytest.fixture
-def sim_settings(monkeypatch: pytest.MonkeyPatch) -> list[SimConfig]:
-    seen: list[SimConfig] = []
-
-    def run(cfg: SimConfig) -> None:
-        seen.append(cfg)
-        raise exits.Failed("stopped before starting anything")
-
-    monkeypatch.setattr(sim_cli, "run", run)
-    return seen
-
-
 def test_the_threats_flags_reach_the_settings(sim_settings: list[SimConfig]) -> None:
     CliRunner().invoke(sim_cli.main, ["--threat", "fsha", "--hijack-snapshot-every", "4"])
     CliRunner().invoke(sim_cli.main, ["--threat", "passive", "--substitute-epochs", "3"])
