@@ -192,23 +192,6 @@ def test_the_sims_victim_has_no_guard_by_default(sim_settings: list[SimConfig]) 
     assert not [arg for arg in command.args() if arg.startswith("--guard")]
 
 
-@pytest.mark.parametrize(
-    ("args", "problem"),
-    [
-        (["--guard", "splitguard", "--holders", "2"], "--guard watches a lone victim"),
-        (["--guard-multiplier", "2"], "--guard-multiplier needs --guard splitguard"),
-    ],
-)
-def test_the_sim_refuses_bad_guard_flags(
-    args: list[str], problem: str, sim_settings: list[SimConfig]
-) -> None:
-    result = CliRunner().invoke(sim_cli.main, args)
-
-    assert result.exit_code == exits.USAGE
-    assert problem in result.output
-    assert not sim_settings
-
-
 def test_the_sims_summary_carries_the_victims_guard() -> None:
     texts = ("classifier", "attacker", "dataset", "aux", "decoder", "protocol", "figure", "source")
     attack_fields: dict[str, Any] = {f.name: 0.0 for f in fields(AttackReport)}

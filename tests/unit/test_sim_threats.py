@@ -184,9 +184,11 @@ def test_the_threats_flags_reach_the_settings(sim_settings: list[SimConfig]) -> 
         (["--threat", "fsha", "--substitute-epochs", "5"], "--substitute-epochs needs --threat"),
         (["--threat", "fsha", "--set-noise", "1"], "--set-noise queries a part 1"),
         (["--threat", "tiger"], "Invalid value for '--threat'"),
+        (["--guard", "splitguard", "--holders", "2"], "--guard watches a lone victim"),
+        (["--guard-multiplier", "2"], "--guard-multiplier needs --guard splitguard"),
     ],
 )
-def test_the_sim_refuses_flags_its_threat_does_not_use(
+def test_the_sim_refuses_flags_its_threat_or_guard_does_not_use(
     args: list[str], problem: str, sim_settings: list[SimConfig]
 ) -> None:
     result = CliRunner().invoke(sim_cli.main, args)
