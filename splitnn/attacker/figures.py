@@ -85,3 +85,40 @@ def _check_rows(labelled: Sequence[tuple[str, torch.Tensor]], *, shown: int) -> 
             raise ValueError(f"row {label!r}: images {tuple(images.shape)}, not [N, 1, H, W]")
         if images.shape[0] < shown:
             raise ValueError(f"row {label!r} has {images.shape[0]} images; {shown} are shown")
+
+
+def save_curve(
+    path: Path,
+    curve: Sequence[dict[str, float]],
+    *,
+    baselines: dict[str, float],
+    title: str,
+) -> Path:
+    """A hijacking curve as PNG: MSE against victim steps, on the deployment tensors (`mse`) and
+    on the training tensors just before each snapshot (`train_mse`), the trivial baselines'
+    MSE (name -> MSE) as dashed lines. Returns `path`."""
+    figure = Figure(figsize=(7, 4))
+    axes = figure.add_subplot()
+    steps = [row["step"] for row in curve]
+    axes.plot(
+        steps,
+        [row["mse"] for row in curve],
+        marker="o",
+        label="deployment tensors (part 1 as deployed)",
+    )
+    axes.plot(
+        steps,
+        [row["train_mse"] for row in curve],
+        marker="s",
+        label="training tensors (part 1 at that step)",
+    )
+    for (name, mse), style in zip(baselines.items(), (":", "--", "-."), strict=False):
+        axes.axhline(mse, color="grey", linestyle=style, label=f"baseline: {name}")
+    axes.set_xlabel("victim training steps")
+    axes.set_ylabel("reconstruction MSE (pixels in [0, 1])")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return path

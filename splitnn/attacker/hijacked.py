@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from splitnn.attacker.baselines import score_baselines
-from splitnn.attacker.figures import save_grid
+from splitnn.attacker.figures import save_curve, save_grid
 from splitnn.attacker.intercept import InterceptError, from_log, ground_truth, stack_records
 from splitnn.attacker.metrics import score
 from splitnn.attacker.validator import accuracy, load_or_train_validator
@@ -213,6 +213,12 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     save_grid(figure, originals=originals, rows=drawn, title="feature-space hijacking")
     if cfg.curve is not None:
         write_curve(cfg.curve, curve)
+        save_curve(
+            cfg.curve.with_suffix(".png"),
+            curve,
+            baselines={name: scores["mse"] for name, scores in baselines.items()},
+            title=f"feature-space hijacking of {intercepted.run}",
+        )
     final = snapshots[-1]
     report = AttackReport(
         classifier="",

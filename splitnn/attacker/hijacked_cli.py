@@ -39,7 +39,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @dir_option("--data-dir", "data")
 @dir_option("--model-dir", "models", help="Where the validator is kept (trained if missing).")
 @seed_option(help="Seeds the validator.")
-@click.option("--curve", type=_FILE, default=None, help="Write the per-step curve (CSV).")
+@click.option(
+    "--curve",
+    type=_FILE,
+    default=None,
+    help="Write the per-step curve (CSV) and its plot beside it (the same name, .png).",
+)
 @click.option("--figure", type=_FILE, default=None, help="PNG of originals and reconstructions.")
 @click.option(
     "--report",

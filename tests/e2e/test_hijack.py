@@ -92,6 +92,7 @@ def test_splitnn_attack_hijacked_scores_every_snapshot(
     assert result["images"] == 500
     assert all(0.0 < row["train_mse"] < 1.0 for row in result["curve"])
     assert 0.0 < result["mse"] < 1.0
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # its plot
     assert (tmp_path / "curve.csv").read_text().splitlines()[0] == (
         "step,mse,psnr,ssim,validator_accuracy,train_mse,train_ssim"
     )

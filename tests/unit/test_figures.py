@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from splitnn.attacker.figures import save_grid
+from splitnn.attacker.figures import save_curve, save_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -64,3 +64,13 @@ def test_mismatched_rows_are_refused(tmp_path: Path) -> None:
         save_grid(tmp_path / "x.png", originals=originals, rows=[("flat", torch.rand(5, 784))])
     with pytest.raises(ValueError, match="no images"):
         save_grid(tmp_path / "x.png", originals=originals, rows=[], n=0)
+
+
+def test_the_curves_plot_is_written_with_its_baselines(tmp_path: Path) -> None:
+    row = {"mse": 0.02, "psnr": 17.0, "ssim": 0.8, "validator_accuracy": 93.0, "train_ssim": 0.5}
+    curve = [{**row, "step": 10.0, "train_mse": 0.07}, {**row, "step": 20.0, "train_mse": 0.03}]
+
+    path = save_curve(tmp_path / "c.png", curve, baselines={"mean image": 0.069}, title="t")
+
+    image = imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
