@@ -16,6 +16,7 @@ from typing import Literal
 
 from splitnn.common.checkpoints import setting_tag
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE, study_batch_size
+from splitnn.common.threats import THREATS as THREAT_MODELS
 from splitnn.common.topology import NAMES
 
 NOISE_LEVELS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -37,7 +38,7 @@ MULTI_NOISE = (0.5, 1.0, 2.0, 5.0)
 
 # Threat models x defences (the ``threats`` group): `splitnn-sim --threat`, the data holder's
 # Laplace b, NoPeek W (at the NoPeek batch size) and SplitGuard (`splitnn-sim --guard`).
-THREATS = ("colluding", "fsha", "passive")
+THREATS = tuple(THREAT_MODELS)  # the rows of the threats table, in order
 THREAT_NOISE = (0.5, 1.0, 2.0)
 THREAT_NOPEEK = 0.5
 THREAT_GUARDS = ("splitguard",)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from splitnn.client.guard import GuardSettings
 from splitnn.common.certs import make_certificates
@@ -25,18 +25,7 @@ from splitnn.common.credentials import Credentials
 from splitnn.common.models import study_batch_size
 from splitnn.common.processes import ServerProcess
 from splitnn.common.reports import AttackReport, RunReport
-
-Threat = Literal["colluding", "fsha", "passive"]
-
-# What each threat model assumes of the server (the data holder's program is the same in all).
-THREATS: dict[str, str] = {
-    "colluding": "the server logs the wire and a colluding data holder lends it black-box "
-    "access to its part 1 (the study's threat model)",
-    "fsha": "a malicious server answers the holder's steps with the gradients of its own "
-    "objective (feature-space hijacking) and inverts the tensors with its own decoder",
-    "passive": "an honest-but-curious server alone: its wire log, its head and public data "
-    "train a substitute part 1, through which it trains the decoder",
-}
+from splitnn.common.threats import Threat
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import click
 
 from splitnn.common.logs import configure_logging
 from splitnn.common.reports import MultiSummary
+from splitnn.common.threats import THREATS
 from splitnn.common.topology import DEFAULT, NAMES, describe
 from splitnn.options import (
     attacker_options,
@@ -26,7 +27,7 @@ from splitnn.options import (
     training_options,
 )
 from splitnn.programs import program
-from splitnn.sim.app import THREATS, SimConfig, SimSummary, run
+from splitnn.sim.app import SimConfig, SimSummary, run
 from splitnn.sim.cross_holder import MultiConfig, run_multi
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
