@@ -16,6 +16,7 @@ from splitnn.attacker.substitute import MATCHINGS, SubstituteSettings
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common.datasets import load_splits
 from splitnn.common.logs import configure_logging
+from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 from splitnn.options import (
@@ -159,7 +160,13 @@ def substitute_options(function: Any) -> Any:
     default="noisy",
     help="clean = the reference's shortcut (noise-free tensors), for comparison only.",
 )
-@click.option("--epochs", type=click.IntRange(1), default=30, help="Decoder epochs.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=DECODER_EPOCHS,
+    show_default=True,
+    help="Decoder epochs.",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Decoder batch size.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Decoder lr.")
 @seed_option(help="Seeds the decoder, its batch order and the oracle's noise.")

@@ -16,6 +16,9 @@ NOPEEK_BATCH_SIZE = 32
 # The inversion decoders by name (`splitnn.common.decoders` builds them), for the
 # programs that pass a name on to `splitnn-attack run --decoder` without importing the attacker.
 DECODER_NAMES = ("deep", "study")
+# Epochs of every inversion decoder by default, in every program (splitnn-attack, splitnn-sim,
+# splitnn-experiments), so that a table measured by one is reproduced by the others.
+DECODER_EPOCHS = 30
 
 
 class Body(nn.Module):

@@ -9,7 +9,7 @@ import click
 
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
-from splitnn.common.models import DECODER_NAMES
+from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
 from splitnn.experiments.app import Summary, run
 from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
@@ -49,7 +49,10 @@ _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.i
     "--attacks/--no-attacks", default=True, help="Whether 'all' includes the attacks group."
 )
 @click.option(
-    "--attack-epochs", type=click.IntRange(1), default=10, help="Decoder epochs (the study's 10)."
+    "--attack-epochs",
+    type=click.IntRange(1),
+    default=DECODER_EPOCHS,
+    help="Decoder epochs (the same default as splitnn-attack and splitnn-sim).",
 )
 @click.option(
     "--decoder", type=click.Choice(DECODER_NAMES), default="deep", help="Attackers' decoder."

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitnn.common.datasets import locally_available
+from splitnn.common.models import DECODER_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class ExperimentConfig:
         force: redo runs that are already done.
         max_steps: batches per epoch at most (smoke runs); None: whole epochs.
         lr: the data holder's learning rate.
-        attack_epochs: epochs of every attacker's decoder (the study's 10 by default).
+        attack_epochs: epochs of every attacker's decoder (`DECODER_EPOCHS` by default, as in
+            every program).
         decoder: the attackers' decoder (`splitnn-attack run --decoder`).
         clean_comparison: also run the reference's noise-free attacker on the noise models.
         keep_wirelogs: keep the whole wire log of each run (training batches included) instead
@@ -43,7 +45,7 @@ class ExperimentConfig:
     force: bool = False
     max_steps: int | None = None
     lr: float = 1e-4
-    attack_epochs: int = 10
+    attack_epochs: int = DECODER_EPOCHS
     decoder: str = "deep"
     clean_comparison: bool = True
     keep_wirelogs: bool = False

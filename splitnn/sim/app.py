@@ -22,7 +22,7 @@ from splitnn.common.commands import (
     run_hijacked,
 )
 from splitnn.common.credentials import Credentials
-from splitnn.common.models import study_batch_size
+from splitnn.common.models import DECODER_EPOCHS, study_batch_size
 from splitnn.common.processes import ServerProcess
 from splitnn.common.reports import AttackReport, RunReport
 from splitnn.common.threats import Threat
@@ -44,7 +44,7 @@ class SimConfig:
     aux_fraction: float = 1.0
     set_noise: float | None = None
     decoder: str = "deep"
-    attack_epochs: int = 30
+    attack_epochs: int = DECODER_EPOCHS
     validator_epochs: int = 5
     workdir: Path = Path("runs/sim")
     model_dir: Path = Path("models")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from splitnn.common.logs import configure_logging
+from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import MultiSummary
 from splitnn.common.threats import THREATS
 from splitnn.common.topology import DEFAULT, NAMES, describe
@@ -44,7 +45,7 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 @training_options(whose="Victim's", batch_size=None)
 @attacker_options
 @option_table(
-    ("--attack-epochs", click.IntRange(1), 30, None),
+    ("--attack-epochs", click.IntRange(1), DECODER_EPOCHS, None),
     ("--validator-epochs", click.IntRange(1), 5, None),
     ("--hijack-pretrain-steps", click.IntRange(0), 300,
      "With --threat fsha: the server's autoencoder steps before it serves."),
