@@ -1,5 +1,6 @@
-"""The ``performance`` group's attack side: attack_performances.csv, the protocol comparison, and
-the study's reconstruction figures."""
+"""The ``performance`` group's attack side: attack_runs.csv (one row per attacker and seed),
+attack_performances.csv (one row per attack, means and standard errors over seeds), the protocol
+comparison, and the study's reconstruction figures (the seed-0 attackers')."""
 
 from __future__ import annotations
 
@@ -9,29 +10,62 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitnn.common.checkpoints import attacker_stem
+from splitnn.common.reports import AttackReport
 from splitnn.experiments.attacks import attack_records
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.plots import line_plot, stack_images
 from splitnn.experiments.records import AttackRecord
-from splitnn.experiments.tables import upsert_rows
+from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
 
 logger = logging.getLogger(__name__)
 
 ATTACK_CSV = "attack_performances.csv"
+ATTACK_RUNS_CSV = "attack_runs.csv"
 PROTOCOL_CSV = "attack_protocols.csv"
 _SCORES = ("mse", "psnr", "ssim", "dcor", "validator_accuracy")
-ATTACK_COLUMNS = (
-    *("classifier", "attacker", "set_noise", "aux", "aux_fraction", "decoder", "protocol"),
+# The trivial baselines of the same run (`splitnn.attacker.baselines`) and the attack's margin
+# over them: positive means the attack did better than the baseline.
+BASELINE_FIELDS = (
+    "baseline_mean_mse",
+    "baseline_class_mse",
+    "baseline_mean_ssim",
+    "baseline_class_ssim",
+    "baseline_class_validator_accuracy",
+    "mse_margin_mean",
+    "mse_margin_class",
+    "ssim_margin_class",
+)
+# Averaged over seeds, each with a `_se` column.
+_AVERAGED = (*_SCORES, "validator_accuracy_originals")
+_SETTING = ("set_noise", "aux", "aux_fraction", "decoder", "protocol")
+ATTACK_RUN_COLUMNS = (
+    *("classifier", "attacker", *_SETTING),
     *_SCORES,
     *("validator_accuracy_originals", "family", "model", "dataset", "classifier_seed"),
     *("noise", "nopeek", "deployed_noise", "oracle_noise", "aux_images", "images", "epochs"),
     "figure",
+    *("attack", "seed", *BASELINE_FIELDS, "baseline_classes"),
+    *("classifier_epochs", "max_steps", "lr"),
+)
+ATTACK_COLUMNS = (
+    *("classifier", "attacker", *_SETTING),
+    *_SCORES,
+    *("validator_accuracy_originals", "family", "model", "dataset", "classifier_seed"),
+    *("noise", "nopeek", "deployed_noise", "oracle_noise", "aux_images", "images", "epochs"),
+    "figure",
+    *("attack", "seeds"),
+    *(f"{field}_se" for field in _AVERAGED),
+    *(name for field in BASELINE_FIELDS for name in (field, f"{field}_se")),
+    *("baseline_classes", "classifier_epochs", "max_steps", "lr"),
 )
 PROTOCOL_COLUMNS = (
     "model",
     "noise",
     "decoder",
     *(f"{score}_{protocol}" for score in _SCORES for protocol in ("noisy", "clean")),
+    "seeds",
+    *(f"{score}_{protocol}_se" for score in _SCORES for protocol in ("noisy", "clean")),
 )
 
 Record = AttackRecord
@@ -41,8 +75,50 @@ def _stem(path: str) -> str:
     return Path(path).name.removesuffix(".ckpt")
 
 
+def attack_name(record: Record) -> str:
+    """The attack without its seed: the attacker's name with the seed-free model in place of the
+    classifier, e.g. ``mnist_attacker_modelmnist5k_00noise_00nopeek_deep``; the rows of one name
+    are the seeds of one attack."""
+    settings = record.settings
+    return attacker_stem(
+        classifier=record.model,
+        aux=record.report.aux,
+        set_noise=settings["set_noise"],
+        aux_fraction=float(settings.get("aux_fraction", record.report.aux_fraction)),
+        decoder=record.report.decoder,
+        protocol=record.report.protocol,
+    )
+
+
+def baseline_scores(report: AttackReport) -> dict[str, float | None]:
+    """The baselines' MSE, SSIM and (class mean) validator accuracy measured in the attack's own
+    run, and the attack's margins over them (baseline MSE - attack MSE, attack SSIM - baseline
+    SSIM: positive = better than the baseline); None where the run did not measure one."""
+    mean = report.baselines.get("mean_image", {})
+    by_class = report.baselines.get("class_mean_image", {})
+
+    def margin(baseline: float | None, attack: float, *, lower_is_better: bool) -> float | None:
+        if baseline is None:
+            return None
+        return baseline - attack if lower_is_better else attack - baseline
+
+    out: dict[str, float | None] = {
+        "baseline_mean_mse": mean.get("mse"),
+        "baseline_class_mse": by_class.get("mse"),
+        "baseline_mean_ssim": mean.get("ssim"),
+        "baseline_class_ssim": by_class.get("ssim"),
+        "baseline_class_validator_accuracy": by_class.get("validator_accuracy"),
+    }
+    out["mse_margin_mean"] = margin(out["baseline_mean_mse"], report.mse, lower_is_better=True)
+    out["mse_margin_class"] = margin(out["baseline_class_mse"], report.mse, lower_is_better=True)
+    out["ssim_margin_class"] = margin(
+        out["baseline_class_ssim"], report.ssim, lower_is_better=False
+    )
+    return out
+
+
 def attack_row(record: Record) -> dict[str, Any]:
-    """One row of attack_performances.csv from an attack's run record."""
+    """One row of attack_runs.csv (one attacker, one seed) from an attack's run record."""
     report, settings = record.report, record.settings
     return {
         "classifier": _stem(report.classifier),
@@ -52,7 +128,7 @@ def attack_row(record: Record) -> dict[str, Any]:
         "aux_fraction": report.aux_fraction,
         "decoder": report.decoder,
         "protocol": report.protocol,
-        **{score: getattr(report, score) for score in (*_SCORES, "validator_accuracy_originals")},
+        **{score: getattr(report, score) for score in _AVERAGED},
         "family": record.family,
         "model": record.model,
         "dataset": report.dataset,
@@ -65,25 +141,65 @@ def attack_row(record: Record) -> dict[str, Any]:
         "images": report.images,
         "epochs": settings["epochs"],
         "figure": report.figure,
+        "attack": attack_name(record),
+        "seed": settings.get("seed"),
+        **baseline_scores(report),
+        "baseline_classes": report.baseline_classes,
+        "classifier_epochs": settings.get("classifier_epochs"),
+        "max_steps": settings.get("max_steps"),
+        "lr": settings.get("lr"),
     }
 
 
+def _optional_mean(values: Sequence[Any]) -> tuple[float | None, float | None]:
+    present = [float(v) for v in values if v is not None]
+    return mean_se(present) if present else (None, None)
+
+
+def attack_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One row of attack_performances.csv per attack (`attack_name`): the mean over its seeds of
+    every score, baseline and margin, each with its standard error (`_se`, empty for one seed),
+    and `seeds`; names, figure and settings are the lowest seed's."""
+    by_attack: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: r.classifier_seed):
+        by_attack.setdefault(attack_name(record), []).append(attack_row(record))
+    out = []
+    for runs in by_attack.values():
+        first = runs[0]
+        row = {k: v for k, v in first.items() if k != "seed"}
+        row["seeds"] = len(runs)
+        row.update(aggregate(runs, _AVERAGED))
+        for field in BASELINE_FIELDS:
+            row[field], row[f"{field}_se"] = _optional_mean([run[field] for run in runs])
+        out.append(row)
+    return out
+
+
 def protocol_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """The honest and the noise-free attacker of the same (seed-0) model, side by side."""
-    honest = {r.model: r for r in records if _is(r, "grid") and r.classifier_seed == 0}
+    """The honest and the noise-free attacker of the same model side by side, each the mean over
+    the seeds both were run on (with standard errors)."""
+    honest: dict[tuple[str, int], Record] = {
+        (r.model, r.classifier_seed): r for r in records if _is(r, "grid")
+    }
+    pairs: dict[str, list[tuple[Record, Record]]] = {}
+    for clean in sorted((r for r in records if _is(r, "clean")), key=lambda r: r.classifier_seed):
+        noisy = honest.get((clean.model, clean.classifier_seed))
+        if noisy is not None:
+            pairs.setdefault(clean.model, []).append((noisy, clean))
     rows = []
-    for clean in (r for r in records if _is(r, "clean")):
-        noisy = honest.get(clean.model)
-        if noisy is None:
-            continue
+    for model, seeds in pairs.items():
+        clean = seeds[0][1]
         row: dict[str, Any] = {
-            "model": clean.model,
+            "model": model,
             "noise": clean.noise,
             "decoder": clean.report.decoder,
+            "seeds": len(seeds),
         }
         for score in _SCORES:
-            row[f"{score}_noisy"] = getattr(noisy.report, score)
-            row[f"{score}_clean"] = getattr(clean.report, score)
+            for protocol, index in (("noisy", 0), ("clean", 1)):
+                name = f"{score}_{protocol}"
+                values = [getattr(pair[index].report, score) for pair in seeds]
+                row[name], row[f"{name}_se"] = mean_se(values)
         rows.append(row)
     return sorted(rows, key=lambda row: float(row["noise"]))
 
@@ -198,7 +314,7 @@ def _protocol_plots(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
             f"{protocol} protocol": (
                 xs,
                 [row[f"{score}_{protocol}"] for row in rows],
-                [None] * len(xs),
+                [row.get(f"{score}_{protocol}_se") for row in rows],
             )
             for protocol in ("noisy", "clean")
         }
@@ -215,23 +331,42 @@ def _protocol_plots(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
 
 
 def write_attack_tables(cfg: ExperimentConfig) -> list[str]:
-    """Writes attack_performances.csv, attack_protocols.csv and the figures; a text summary."""
+    """Writes attack_runs.csv, attack_performances.csv, attack_protocols.csv and the figures;
+    returns a text summary."""
     records = attack_records(cfg)
     if not records:
         return ["no finished attacks with these settings: run the 'attacks' group first"]
+    runs_csv = cfg.results_dir / ATTACK_RUNS_CSV
+    upsert_rows(
+        runs_csv,
+        (_with_run_settings(attack_row(r), cfg) for r in records),
+        key=("attacker",),
+        columns=ATTACK_RUN_COLUMNS,
+    )
+    rows = [_with_run_settings(row, cfg) for row in attack_rows(records)]
     attack_csv = cfg.results_dir / ATTACK_CSV
-    upsert_rows(attack_csv, map(attack_row, records), key=("attacker",), columns=ATTACK_COLUMNS)
-    lines = [f"{attack_csv}: {len(records)} attackers written"]
-    rows = protocol_rows(records)
-    if rows:
+    upsert_rows(attack_csv, rows, key=("attack",), columns=ATTACK_COLUMNS)
+    lines = [
+        f"{runs_csv}: one row per attacker and seed",
+        f"{attack_csv}: {len(rows)} attacks (means over seeds) "
+        f"from {len(records)} attackers written",
+    ]
+    protocols = protocol_rows(records)
+    if protocols:
         protocol_csv = cfg.results_dir / PROTOCOL_CSV
-        upsert_rows(protocol_csv, rows, key=("model", "decoder"), columns=PROTOCOL_COLUMNS)
-        plots = _protocol_plots(rows, cfg.figures_dir)
-        lines.append(f"{protocol_csv}: {len(rows)} models, honest vs noise-free attacker")
+        upsert_rows(protocol_csv, protocols, key=("model", "decoder"), columns=PROTOCOL_COLUMNS)
+        plots = _protocol_plots(protocols, cfg.figures_dir)
+        lines.append(f"{protocol_csv}: {len(protocols)} models, honest vs noise-free attacker")
         lines += [f"{p}" for p in plots]
-        lines += ["", _protocol_summary(rows)]
+        lines += ["", _protocol_summary(protocols)]
     lines += [f"{p}" for p in write_figures(records, cfg.figures_dir)]
     return lines
+
+
+def _with_run_settings(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
+    """The classifiers' training settings that select them (`splitnn-experiments report` puts
+    them back on the command line)."""
+    return {**row, "classifier_epochs": cfg.epochs, "max_steps": cfg.max_steps, "lr": cfg.lr}
 
 
 def _protocol_summary(rows: Sequence[dict[str, Any]]) -> str:

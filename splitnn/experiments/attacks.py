@@ -11,7 +11,11 @@ wrote (collusion mode). Families:
 - ``clean``: the reference's shortcut (noise-free tensors) on every model of the ``noise``
   group, to set next to the honest attacker of the same model.
 
-The variants run on the seed-0 classifiers only.
+Every family runs on every seed's classifier, and the attacker of classifier seed k has seed k
+(its decoder's initial weights, its batch order and its validation classifier): seeds are
+repeated runs of the whole attack, not of the victim alone. A classifier of seed k > 0 is named
+``..._seed<k>`` and so is every attacker of it (checkpoint, record, figure, redeployment), so
+seeds never share a file. The tables average each attack over its seeds (`attack_report`).
 """
 
 from __future__ import annotations
@@ -56,7 +60,6 @@ from splitnn.experiments.runner import Outcome, run_jobs
 logger = logging.getLogger(__name__)
 
 EMNIST = "emnist-letters"
-ATTACK_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class AttackSpec:
     aux_fraction: float = 1.0
     protocol: str = "noisy"
     decoder: str = "deep"
+
+    @property
+    def seed(self) -> int:
+        """The attacker's seed: its classifier's."""
+        return self.classifier.seed
 
     @property
     def key(self) -> str:
@@ -87,14 +95,13 @@ class AttackSpec:
 
 
 def attack_specs(classifiers: Sequence[TrainSpec], cfg: ExperimentConfig) -> list[AttackSpec]:
-    """The attackers of the given (trained) classifiers; see the module docstring."""
+    """The attackers of the given (trained) classifiers, every seed's; see the module
+    docstring."""
     decoder = cfg.decoder
     specs = [AttackSpec(c, "grid", decoder=decoder) for c in classifiers]
     plain = GROUPS["plain"].settings[0]
     noise_settings = set(GROUPS["noise"].settings)
     for c in classifiers:
-        if c.seed != 0:
-            continue
         if c.setting == plain:
             specs += [
                 AttackSpec(c, "posttrain", set_noise=b, decoder=decoder)
@@ -137,7 +144,7 @@ def attack_settings(
         "protocol": spec.protocol,
         "decoder": spec.decoder,
         "epochs": cfg.attack_epochs,
-        "seed": ATTACK_SEED,
+        "seed": spec.seed,
         "seeding": SEEDING,
     }
 
@@ -205,7 +212,7 @@ def attack_command(
         decoder=spec.decoder,
         protocol=spec.protocol,
         epochs=cfg.attack_epochs,
-        seed=ATTACK_SEED,
+        seed=spec.seed,
         model_dir=cfg.model_dir,
         data_dir=cfg.data_dir,
         figure=figure_path(spec, cfg),
@@ -247,11 +254,12 @@ def attack_one(spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig
     return result
 
 
-def _prepare_validator(cfg: ExperimentConfig) -> None:
-    """Trains the attackers' validation classifier once, before attackers run side by side."""
-    log_path = cfg.runs_dir / cfg.dataset / "attacks" / "validator.log"
+def _prepare_validator(cfg: ExperimentConfig, seed: int) -> None:
+    """Trains the validation classifier of attacker seed `seed` once, before attackers run side
+    by side (each seed has its own, ``<dataset>_validator_seed<k>_...``)."""
+    log_path = cfg.runs_dir / cfg.dataset / "attacks" / f"validator_seed{seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    args = ["-q", "validator", "--dataset", cfg.dataset, "--seed", str(ATTACK_SEED)]
+    args = ["-q", "validator", "--dataset", cfg.dataset, "--seed", str(seed)]
     args += ["--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir)]
     with log_path.open("w") as log:
         run_checked("splitnn-attack", args, log=log)
@@ -273,8 +281,10 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec, AttackRecord]
         settings = attack_settings(spec, classifiers[spec.classifier], cfg)
         return load_attack_record(cfg.runs_dir, cfg.dataset, spec.key, settings=settings)
 
-    if cfg.jobs > 1 and (cfg.force or any(done(s) is None for s in specs)):
-        _prepare_validator(cfg)
+    if cfg.jobs > 1:
+        to_run = specs if cfg.force else [s for s in specs if done(s) is None]
+        for seed in sorted({s.seed for s in to_run}):
+            _prepare_validator(cfg, seed)
     return run_jobs(
         specs,
         work=lambda spec: attack_one(spec, classifiers[spec.classifier], cfg),
@@ -286,7 +296,7 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec, AttackRecord]
 
 
 def attack_records(cfg: ExperimentConfig) -> list[AttackRecord]:
-    """The records of every attacker that is done, for the tables and figures."""
+    """The records of every attacker that is done (every seed's), for the tables and figures."""
     classifiers = trained_classifiers(cfg)
     out = []
     for spec in attack_specs(list(classifiers), cfg):

@@ -56,19 +56,22 @@ def _cfg(tmp_path: Path, **changes: object) -> ExperimentConfig:
     return ExperimentConfig(groups=("attacks",), data_dir=tmp_path, **changes)  # type: ignore[arg-type]
 
 
-def test_attack_variants_cover_the_grid_and_run_on_seed_zero(tmp_path: Path) -> None:
+def test_attack_variants_cover_the_grid_on_every_seed(tmp_path: Path) -> None:
     classifiers = grid_specs(dataset="mnist5k", seeds=2, epochs=10)
 
     specs = attack_specs(classifiers, _cfg(tmp_path))
 
     families = [s.family for s in specs]
     assert families.count("grid") == 48
-    assert families.count("posttrain") == 3
-    assert families.count("volume") == 5  # fraction 1.0 is the plain model's grid attacker
-    assert families.count("clean") == 6  # the noise group
+    assert families.count("posttrain") == 3 * 2
+    assert families.count("volume") == 5 * 2  # fraction 1.0 is the plain model's grid attacker
+    assert families.count("clean") == 6 * 2  # the noise group
     assert families.count("emnist") == 0  # no EMNIST files in tmp_path
-    assert all(s.classifier.seed == 0 for s in specs if s.family != "grid")
+    assert {s.seed for s in specs if s.family != "grid"} == {0, 1}
+    # The attacker's seed is its classifier's, and seeds never share a name (file).
+    assert all(s.seed == s.classifier.seed for s in specs)
     assert len({s.key for s in specs}) == len(specs)
+    assert all("_seed1" in s.key for s in specs if s.seed == 1)
 
 
 def test_emnist_attacker_when_its_files_exist(tmp_path: Path) -> None:
