@@ -56,7 +56,8 @@ class Measurement:
     bias-corrected squared dCor, about 0 for independent data. The biased estimator grows with
     the dimension of independent noise, so it can rise when noise is added; the bias-corrected
     one falls, as dependence does. `posttrain` maps a noise scale b added after training to the
-    test accuracy with it.
+    test accuracy with it. `train_samples`, `val_samples` and `test_samples` are the images each
+    accuracy is measured on (the test accuracy with post-training noise too).
     """
 
     train_accuracy: float
@@ -68,6 +69,8 @@ class Measurement:
     dcor_sent_unbiased: float
     dcor_samples: int
     train_samples: int
+    val_samples: int
+    test_samples: int
     posttrain: dict[float, float]
 
 
@@ -151,5 +154,7 @@ def measure_classifier(
         dcor_sent_unbiased=float(distance_correlation(images, sent, unbiased=True)),
         dcor_samples=n,
         train_samples=len(train),
+        val_samples=len(splits.val),
+        test_samples=len(splits.test),
         posttrain=posttrain,
     )

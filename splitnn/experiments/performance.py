@@ -59,12 +59,13 @@ MODEL_COLUMNS = (
     *("client_test_accuracy", "client_test_accuracy_se", "dcor_samples", "train_samples"),
     *("train_seconds", "train_seconds_se"),
     *("dcor_unbiased", "dcor_unbiased_se", "dcor_sent_unbiased", "dcor_sent_unbiased_se"),
+    *("test_samples", "val_samples", "max_steps", "lr"),
 )
 POSTTRAIN_COLUMNS = (
     *("model", "noise_after", "test_accuracy", "test_accuracy_se"),
-    *("dataset", "noise", "nopeek", "seeds"),
+    *("dataset", "noise", "nopeek", "seeds", "test_samples", "epochs", "max_steps", "lr"),
 )
-_CACHE_VERSION = 2  # 2: bias-corrected dCor columns
+_CACHE_VERSION = 3  # 2: bias-corrected dCor columns; 3: the sizes of the val and test slices
 
 
 class NothingToMeasure(Exception):
@@ -171,6 +172,10 @@ def model_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
                 "epsilon_total": spec.epochs * eps,
                 "dcor_samples": runs[0]["dcor_samples"],
                 "train_samples": runs[0]["train_samples"],
+                "test_samples": runs[0]["test_samples"],
+                "val_samples": runs[0]["val_samples"],
+                "max_steps": spec.max_steps,
+                "lr": items[0][1].settings.get("lr"),
             }
         )
     return rows
@@ -194,6 +199,10 @@ def posttrain_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
                     "noise": spec.setting.noise,
                     "nopeek": spec.setting.nopeek,
                     "seeds": len(items),
+                    "test_samples": items[0][2]["measurement"]["test_samples"],
+                    "epochs": spec.epochs,
+                    "max_steps": spec.max_steps,
+                    "lr": items[0][1].settings.get("lr"),
                 }
             )
     return rows
