@@ -55,10 +55,10 @@ def _attack_group(cfg: ExperimentConfig, summary: Summary) -> None:
     summary.add(outcomes, lambda spec: spec.key)
 
 
-def _multi_group(cfg: ExperimentConfig, summary: Summary) -> None:
+def _multi_group(cfg: ExperimentConfig, summary: Summary, *, test_images: int) -> None:
     outcomes = MULTI.run(cfg)
     summary.add(outcomes, lambda spec: spec.name)
-    summary.lines += write_multi_tables(cfg)
+    summary.lines += write_multi_tables(cfg, test_images=test_images)
 
 
 def _threats_group(cfg: ExperimentConfig, summary: Summary, *, test_images: int) -> None:
@@ -96,7 +96,7 @@ def run(cfg: ExperimentConfig) -> Summary:
         elif kind == "attack":
             _attack_group(cfg, summary)
         elif kind == "multi":
-            _multi_group(cfg, summary)
+            _multi_group(cfg, summary, test_images=len(splits.test))
         elif kind == "threats":
             _threats_group(cfg, summary, test_images=len(splits.test))
         else:

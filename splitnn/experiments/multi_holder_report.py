@@ -1,5 +1,6 @@
-"""The ``multi`` group's results: multi_holder_attacks.csv (one row per victim of a simulation),
-its figure, and one summary line per simulation."""
+"""The ``multi`` group's results: multi_holder_runs.csv (one row per victim of a simulation, one
+seed), multi_holder_attacks.csv (one row per victim of a setting: means and standard errors over
+seeds), its figure, and one summary line per simulation."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSp
 from splitnn.experiments.multi_holder_runs import MULTI
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
-from splitnn.experiments.tables import mean_se, upsert_rows
+from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
 
 MULTI_CSV = "multi_holder_attacks.csv"
+MULTI_RUNS_CSV = "multi_holder_runs.csv"
 MULTI_FIGURE = "multi_holder_attacks.png"
 _ATTACK = (
     "attack_mse",
@@ -27,15 +29,26 @@ _ATTACK = (
     "attack_validator_accuracy",
     "validator_accuracy_originals",
 )
-MULTI_KEY = (
+_ACCURACIES = ("victim_test_accuracy", "colluder_test_accuracy", "mean_test_accuracy")
+# Averaged over seeds, each with a `_se` column.
+_AVERAGED = (*_ACCURACIES, *_ATTACK)
+MULTI_RUN_KEY = (
     *("dataset", "topology", "holders", "partition", "alpha", "seed", "epochs"),
     *("victim_noise", "victim_nopeek", "colluder", "victim"),
 )
+MULTI_RUN_COLUMNS = (
+    *MULTI_RUN_KEY[1:],
+    *_AVERAGED,
+    *("dataset", "colluder_noise", "victim_samples", "max_steps", "attack_epochs", "decoder"),
+    *("figure", "test_images"),
+)
+MULTI_KEY = tuple(name for name in MULTI_RUN_KEY if name != "seed")
 MULTI_COLUMNS = (
     *MULTI_KEY[1:],
-    *("victim_test_accuracy", "colluder_test_accuracy", "mean_test_accuracy", *_ATTACK),
-    *("dataset", "colluder_noise", "victim_samples", "max_steps", "attack_epochs", "decoder"),
-    "figure",
+    "seeds",
+    *(name for field in _AVERAGED for name in (field, f"{field}_se")),
+    *("test_images", "dataset", "colluder_noise", "victim_samples", "max_steps"),
+    *("attack_epochs", "decoder", "figure"),
 )
 
 
@@ -69,6 +82,34 @@ def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
         }
         for victim in report.victims
     ]
+
+
+def multi_table_rows(
+    runs: Sequence[dict[str, Any]], *, test_images: int | None = None
+) -> list[dict[str, Any]]:
+    """The rows of multi_holder_attacks.csv from those of `multi_rows` (any seeds): one per
+    victim of a setting, every accuracy and score the mean over its seeds with a standard error
+    (`_se`, empty for one seed), and `seeds`; the figure and sizes are the lowest seed's.
+
+    `test_images` is the size of the test set the accuracies are measured on, if known.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        groups.setdefault(tuple(run[k] for k in MULTI_KEY), []).append(run)
+    out = []
+    for seeds in groups.values():
+        first = seeds[0]
+        out.append(
+            {
+                **{k: first[k] for k in MULTI_KEY},
+                "seeds": len(seeds),
+                **aggregate(seeds, _AVERAGED),
+                "test_images": test_images,
+                **{k: first[k] for k in ("colluder_noise", "victim_samples", "max_steps")},
+                **{k: first[k] for k in ("attack_epochs", "decoder", "figure")},
+            }
+        )
+    return out
 
 
 def _victims_mean(report: MultiSummary, score: str) -> float:
@@ -132,17 +173,31 @@ def summary_line(spec: MultiSpec, record: MultiRecord) -> str:
     )
 
 
-def write_multi_tables(cfg: ExperimentConfig) -> list[str]:
-    """Writes multi_holder_attacks.csv and its figure from every finished simulation of the
-    group; a text summary (one line per simulation)."""
+def write_multi_tables(cfg: ExperimentConfig, *, test_images: int | None = None) -> list[str]:
+    """Writes multi_holder_runs.csv, multi_holder_attacks.csv and its figure from every finished
+    simulation of the group; a text summary (one line per simulation).
+
+    Args:
+        test_images: the size of the test set the accuracies are measured on, if known.
+    """
     done = MULTI.records(cfg)
     if not done:
         return ["no finished multi-holder simulations with these settings"]
+    runs = [
+        {**row, "test_images": test_images} for _, record in done for row in multi_rows(record)
+    ]
+    runs_path = cfg.results_dir / MULTI_RUNS_CSV
+    upsert_rows(runs_path, runs, key=MULTI_RUN_KEY, columns=MULTI_RUN_COLUMNS)
+    rows = multi_table_rows(runs, test_images=test_images)
     csv_path = cfg.results_dir / MULTI_CSV
-    rows = [row for _, record in done for row in multi_rows(record)]
     upsert_rows(csv_path, rows, key=MULTI_KEY, columns=MULTI_COLUMNS)
     figure = write_multi_figure(
         [record.report for _, record in done], cfg.figures_dir / MULTI_FIGURE
     )
     lines = [summary_line(spec, record) for spec, record in done]
-    return [*lines, f"{csv_path}: {len(rows)} victims of {len(done)} simulations", f"{figure}"]
+    return [
+        *lines,
+        f"{runs_path}: {len(runs)} victims of {len(done)} simulations",
+        f"{csv_path}: {len(rows)} victims of settings, means over seeds",
+        f"{figure}",
+    ]

@@ -40,6 +40,7 @@ THREATS_COLUMNS = (
     *("test_images", "guard_detected_at_step", "guard_detected_at_step_se", "guard_detections"),
     *("attack_train_mse_at_alarm", "attack_train_mse_at_alarm_se", "guard_lowest_score"),
     *(name for field in _OPTIONAL for name in (field, f"{field}_se")),
+    *("mse_margin_mean", "mse_margin_mean_se", "mse_margin_class", "mse_margin_class_se"),
     *("seconds", "seconds_se", "noise", "nopeek", "guard", "batch_size"),
     *("dataset", "epochs", "max_steps", "attack_epochs", "decoder", "figure"),
 )
@@ -61,6 +62,11 @@ def _optional_mean(values: Sequence[float | None]) -> tuple[float | None, float 
     return mean_se(present) if present else (None, None)
 
 
+def _margin(baseline: float | None, attack: float) -> float | None:
+    """Baseline MSE - attack MSE of one run: positive = the attack beat the baseline."""
+    return None if baseline is None else baseline - attack
+
+
 def threat_row(
     setting: ThreatSetting,
     runs: Sequence[tuple[ThreatSpec, ThreatRecord]],
@@ -73,6 +79,8 @@ def threat_row(
     (empty if none did); `guard_detections` counts those seeds (empty without a guard);
     `attack_train_mse_at_alarm` is the hijacking server's MSE on the training tensors at the
     alarm (mean over the seeds that have it); `guard_lowest_score` the lowest score of any seed.
+    `mse_margin_mean` and `mse_margin_class` are each seed's baseline MSE minus its attack MSE
+    (positive: better than the baseline), averaged over the seeds that report the baseline.
     """
     spec, first = runs[0]
     reports = [record.report for _, record in runs]
@@ -96,6 +104,12 @@ def threat_row(
     out["guard_lowest_score"] = min(lowest) if lowest else None
     for field in _OPTIONAL:
         out[field], out[f"{field}_se"] = _optional_mean([getattr(r, field) for r in reports])
+    for name, baseline in (
+        ("mean", "attack_baseline_mean_mse"),
+        ("class", "attack_baseline_class_mse"),
+    ):
+        margins = [_margin(getattr(r, baseline), r.attack_mse) for r in reports]
+        out[f"mse_margin_{name}"], out[f"mse_margin_{name}_se"] = _optional_mean(margins)
     settings = first.settings
     return {
         **out,

@@ -20,8 +20,11 @@ from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import GROUPS, MultiSetting, MultiSpec, expand, multi_specs
 from splitnn.experiments.multi_holder_report import (
+    MULTI_COLUMNS,
     MULTI_CSV,
+    MULTI_RUNS_CSV,
     multi_rows,
+    multi_table_rows,
     topology_series,
     write_multi_figure,
     write_multi_tables,
@@ -389,10 +392,11 @@ def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -
     for spec in (_spec(holders=2, topology="splitfed"), _spec(topology="splitfed", noise=5.0)):
         MULTI.simulate(spec, cfg)
 
-    lines = write_multi_tables(cfg)
+    lines = write_multi_tables(cfg, test_images=500)
 
     header, rows = read_rows(csv_path)
     assert header[:4] == ["topology", "holders", "partition", "alpha"]
+    assert {r["seeds"] for r in rows[1:]} == {"1"} and rows[1]["test_images"] == "500"
     assert "note" in header
     assert [(r["topology"], r["holders"], r["victim"]) for r in rows] == [
         ("older", "", ""),
@@ -406,9 +410,31 @@ def test_the_table_keeps_rows_of_other_runs(tmp_path: Path, fake_sim: FakeSim) -
         "mnist5k_multi_splitfed_k2_iid_00noise_00nopeek: test accuracy mean 90.5% "
         "(colluder 90.0%), 1 victims: attack SSIM 0.510, validator 89.0% (12 s)"
     )
-    assert lines[-2] == f"{csv_path}: 4 victims of 2 simulations"
+    assert lines[-3] == f"{cfg.results_dir / MULTI_RUNS_CSV}: 4 victims of 2 simulations"
+    _, runs = read_rows(cfg.results_dir / MULTI_RUNS_CSV)
+    assert [r["seed"] for r in runs] == ["0"] * 4
     assert lines[-1] == str(cfg.figures_dir / "multi_holder_attacks.png")
     assert Path(lines[-1]).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_the_table_averages_each_victim_over_seeds() -> None:
+    runs = [
+        row
+        for seed, ssim in ((1, 0.7), (0, 0.5), (2, 0.6))
+        for row in multi_rows(_record(summary(holders=2, seed=seed, ssim=(ssim,))))
+    ]
+    runs += multi_rows(_record(summary(holders=2, noise=1.0, ssim=(0.3,))))
+
+    rows = multi_table_rows(runs, test_images=500)
+
+    assert [(r["victim_noise"], r["seeds"]) for r in rows] == [(0.0, 3), (1.0, 1)]
+    three, one = rows
+    assert three["attack_ssim"] == pytest.approx(0.6)
+    assert three["attack_ssim_se"] == pytest.approx(0.1 / 3**0.5)
+    assert three["victim_test_accuracy_se"] == 0.0
+    assert three["test_images"] == 500 and "seed" not in three
+    assert one["attack_ssim_se"] is None
+    assert set(three) == set(MULTI_COLUMNS)
 
 
 def test_series_are_means_over_victims_then_seeds_per_topology() -> None:

@@ -403,6 +403,8 @@ def test_one_seed_gives_the_reports_numbers_and_empty_standard_errors() -> None:
         "validator_accuracy_originals_se": None,
         **{"attack_baseline_mean_mse": None, "attack_baseline_mean_mse_se": None},
         **{"attack_baseline_class_mse": None, "attack_baseline_class_mse_se": None},
+        **{"mse_margin_mean": None, "mse_margin_mean_se": None},
+        **{"mse_margin_class": None, "mse_margin_class_se": None},
         **{"noise": 0.0, "nopeek": 0.5, "guard": None, "batch_size": 32},
         **{"dataset": "mnist5k", "epochs": 3, "max_steps": None},
         **{"attack_epochs": 2, "decoder": "deep", "figure": "p.png"},
@@ -462,6 +464,9 @@ def test_two_seeds_give_mean_and_standard_error(tmp_path: Path) -> None:
     assert (fsha["guard_detected_at_step"], fsha["guard_detected_at_step_se"]) == ("40", "")
     assert fsha["guard_detections"] == "1"
     assert (fsha["attack_baseline_mean_mse"], fsha["attack_baseline_class_mse"]) == ("0.1", "")
+    # The margin of the seed that measured the baseline: 0.1 - its attack MSE.
+    assert float(fsha["mse_margin_mean"]) == pytest.approx(0.1 - 0.05)
+    assert fsha["mse_margin_class"] == ""
     # No guard: nothing flagged and nothing to count; equal seeds: SE 0.
     assert colluding["guard_detected_at_step"] == colluding["guard_detections"] == ""
     assert (colluding["attack_ssim"], colluding["attack_ssim_se"]) == ("0.4", "0")
