@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
 from splitnn.experiments.app import Summary, run
 from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
+from splitnn.experiments.report import REPORT_FILE, ReportError, render_report, update_readme
 from splitnn.options import (
     config_from,
     dataset_option,
@@ -24,16 +26,25 @@ from splitnn.options import (
 )
 from splitnn.programs import program
 
+REPORT = "report"
 _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.items())
+_REPORT_HELP = (
+    f"  {REPORT:<12} alone: the result tables as markdown from RESULTS_DIR/*.csv (stdout and\n"
+    f"  {'':<12} RESULTS_DIR/{REPORT_FILE}); runs nothing; --readme FILE rewrites its quoted tables"
+)
 
 
 @program(
     "splitnn-experiments",
     example_option="JOBS=2",
-    epilog_head=f"\b\nGroups:\n{_GROUP_HELP}\n  {'all':<12} {' '.join(ALL)}",
+    epilog_head=(f"\b\nGroups:\n{_GROUP_HELP}\n  {'all':<12} {' '.join(ALL)}\n{_REPORT_HELP}"),
 )
 @click.argument(
-    "groups", nargs=-1, required=True, type=click.Choice(GROUP_NAMES), metavar="GROUP..."
+    "groups",
+    nargs=-1,
+    required=True,
+    type=click.Choice((*GROUP_NAMES, REPORT)),
+    metavar="GROUP...",
 )
 @dataset_option(
     default=None,
@@ -67,6 +78,12 @@ _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.i
 @dir_option("--data-dir", "data")
 @dir_option("--runs-dir", "runs/experiments", help="Run records.")
 @dir_option("--results-dir", "results", help="CSVs and figures/.")
+@click.option(
+    "--readme",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With report: rewrite this file's <!-- report:TABLE CSV --> blocks from their CSVs.",
+)
 @logging_options
 def main(
     *,
@@ -75,6 +92,7 @@ def main(
     dataset: str | None,
     quiet: bool,
     verbose: int,
+    readme: Path | None,
     **options: Any,
 ) -> None:
     """Run groups of the study's grid; every training run is a splitnn-server and a
@@ -87,6 +105,11 @@ def main(
     Example: splitnn-experiments all --dataset mnist5k --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet)
+    if REPORT in groups:
+        _report(groups, results_dir=options["results_dir"], readme=readme, quiet=quiet)
+        return
+    if readme is not None:
+        raise click.UsageError("--readme goes with the report group")
     cfg = config_from(
         ExperimentConfig,
         options,
@@ -98,6 +121,30 @@ def main(
     _print_summary(summary)
     if summary.failures:
         sys.exit(exits.FAILED)
+
+
+def _report(
+    groups: tuple[str, ...], *, results_dir: Path, readme: Path | None, quiet: bool
+) -> None:
+    """`splitnn-experiments report`: the tables to stdout and RESULTS_DIR/tables.md, and the
+    README's quoted tables rewritten (`splitnn.experiments.report`)."""
+    if groups != (REPORT,):
+        raise click.UsageError(
+            f"{REPORT} runs alone, not with {' '.join(g for g in groups if g != REPORT)}"
+        )
+    try:
+        if readme is not None:
+            count = update_readme(readme)
+            click.echo(f"{readme}: {count} tables rewritten from their CSVs", err=True)
+            return
+        text = render_report(results_dir)
+    except (ReportError, OSError) as error:
+        raise exits.Failed(str(error)) from None
+    path = results_dir / REPORT_FILE
+    path.write_text(text)
+    if not quiet:
+        click.echo(text)
+    click.echo(f"{path}: written", err=True)
 
 
 def _print_summary(summary: Summary) -> None:

@@ -1,0 +1,144 @@
+"""`splitnn-experiments report`: the markdown tables rendered from results files (the fixture
+under tests/fixtures/experiment_results is hand-made in the grid's real CSV format), and the README's quoted
+tables, which must equal what the report renders from the CSVs their markers name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from splitnn.experiments.cli import main
+from splitnn.experiments.report import (
+    TABLES,
+    ReportError,
+    blocks,
+    render_report,
+    render_table,
+    update_blocks,
+)
+from splitnn.experiments.tables import read_rows, upsert_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "experiment_results"
+
+
+def test_the_report_renders_every_table_of_the_fixture() -> None:
+    text = render_report(FIXTURE)
+
+    for table in TABLES.values():
+        assert f"## {table.title}" in text
+        assert f"(`{table.csv}`): seeds per row" in text
+    assert "test images: 500" in text and "attacked test images: 500" in text
+    assert "| colluding, laplace 0.5 | 3 | 95.4 ± 0.4 | 0.0298 ± 0.0010 |" in text
+    assert "| mnist5k_10noise_00nopeek | 3 | 94.8 ± 0.3 | 0.410 ± 0.005 |" in text
+
+
+def test_each_table_names_the_command_that_produced_it() -> None:
+    text = render_report(FIXTURE)
+
+    assert (
+        "    splitnn-experiments plain noise performance --dataset mnist5k --epochs 10 "
+        "--seeds 3\n" in text
+    )
+    assert (
+        "    splitnn-experiments plain noise attacks performance --dataset mnist5k --epochs 10 "
+        "--attack-epochs 30 --decoder deep --seeds 3\n" in text
+    )
+    assert (
+        "    splitnn-experiments threats --dataset mnist5k --epochs 10 --attack-epochs 30 "
+        "--decoder deep --seeds 3\n" in text
+    )
+    assert "    splitnn-experiments multi --dataset mnist5k" in text
+
+
+def test_margins_and_baselines_are_in_the_attack_tables() -> None:
+    attacks = render_table("attacks", FIXTURE / "attack_performances.csv")
+    threats = render_table("threats", FIXTURE / "threats.csv")
+
+    for text in (attacks, threats):
+        assert "MSE margin over class mean" in text and "MSE margin over mean image" in text
+    # 0.0544 - 0.0192: the colluding attack beats the class-mean baseline by 0.0352.
+    assert "| 0.0544 ± 0.0004 | 0.0352 ± 0.0006 |" in attacks
+
+
+def test_one_seed_has_no_standard_error_and_other_settings_another_command(
+    tmp_path: Path,
+) -> None:
+    header, rows = read_rows(FIXTURE / "threats.csv")
+    one = {**rows[0], "seeds": "1", "test_accuracy_se": "", "attack_mse_se": ""}
+    smoke = {**rows[1], "max_steps": "20", "epochs": "2"}
+    path = tmp_path / "threats.csv"
+    upsert_rows(path, [one, smoke], key=("threat", "defence", "parameter"), columns=header)
+
+    text = render_table("threats", path)
+
+    assert "| colluding, none | 1 | 95.2 | 0.0192 |" in text
+    assert "seeds per row 1, 3 (mean ± standard error over seeds)" in text
+    assert "--epochs 10 --attack-epochs 30 --decoder deep\n" in text
+    assert "--epochs 2 --max-steps 20 --attack-epochs 30 --decoder deep --seeds 3\n" in text
+
+
+def test_a_file_of_another_table_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="no column"):
+        render_table("threats", FIXTURE / "model_performances.csv")
+    with pytest.raises(ReportError, match="unknown table"):
+        render_table("everything", FIXTURE / "threats.csv")
+    with pytest.raises(ReportError, match="no results files"):
+        render_report(tmp_path)
+
+
+def test_blocks_are_rewritten_from_the_files_their_markers_name() -> None:
+    stale = (
+        "Intro.\n\n<!-- report:threats tests/fixtures/experiment_results/threats.csv -->\n"
+        "| an old table |\n<!-- /report -->\n\nAfter.\n"
+    )
+
+    fresh = update_blocks(stale, ROOT)
+
+    ((name, path, body),) = blocks(fresh)
+    assert (name, path) == ("threats", "tests/fixtures/experiment_results/threats.csv")
+    assert body == render_table("threats", FIXTURE / "threats.csv")
+    assert fresh.startswith("Intro.\n\n<!-- report:") and fresh.endswith("-->\n\nAfter.\n")
+    assert update_blocks(fresh, ROOT) == fresh
+
+
+def test_the_readmes_quoted_tables_are_what_the_report_renders() -> None:
+    """Every table the README quotes between report markers equals the report of the committed
+    CSV its marker names: regenerate with `splitnn-experiments report --readme README.md`."""
+    readme = (ROOT / "README.md").read_text()
+
+    for name, path, _ in blocks(readme):
+        assert (ROOT / path).is_file(), f"README's {name} table cites {path}, which is missing"
+    assert update_blocks(readme, ROOT) == readme
+
+
+def test_the_report_command_writes_tables_md(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+
+    result = CliRunner().invoke(main, ["report", "--results-dir", str(results)])
+
+    assert result.exit_code == 0, result.output
+    assert (results / "tables.md").read_text() == render_report(FIXTURE)
+    assert "## Threat models against defences" in result.output
+
+
+def test_the_report_command_rewrites_a_readme(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURE, tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:models results/model_performances.csv -->\n<!-- /report -->\n")
+
+    result = CliRunner().invoke(main, ["report", "--readme", str(readme)])
+
+    assert result.exit_code == 0, result.output
+    assert "| mnist5k_00noise_00nopeek | 3 | 95.2 ± 0.2 |" in readme.read_text()
+
+
+def test_report_runs_alone() -> None:
+    result = CliRunner().invoke(main, ["report", "plain"])
+
+    assert result.exit_code == 2
+    assert "report runs alone" in result.output
