@@ -65,13 +65,24 @@ def mse(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
 
 
 def psnr(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB, data range 1: 10 log10(1 / MSE) per image, then averaged.
+    """Peak signal-to-noise ratio in dB, data range 1: 10 log10(1 / MSE) per image, then averaged
+    (the study's convention, and every table's `psnr`); see `psnr_pooled` for the other one.
 
     Each image's MSE is floored at `MSE_FLOOR`, so the result is at most `PSNR_CAP_DB` (100 dB).
     """
     x, y = _checked(originals, reconstructions)
     per_image = -10.0 * torch.log10(_per_image_mse(x, y).clamp_min(MSE_FLOOR))
     return float(per_image.mean())
+
+
+def psnr_pooled(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """PSNR of the pooled MSE in dB, data range 1: 10 log10(1 / mean MSE over all pixels of all
+    images), the torchmetrics convention. Not the reported `psnr` (per image, then averaged),
+    which is at least this by Jensen's inequality; -10 log10 of a table's `mse` column gives it.
+    Floored like `psnr`, so at most `PSNR_CAP_DB`.
+    """
+    x, y = _checked(originals, reconstructions)
+    return float(-10.0 * torch.log10(_per_image_mse(x, y).mean().clamp_min(MSE_FLOOR)))
 
 
 def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:

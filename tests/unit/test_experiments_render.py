@@ -1,6 +1,7 @@
 """`splitnn-experiments report`: the markdown tables rendered from results files (the fixture
-under tests/fixtures/experiment_results is hand-made in the grid's real CSV format), and the README's quoted
-tables, which must equal what the report renders from the CSVs their markers name."""
+under tests/fixtures/experiment_results is hand-made in the grid's real CSV format), and the
+README's quoted tables, which must equal what the report renders from the CSVs their markers
+name."""
 
 from __future__ import annotations
 
