@@ -183,9 +183,7 @@ def write_multi_tables(cfg: ExperimentConfig, *, test_images: int | None = None)
     done = MULTI.records(cfg)
     if not done:
         return ["no finished multi-holder simulations with these settings"]
-    runs = [
-        {**row, "test_images": test_images} for _, record in done for row in multi_rows(record)
-    ]
+    runs = [{**row, "test_images": test_images} for _, record in done for row in multi_rows(record)]
     runs_path = cfg.results_dir / MULTI_RUNS_CSV
     upsert_rows(runs_path, runs, key=MULTI_RUN_KEY, columns=MULTI_RUN_COLUMNS)
     rows = multi_table_rows(runs, test_images=test_images)
