@@ -173,7 +173,22 @@ class MemberSummary:
 
 @dataclass(frozen=True)
 class VictimSummary:
-    """The attack on one victim holder's deployment tensors; accuracies in percent."""
+    """The attack on one victim holder; accuracies in percent.
+
+    Two scores of the one decoder (trained through the colluder's part 1): ``attack_*`` on the
+    victim's deployment tensors (the attack-evaluation images, which every holder deploys alike),
+    ``own_attack_*`` on the victim's own training share as the server received it during its
+    last epoch (its part 1 then, not the colluder's; `own_attack_images` tensors, scored against
+    the true training images). The own-data scores are None where the log held no training
+    tensors with sample indices. No validator score on them: the validator was trained on the
+    same training images.
+    """
+
+    # The measurements (a mean and standard error each over several seeds).
+    SCORES: ClassVar[tuple[str, ...]] = (
+        "test_accuracy", "attack_mse", "attack_psnr", "attack_ssim", "attack_validator_accuracy",
+        "validator_accuracy_originals", "own_attack_mse", "own_attack_psnr", "own_attack_ssim",
+    )  # fmt: skip
 
     holder: int
     noise: float
@@ -185,6 +200,10 @@ class VictimSummary:
     attack_validator_accuracy: float
     validator_accuracy_originals: float
     figure: str
+    own_attack_mse: float | None = None
+    own_attack_psnr: float | None = None
+    own_attack_ssim: float | None = None
+    own_attack_images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,7 @@ class MultiSummary:
     victims: list[VictimSummary]
     seconds: float
     wire_log: str = ""
+    test_samples: int | None = None  # the test images of every `test_accuracy` (None: not counted)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

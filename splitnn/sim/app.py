@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from splitnn.client.guard import GuardSettings
 from splitnn.common.certs import make_certificates
@@ -22,6 +22,7 @@ from splitnn.common.commands import (
     run_hijacked,
 )
 from splitnn.common.credentials import Credentials
+from splitnn.common.datasets import load_splits
 from splitnn.common.models import DECODER_EPOCHS, study_batch_size
 from splitnn.common.processes import ServerProcess
 from splitnn.common.reports import AttackReport, RunReport
@@ -72,7 +73,19 @@ _ATTACK_SCORES = ("mse", "psnr", "ssim", "dcor", "validator_accuracy")
 
 @dataclass(frozen=True)
 class SimSummary:
-    """What `splitnn-sim` prints (`--json`: these fields as one object); percent accuracies."""
+    """What `splitnn-sim` prints (`--json`: these fields as one object); percent accuracies.
+
+    `test_accuracy` is measured on `test_samples` test images, the attack's scores on
+    `attack_images` deployment tensors; `seed` seeded every party of the run.
+    """
+
+    # The measurements (a mean and standard error each over several seeds); the rest are the
+    # run's settings and files.
+    SCORES: ClassVar[tuple[str, ...]] = (
+        "test_accuracy", "val_accuracy", "attack_mse", "attack_psnr", "attack_ssim",
+        "attack_dcor", "attack_validator_accuracy", "validator_accuracy_originals",
+        "attack_baseline_mean_mse", "attack_baseline_class_mse", "guard_lowest_score",
+    )  # fmt: skip
 
     dataset: str
     noise: float
@@ -109,6 +122,8 @@ class SimSummary:
     # and the last row at or before the guard's alarm (None: no alarm, or no snapshot yet).
     attack_curve: list[dict[str, float]] | None = None
     attack_at_alarm: dict[str, float] | None = None
+    seed: int = 0
+    test_samples: int | None = None  # the test images of `test_accuracy` (None: not counted)
 
     @classmethod
     def of(
@@ -120,6 +135,7 @@ class SimSummary:
         seconds: float,
         threat: str = "colluding",
         curve: list[dict[str, float]] | None = None,
+        test_samples: int | None = None,
     ) -> SimSummary:
         alarm = victim.guard_detected_at_step
         return cls(
@@ -146,6 +162,8 @@ class SimSummary:
             ),
             attack_curve=curve,
             attack_at_alarm=None if alarm is None or curve is None else at_step(curve, alarm),
+            seed=victim.seed,
+            test_samples=test_samples,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -205,7 +223,9 @@ def colluding_server(
         extra: further `splitnn-server` flags.
         start_timeout: seconds it may take to listen (a hijacking server pre-trains first).
     """
-    args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), *extra, *tls]
+    # --seed: a head whose holder sends no seed, and a hijacking server's streams, are the run's.
+    args = ["--model-dir", str(cfg.model_dir), "--tap-log", str(log), "--seed", str(cfg.seed)]
+    args += [*extra, *tls]
     return ServerProcess([*args, *(["-q"] if cfg.quiet else [])], start_timeout=start_timeout)
 
 
@@ -333,4 +353,11 @@ def run(cfg: SimConfig) -> SimSummary:
         seconds=time.perf_counter() - began,
         threat=cfg.threat,
         curve=curve,
+        test_samples=count_test_images(cfg.dataset),
     )
+
+
+def count_test_images(dataset: str) -> int:
+    """The number of test images a data holder's `test_accuracy` is measured on (the data set's
+    test slice, read where the holders read it; a downloaded set is not downloaded again)."""
+    return len(load_splits(dataset, download=False).test)

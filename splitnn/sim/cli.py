@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from splitnn.options import (
 from splitnn.programs import program
 from splitnn.sim.app import SimConfig, SimSummary, run
 from splitnn.sim.cross_holder import MultiConfig, run_multi
+from splitnn.sim.seeds import SeedsSummary, seed_list, seeded
 
 _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "colluder_nopeek")
 
@@ -54,6 +56,15 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
     ("--substitute-epochs", click.IntRange(1), None,
      "With --threat passive: epochs of the substitute part 1 (default: splitnn-attack's)."),
 )  # fmt: skip
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Run the whole simulation N times, with seeds --seed .. --seed + N - 1 (0..N-1 by "
+    "default), and report every score as its mean over the seeds with its standard error "
+    "(<score>_se), each seed's files apart (WORKDIR/seed<k>, figure <stem>_seed<k>).",
+)
 @dir_option("--workdir", "runs/sim", help="Holds the wire log of this simulation.")
 @dir_option("--model-dir", "models")
 @click.option(
@@ -108,7 +119,24 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     as deployed and inverts every other holder's deployment tensors from the wire. --noise and
     --nopeek are the victims' defences; --json prints one object with `topology`, `holders`,
     `members` and a list `victims` (holder, test_accuracy, attack_ssim, attack_psnr,
-    attack_validator_accuracy, ...).
+    attack_validator_accuracy, ...). Each victim is scored twice by the one decoder: attack_*
+    on its deployment tensors (the attack-evaluation images, which every holder deploys alike:
+    where all end with one part 1, round-robin and splitfed, victims score alike), and
+    own_attack_mse, own_attack_psnr, own_attack_ssim on its own training share as the server
+    received it (each image's last tensor, from the victim's part 1 of then;
+    own_attack_images of them).
+
+    Every accuracy comes with `test_samples`, the test images it was measured on. Every party's
+    random streams derive from --seed (the server's too).
+
+    --seeds N runs the whole simulation for the seeds --seed, ..., --seed + N - 1, one after the
+    other, each seed's wire log, certificates and curve under WORKDIR/seed<k> and its figure at
+    <figure stem>_seed<k> (checkpoints, attackers and validators carry the seed in their
+    names). With N >= 2, --json gives every score (test_accuracy, attack_mse, ..., for several
+    holders every member's and victim's too) as the mean over the seeds, its standard error
+    (sample standard deviation over sqrt(N)) as <score>_se, the settings the runs share,
+    `seeds`, the total `seconds` and `runs`, each seed's own summary. A seed that fails stops
+    the simulation with that failure's exit status.
 
     --guard splitguard gives the victim SplitGuard (see splitnn-client --help); --json adds
     `guard`, `guard_detected_at_step` (the training step of its alarm, null: none) and
@@ -124,15 +152,18 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")
+    seeds = seed_list(options["seed"], options.pop("seeds"))
+    several = len(seeds) > 1
     if holders >= 2 and options["guard"] is not None:
         raise click.UsageError("--guard watches a lone victim: not with --holders K >= 2")
     _check_threat(options, holders=holders)
     if holders == 1:
         if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
             raise click.UsageError("--alpha and --colluder need --holders K >= 2")
-        summary: SimSummary | MultiSummary = run(
-            config_from(SimConfig, options, quiet=quiet or as_json)
-        )
+        single = config_from(SimConfig, options, quiet=quiet or as_json)
+        runs: list[SimSummary] | list[MultiSummary] = [
+            run(seeded(single, seed, several=several)) for seed in seeds
+        ]
     else:
         if multi_options["colluder"] >= holders:
             raise click.BadParameter(
@@ -140,17 +171,24 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
             )
         if options["set_noise"] is not None:
             raise click.UsageError("--set-noise is for a single holder")
-        summary = run_multi(
-            config_from(
-                MultiConfig, {**options, **multi_options}, holders=holders, quiet=quiet or as_json
-            )
+        multi = config_from(
+            MultiConfig, {**options, **multi_options}, holders=holders, quiet=quiet or as_json
         )
+        runs = [run_multi(seeded(multi, seed, several=several)) for seed in seeds]
+    if several:
+        summary = SeedsSummary(seeds=seeds, runs=runs)
+        if as_json:
+            click.echo(json.dumps(summary.to_json()))
+        else:
+            _print_seeds(summary)
+        return
+    (one,) = runs
     if as_json:
-        click.echo(json.dumps(summary.to_json()))
-    elif isinstance(summary, MultiSummary):
-        _print_multi(summary)
+        click.echo(json.dumps(one.to_json()))
+    elif isinstance(one, MultiSummary):
+        _print_multi(one)
     else:
-        _print_table(summary)
+        _print_table(one)
 
 
 _THREAT_ONLY = {
@@ -178,7 +216,8 @@ def _print_multi(s: MultiSummary) -> None:
     alpha = f" alpha {s.alpha:g}" if s.alpha is not None else ""
     click.echo(
         f"{s.holders} holders, {s.topology}, {s.partition}{alpha} partition, {s.dataset}, "
-        f"{s.epochs} epochs; the server colludes with holder {s.colluder} (b={s.colluder_noise:g})"
+        f"{s.epochs} epochs, seed {s.seed}; the server colludes with holder {s.colluder} "
+        f"(b={s.colluder_noise:g})"
     )
     click.echo(f"{'holder':>6}  {'samples':>7}  {'b':>5}  {'W':>5}  {'test %':>6}  "
                f"{'MSE':>7}  {'PSNR':>6}  {'SSIM':>6}  {'validator %':>11}")  # fmt: skip
@@ -196,6 +235,15 @@ def _print_multi(s: MultiSummary) -> None:
     if s.victims:
         originals = s.victims[0].validator_accuracy_originals
         click.echo(f"validator on the original images: {originals:.1f}%")
+        own = [v for v in s.victims if v.own_attack_mse is not None]
+        if own:
+            click.echo("on each victim's own training tensors (its part 1 of then):")
+        for v in own:
+            click.echo(f"  holder {v.holder}: MSE {v.own_attack_mse:.4f}  PSNR "
+                       f"{v.own_attack_psnr:.2f}  SSIM {v.own_attack_ssim:.3f}  "
+                       f"({v.own_attack_images} images)")  # fmt: skip
+    if s.test_samples is not None:
+        click.echo(f"test accuracies on {s.test_samples} test images")
     click.echo(f"wire log: {s.wire_log}; wall time {s.seconds:.0f} s")
 
 
@@ -205,7 +253,11 @@ def _print_table(s: SimSummary) -> None:
         ("threat", s.threat),
         ("data set", s.dataset),
         ("victim defence", f"noise b={s.noise:g}, NoPeek W={s.nopeek:g}"),
-        ("victim test accuracy", f"{s.test_accuracy:.2f}% (best epoch {s.best_epoch})"),
+        ("seed", str(s.seed)),
+        (
+            "victim test accuracy",
+            f"{s.test_accuracy:.2f}%{_of(s.test_samples)} (best epoch {s.best_epoch})",
+        ),
         ("attack images", str(s.attack_images)),
         ("attack MSE", f"{s.attack_mse:.4f}"),
         ("attack PSNR", f"{s.attack_psnr:.2f} dB"),
@@ -236,3 +288,38 @@ def _print_table(s: SimSummary) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _print_seeds(s: SeedsSummary) -> None:
+    """Each seed's summary as a single run prints it, then the scores over the seeds."""
+    summaries: list[SimSummary | MultiSummary] = [*s.runs]
+    for seed, one in zip(s.seeds, summaries, strict=True):
+        click.echo(f"--- seed {seed} ---")
+        if isinstance(one, MultiSummary):
+            _print_multi(one)
+        else:
+            _print_table(one)
+    data = s.to_json()
+    seeds = ", ".join(map(str, s.seeds))
+    click.echo(f"--- {len(s.seeds)} seeds ({seeds}): mean ± standard error ---")
+    samples = data.get("test_samples")
+    if samples is not None:
+        click.echo(f"test accuracies on {samples} test images")
+    _print_means(data, indent="")
+    for key in ("members", "victims"):
+        for entry in data.get(key, []):
+            click.echo(f"{key[:-1]} {entry['holder']}:")
+            _print_means(entry, indent="  ")
+    click.echo(f"wall time {data['seconds']:.0f} s")
+
+
+def _print_means(data: Mapping[str, Any], *, indent: str) -> None:
+    """`key  mean ± se` for every score of `data` measured in every seed."""
+    rows = [(k, v, data[f"{k}_se"]) for k, v in data.items() if data.get(f"{k}_se") is not None]
+    width = max((len(k) for k, _, _ in rows), default=0)
+    for key, mean, se in rows:
+        click.echo(f"{indent}{key:<{width}}  {mean:.4g} ± {se:.2g}")
+
+
+def _of(test_samples: int | None) -> str:
+    return "" if test_samples is None else f" of {test_samples} test images"

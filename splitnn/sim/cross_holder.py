@@ -6,6 +6,13 @@ training group of the chosen topology), K data holders (each with its own certif
 the training set and defences), and one attacker per victim. The attacker gets black-box access
 to the colluding holder's part 1 as deployed (with its noise), trains its decoder once, and
 scores it on each victim's deployment tensors as the server received them.
+
+The deployment tensors are of the same attack-evaluation images for every holder, and where the
+topology leaves every holder with one part 1 (round-robin, splitfed) two victims' deployment
+scores agree. So each victim is also scored on its own data: the same decoder on the tensors of
+the victim's training share as the server received them (each image's latest, from its last
+epoch), made by the victim's part 1 of then, not the colluder's (`own_data_scores`; the
+harness's holders send sample indices, so the true images are known).
 """
 
 from __future__ import annotations
@@ -17,8 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
+from splitnn.attacker.intercept import InterceptError, from_log, ground_truth
+from splitnn.attacker.inversion import reconstruct
+from splitnn.attacker.metrics import score
+from splitnn.common.checkpoints import load_checkpoint
 from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, run_client
 from splitnn.common.credentials import Credentials
+from splitnn.common.datasets import Subset, load_splits
+from splitnn.common.decoders import build_decoder
 from splitnn.common.processes import ProcessError
 from splitnn.common.reports import (
     AttackReport,
@@ -33,6 +48,7 @@ from splitnn.sim.app import (
     attack_command,
     certificates,
     colluding_server,
+    count_test_images,
     holder_command,
     wire_log,
 )
@@ -126,20 +142,62 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
     with colluding_server(cfg, log=log, tls=tls, extra=group) as server:
         reports = _train_holders(cfg, server.address, credentials)
     colluder = reports[cfg.colluder]
+    train = load_splits(cfg.dataset, download=False).train
     victims = []
     for report in reports:
         assert report.group is not None
         if report.group.holder == cfg.colluder:
             continue
         attack = run_attacker(victim_attack(cfg, colluder=colluder, victim=report, log=log))
-        victims.append(_victim(report, attack))
+        decoder = _decoder(cfg.decoder, Path(attack.attacker))
+        own = own_data_scores(decoder, log, run=report.run, train=train)
+        victims.append(_victim(report, attack, own))
     return MultiSummary(
         **{name: getattr(cfg, name) for name in _SETTINGS},
         members=[_member(r) for r in reports],
         victims=victims,
         wire_log=str(log),
         seconds=round(time.perf_counter() - began, 1),
+        test_samples=count_test_images(cfg.dataset),
     )
+
+
+def own_data_scores(
+    decoder: torch.nn.Module, log: Path, *, run: str, train: Subset
+) -> dict[str, float | int]:
+    """The decoder on a victim's own data: the tensors of its training share as the server
+    received them (each image's last tensor, i.e. from its last epoch, from the victim's part 1
+    of then), inverted and scored against the true training images.
+
+    Args:
+        decoder: the attacker's decoder (float32 [N, 500] -> [N, 1, 28, 28]).
+        log: the wire log; run: the victim's run in it.
+        train: the data set's training split (the sample indices point into it).
+
+    Returns:
+        ``own_attack_mse``, ``own_attack_psnr``, ``own_attack_ssim`` and ``own_attack_images``
+        (how many tensors); empty when the log holds fewer than 4 of the run's training tensors
+        with sample indices (the scores need 4).
+    """
+    try:
+        received = from_log(log, split="train", run=run)
+    except InterceptError:  # none, or none with sample indices
+        return {}
+    if len(received.indices) < 4:
+        return {}
+    originals, _ = ground_truth(train, received.indices)
+    with torch.no_grad():
+        scores = score(originals, reconstruct(decoder, received.activations))
+    own: dict[str, float | int] = {f"own_attack_{k}": scores[k] for k in ("mse", "psnr", "ssim")}
+    return {**own, "own_attack_images": len(received.indices)}
+
+
+def _decoder(name: str, path: Path) -> torch.nn.Module:
+    """The attacker's trained decoder `name` saved at `path`, in eval mode."""
+    decoder = build_decoder(name, seed=0)  # the weights are replaced by the saved ones
+    state, _ = load_checkpoint(path)
+    decoder.load_state_dict(state)
+    return decoder.eval()
 
 
 def _train_holders(
@@ -171,7 +229,7 @@ def _member(report: RunReport) -> MemberSummary:
     )
 
 
-def _victim(report: RunReport, attack: AttackReport) -> VictimSummary:
+def _victim(report: RunReport, attack: AttackReport, own: dict[str, float | int]) -> VictimSummary:
     assert report.group is not None
     return VictimSummary(
         holder=report.group.holder,
@@ -184,4 +242,8 @@ def _victim(report: RunReport, attack: AttackReport) -> VictimSummary:
         attack_validator_accuracy=attack.validator_accuracy,
         validator_accuracy_originals=attack.validator_accuracy_originals,
         figure=attack.figure,
+        own_attack_mse=float(own["own_attack_mse"]) if own else None,
+        own_attack_psnr=float(own["own_attack_psnr"]) if own else None,
+        own_attack_ssim=float(own["own_attack_ssim"]) if own else None,
+        own_attack_images=int(own["own_attack_images"]) if own else None,
     )
