@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from splitnn.client.dp import DP_DELTA, DP_LR, DP_MAX_GRAD_NORM, DPError, DPSettings
 from splitnn.client.guard import GUARD_ACTIONS, GUARDS, GuardSettings
 from splitnn.common.credentials import CredentialError, Credentials
 from splitnn.common.datasets import DATASETS
@@ -309,14 +310,12 @@ def guard_options(function: F) -> F:
             given = [
                 flag
                 for flag, _, _, _ in _GUARD_SETTINGS
-                if context.get_parameter_source(_guard_name(flag))
+                if context.get_parameter_source(_flag_name(flag))
                 is click.core.ParameterSource.COMMANDLINE
             ]
             if given:
                 raise click.UsageError(f"{', '.join(given)} needs --guard {', '.join(GUARDS)}")
-        settings = {
-            _guard_name(flag): kwargs.pop(_guard_name(flag)) for flag, *_ in _GUARD_SETTINGS
-        }
+        settings = {_flag_name(flag): kwargs.pop(_flag_name(flag)) for flag, *_ in _GUARD_SETTINGS}
         kwargs["guard_settings"] = GuardSettings(
             **{name.removeprefix("guard_"): value for name, value in settings.items()}
         )
@@ -330,6 +329,66 @@ def guard_options(function: F) -> F:
     )(cast(F, command))  # fmt: skip
 
 
-def _guard_name(flag: str) -> str:
-    """The parameter of a ``--guard-*`` flag: ``--guard-start-after`` → ``guard_start_after``."""
+# DP-SGD's flags: (flag, type, default, help); the command receives them as one `dp`.
+_DP_FLAGS: tuple[tuple[str, Any, object, str], ...] = (
+    ("--dp-epsilon", click.FloatRange(0.0, min_open=True), None,
+     "DP-SGD on part 1 with this (epsilon, delta) budget for the whole run: the noise "
+     "multiplier is found for the run's epochs and sampling rate (RDP accountant)."),
+    ("--dp-delta", click.FloatRange(0.0, 1.0, min_open=True, max_open=True), DP_DELTA,
+     "DP-SGD's delta."),
+    ("--dp-noise-multiplier", click.FloatRange(0.0, min_open=True), None,
+     "DP-SGD with this noise multiplier sigma instead of a target epsilon (epsilon is then "
+     "what the accountant reports)."),
+    ("--dp-max-grad-norm", click.FloatRange(0.0, min_open=True), DP_MAX_GRAD_NORM,
+     "DP-SGD's clipping norm C of each sample's gradient."),
+)  # fmt: skip
+
+
+def dp_options(function: F) -> F:
+    """``--dp-epsilon E`` or ``--dp-noise-multiplier S``, with ``--dp-delta`` and
+    ``--dp-max-grad-norm``: DP-SGD on part 1 (`splitnn.client.dp`).
+
+    The command receives `dp`: a `DPSettings`, or None without DP-SGD. With DP-SGD and no
+    ``--lr`` on the command line, `lr` becomes DP-SGD's own default (`DP_LR`). A ``--dp-delta``
+    or ``--dp-max-grad-norm`` without DP-SGD, or both an epsilon and a noise multiplier, is a
+    usage error.
+    """
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = {flag: kwargs.pop(_flag_name(flag)) for flag, *_ in _DP_FLAGS}
+        context = click.get_current_context()
+        given = [
+            flag
+            for flag, *_ in _DP_FLAGS
+            if context.get_parameter_source(_flag_name(flag))
+            is click.core.ParameterSource.COMMANDLINE
+        ]
+        epsilon, sigma = values["--dp-epsilon"], values["--dp-noise-multiplier"]
+        if epsilon is None and sigma is None:
+            if given:
+                raise click.UsageError(
+                    f"{', '.join(given)} needs --dp-epsilon or --dp-noise-multiplier"
+                )
+            kwargs["dp"] = None
+            return function(*args, **kwargs)
+        try:
+            kwargs["dp"] = DPSettings(
+                epsilon=epsilon,
+                delta=values["--dp-delta"],
+                noise_multiplier=sigma,
+                max_grad_norm=values["--dp-max-grad-norm"],
+            )
+        except DPError as error:
+            raise click.UsageError(str(error)) from None
+        lr_given = context.get_parameter_source("lr") is click.core.ParameterSource.COMMANDLINE
+        if "lr" in kwargs and not lr_given:
+            kwargs["lr"] = DP_LR
+        return function(*args, **kwargs)
+
+    return option_table(*_DP_FLAGS)(cast(F, command))
+
+
+def _flag_name(flag: str) -> str:
+    """The parameter of a flag: ``--dp-max-grad-norm`` → ``dp_max_grad_norm``."""
     return flag[2:].replace("-", "_")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from splitnn.client.config import ClientConfig
+from splitnn.client.dp import DPSGD, DPError, batch_bound, noise_multiplier_for, sample_rate
 from splitnn.client.group import GroupRun, share_of, shares_body
 from splitnn.client.resume import HolderState, ResumeError, load_state, resume_path
 from splitnn.client.split_trainer import EVAL_BATCH_SIZE, SplitTrainer
@@ -49,7 +50,8 @@ def default_run_name(cfg: ClientConfig) -> str:
     A group member's is prefixed with the group and its index, e.g. ``clinics_h2_mnist5k_...``.
     """
     noise, nopeek = setting_tag(cfg.noise), setting_tag(cfg.nopeek)
-    name = f"{cfg.dataset}_{noise}noise_{nopeek}nopeek_seed{cfg.seed}"
+    dp = f"_{cfg.dp.tag}" if cfg.dp is not None else ""
+    name = f"{cfg.dataset}_{noise}noise_{nopeek}nopeek{dp}_seed{cfg.seed}"
     return name if cfg.group is None else f"{cfg.group}_h{cfg.holder}_{name}"
 
 
@@ -87,6 +89,9 @@ def run(cfg: ClientConfig) -> RunReport:
             shares["scheme"],
             shares["digest"][:12],
         )
+    if cfg.dp is not None and (cfg.group is not None or trained is not None):
+        other = "--group" if cfg.group is not None else "--from-checkpoint"
+        raise DPError(f"DP-SGD trains a lone holder's part 1: not with {other}")
     name = cfg.run or default_run_name(cfg)
     state_path = resume_path(cfg.model_dir, name)
     saved = _state_to_resume(cfg, state_path, name) if trained is None else None
@@ -95,7 +100,10 @@ def run(cfg: ClientConfig) -> RunReport:
         num_classes=splits.num_classes,
         lr=cfg.lr,
         seed=seed_for(cfg.seed, "head"),
-        max_batch_size=max(cfg.batch_size, EVAL_BATCH_SIZE),
+        max_batch_size=max(
+            batch_bound(cfg.batch_size) if cfg.dp is not None else cfg.batch_size,
+            EVAL_BATCH_SIZE,
+        ),
         resume=saved is not None,
         group=group,
     )
@@ -111,8 +119,9 @@ def run(cfg: ClientConfig) -> RunReport:
     ) as link:
         # A group that shares part 1 starts every holder from the same weights.
         own_body = not shares_body(link.topology)
+        body = build_body(seed_for(cfg.seed, "body", member=member(cfg) if own_body else None))
         trainer = SplitTrainer(
-            body=build_body(seed_for(cfg.seed, "body", member=member(cfg) if own_body else None)),
+            body=body,
             link=link,
             run=name,
             noise=training_noise(cfg),
@@ -122,6 +131,7 @@ def run(cfg: ClientConfig) -> RunReport:
             seed=seed_for(cfg.seed, "batch_order", member=member(cfg)),
             send_indices=cfg.send_indices,
             guard=holder_guard(cfg, splits.num_classes),
+            dp=dp_sgd(cfg, body, len(splits.train)) if trained is None else None,
         )
         if trained is not None:
             trainer.body.load_state_dict(trained)
@@ -141,6 +151,35 @@ def run(cfg: ClientConfig) -> RunReport:
         link.close(finished=True)
     remove_checkpoint(state_path)
     return report
+
+
+def dp_sgd(cfg: ClientConfig, body: torch.nn.Module, samples: int) -> DPSGD | None:
+    """DP-SGD on `body` for a run over `samples` training samples (None without --dp-*): the
+    sampling rate q = B / N, and the noise multiplier for the run's steps (epochs x ceil(N / B),
+    or --max-steps per epoch) unless it is given."""
+    if cfg.dp is None:
+        return None
+    rate = sample_rate(cfg.batch_size, samples)
+    per_epoch = math.ceil(samples / cfg.batch_size)
+    steps = cfg.epochs * min(per_epoch, cfg.max_steps or per_epoch)
+    sigma = noise_multiplier_for(cfg.dp, sample_rate=rate, steps=steps)
+    logger.info(
+        "DP-SGD: sigma %.4f, C %g, q %.5f over %d steps, delta %g",
+        sigma,
+        cfg.dp.max_grad_norm,
+        rate,
+        steps,
+        cfg.dp.delta,
+    )
+    return DPSGD(
+        body=body,
+        noise_multiplier=sigma,
+        max_grad_norm=cfg.dp.max_grad_norm,
+        expected_batch_size=cfg.batch_size,
+        noise_seed=seed_for(cfg.seed, "dp_noise"),
+        delta=cfg.dp.delta,
+        sample_rate=rate,
+    )
 
 
 def _state_to_resume(cfg: ClientConfig, path: Path, run: str) -> HolderState | None:
@@ -207,6 +246,7 @@ def _evaluate_trained(
         name,
         noise,
         test_accuracy=test.accuracy,
+        test_samples=test.samples,
         best_epoch=cfg.epochs,
         train_accuracy=None,
         val_accuracy=val.accuracy,
@@ -235,6 +275,7 @@ def _train_and_report(
         name,
         noise,
         test_accuracy=test.accuracy,
+        test_samples=test.samples,
         best_epoch=best.epoch,
         train_accuracy=best.train_accuracy,
         val_accuracy=best.val_accuracy,
@@ -278,7 +319,16 @@ def _report(
     """
     deploy = trainer.evaluate("attack", splits.attack, noise=noise) if cfg.deploy else None
     steps_ms = [1000 * s for s in trainer.step_seconds]
-    guard = trainer.guard
+    guard, dp = trainer.guard, trainer.dp
+    if dp is not None:
+        assert cfg.dp is not None
+        measured |= {
+            "dp_epsilon": dp.epsilon(),
+            "dp_delta": cfg.dp.delta,
+            "dp_noise_multiplier": dp.noise_multiplier,
+            "dp_max_grad_norm": dp.max_grad_norm,
+            "dp_sample_rate": dp.sample_rate,
+        }
     return RunReport(
         run=name,
         dataset=splits.name,

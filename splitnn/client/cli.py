@@ -11,6 +11,7 @@ import click
 
 from splitnn.client.app import run
 from splitnn.client.config import ClientConfig
+from splitnn.client.dp import DPSettings
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import PLAIN_BATCH_SIZE
 from splitnn.common.reports import RunReport
@@ -22,6 +23,7 @@ from splitnn.options import (
     credential_options,
     dataset_option,
     dir_option,
+    dp_options,
     guard_options,
     json_option,
     logging_options,
@@ -92,6 +94,7 @@ from splitnn.programs import program
     help="Seconds to wait for the other holders of the group at one synchronisation.",
 )
 @guard_options
+@dp_options
 @credential_options
 @click.option(
     "--from-checkpoint",
@@ -124,11 +127,18 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     warns, or with --guard-action stop saves the state and exits 4. Fake batches do not count in
     the reported training loss and accuracy.
 
+    --dp-epsilon E (or --dp-noise-multiplier S) trains part 1 with DP-SGD: Poisson batches of
+    expected size --batch-size, each sample's gradient clipped to --dp-max-grad-norm, Gaussian
+    noise; the report gives the epsilon spent (RDP accountant) at --dp-delta. Its default
+    learning rate is 1e-3. Epsilon covers part 1's parameters, not the cut tensors sent.
+
     \b
     Example (with a splitnn-server listening on port 50051):
       splitnn-client --server 127.0.0.1:50051 --dataset mnist5k --noise 0.5 --epochs 10
     With the guard, stopping at its alarm:
       splitnn-client --server 127.0.0.1:50051 --epochs 5 --guard splitguard --guard-action stop
+    With DP-SGD at epsilon 3, delta 1e-5:
+      splitnn-client --server 127.0.0.1:50051 --epochs 10 --dp-epsilon 3 --dp-delta 1e-5
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     _check(**options)
@@ -149,6 +159,8 @@ def _check(
     holder: int,
     holders: int,
     guard: str | None,
+    dp: DPSettings | None,
+    nopeek: float,
     **others: Any,
 ) -> None:
     """Usage errors the options' types cannot see."""
@@ -170,6 +182,15 @@ def _check(
         # A group's steps interleave several holders' batches; a served model trains no more.
         other = "--group" if group is not None else "--from-checkpoint"
         raise click.UsageError(f"--guard watches a lone holder's training: not with {other}")
+    if dp is not None:
+        if nopeek > 0:
+            raise click.UsageError(
+                "--dp-* cannot be combined with --nopeek: the distance-correlation term couples "
+                "the samples of a batch, so clipping each sample's gradient bounds nothing"
+            )
+        if group is not None or from_checkpoint is not None:
+            other = "--group" if group is not None else "--from-checkpoint"
+            raise click.UsageError(f"DP-SGD trains a lone holder's part 1: not with {other}")
 
 
 def _print_summary(report: RunReport) -> None:
@@ -190,7 +211,14 @@ def _print_summary(report: RunReport) -> None:
     if report.train_accuracy is not None:
         click.echo(f"train accuracy: {report.train_accuracy:.2f}%")
     click.echo(f"val accuracy:   {report.val_accuracy:.2f}%")
-    click.echo(f"test accuracy:  {report.test_accuracy:.2f}%")
+    tested = f" of {report.test_samples} images" if report.test_samples is not None else ""
+    click.echo(f"test accuracy:  {report.test_accuracy:.2f}%{tested}")
+    if report.dp_epsilon is not None:
+        click.echo(
+            f"DP-SGD: epsilon {report.dp_epsilon:.3f} spent at delta {report.dp_delta:g} "
+            f"(RDP accountant; sigma {report.dp_noise_multiplier:.4f}, "
+            f"C {report.dp_max_grad_norm:g}, q {report.dp_sample_rate:.5f})"
+        )
     click.echo(f"throughput: {report.samples_per_second:.0f} samples/s")
     if report.guard is not None:
         lowest = min((s.score for s in report.guard_scores), default=None)

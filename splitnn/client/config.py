@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splitnn.client.dp import DPSettings
 from splitnn.client.guard import GuardSettings
 from splitnn.common.credentials import Credentials
 from splitnn.common.models import PLAIN_BATCH_SIZE
@@ -50,6 +51,7 @@ class ClientConfig:
         guard: the hijack detector that watches the server's gradients (a name in
             `splitnn.client.guard.GUARDS`); None: none.
         guard_settings: its settings (N, P_f, m, e, threshold, action).
+        dp: DP-SGD on part 1 (`splitnn.client.dp`); None: plain training.
     """
 
     server: str = "127.0.0.1:50051"
@@ -85,3 +87,4 @@ class ClientConfig:
     group_timeout: float = 3600.0
     guard: str | None = None
     guard_settings: GuardSettings = field(default_factory=GuardSettings)
+    dp: DPSettings | None = None

@@ -58,8 +58,9 @@ class Progress:
     def train_accuracy(self) -> float:
         return 100.0 * self.correct / max(self.samples, 1)
 
-    def next_epoch(self, val_accuracy: float) -> EpochRecord:
-        """Closes the running epoch with its validation accuracy; returns its record."""
+    def next_epoch(self, val_accuracy: float, *, dp_epsilon: float | None = None) -> EpochRecord:
+        """Closes the running epoch with its validation accuracy (and, with DP-SGD, the
+        epsilon spent so far); returns its record."""
         record = EpochRecord(
             epoch=self.epoch,
             train_loss=self.train_loss,
@@ -67,6 +68,7 @@ class Progress:
             val_accuracy=val_accuracy,
             seconds=self.seconds,
             samples=self.samples,
+            dp_epsilon=dp_epsilon,
         )
         self.history.append(record)
         self.epoch, self.batch = self.epoch + 1, 0

@@ -1,7 +1,8 @@
 """The data holder's resume state: what it takes to continue a run exactly where it was saved.
 
 Saved at every save point, after the server's reply (so the server holds the same step): part 1,
-its optimizer, both noise generators, the guard's sums and scores (with a guard), the position
+its optimizer, both noise generators, the guard's sums and scores (with a guard), DP-SGD's
+accountant (with DP-SGD: the privacy spent so far), the position
 with the running epoch's sums, the history and the best epoch so far, and the settings the run
 was started with. One file per run,
 ``<model_dir>/client/<run>.ckpt``, written atomically; it is removed when the run completes.
@@ -36,6 +37,7 @@ class HolderState:
     noise: torch.Tensor  # generator state of the training noise (uint8)
     val_noise: torch.Tensor  # generator state of the validation noise (uint8)
     guard: dict[str, Any] | None = None  # the guard's `state_dict` (None: no guard)
+    dp: dict[str, Any] | None = None  # DP-SGD's accountant `state_dict` (None: no DP-SGD)
 
 
 def resume_path(model_dir: Path, run: str) -> Path:
@@ -52,6 +54,7 @@ def save_state(path: Path, state: HolderState, *, settings: dict[str, Any], run:
         "noise": state.noise,
         "val_noise": state.val_noise,
         "guard": state.guard,
+        "dp": state.dp,
         "settings": settings,
     }
     manifest = {"part": "body-resume", "run": run, "step": payload["step"], **settings}
@@ -85,4 +88,5 @@ def load_state(path: Path, *, settings: dict[str, Any], run: str) -> HolderState
         noise=payload["noise"],
         val_noise=payload["val_noise"],
         guard=payload.get("guard"),
+        dp=payload.get("dp"),
     )

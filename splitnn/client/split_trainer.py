@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from splitnn.client.dp import DPSGD, DPError
 from splitnn.client.guard import SplitGuard, StepPlan
 from splitnn.client.progress import Progress
 from splitnn.client.transport import ServerLink
@@ -49,6 +50,9 @@ class SplitTrainer:
         send_indices: send each batch's sample indices (an evaluation harness scoring an attack
             needs them; a real data holder never reveals which samples it sent).
         guard: watches the server's gradients (SplitGuard) and plans fake batches; None: none.
+        dp: DP-SGD on part 1 (its per-sample hooks on `body`); None: plain steps. Its batches
+            are Poisson samples of the training set (expected size `batch_size`) instead of
+            an epoch's shuffled slices.
     """
 
     def __init__(
@@ -64,7 +68,13 @@ class SplitTrainer:
         seed: int,
         send_indices: bool = False,
         guard: SplitGuard | None = None,
+        dp: DPSGD | None = None,
     ) -> None:
+        if dp is not None and nopeek > 0.0:
+            raise DPError(
+                "DP-SGD and NoPeek cannot be combined: the distance-correlation term couples "
+                "the samples of a batch, so clipping each sample's gradient bounds nothing"
+            )
         self.body = body
         self.link = link
         self.run = run
@@ -74,6 +84,7 @@ class SplitTrainer:
         self.seed = seed
         self.send_indices = send_indices
         self.guard = guard
+        self.dp = dp
         self.optimizer = make_optimizer(body, lr)
         self.step_seconds: list[float] = []  # every training step's duration, for reports
 
@@ -95,12 +106,19 @@ class SplitTrainer:
         fake batch the labels sent are shifted by `plan.label_shift` (mod C), part 1's
         first-layer gradient of the server's answer is recorded, and part 1 takes no optimiser
         step (nor any NoPeek term); a regular batch of R1 or R2 is recorded and trains as usual.
+        With DP-SGD the optimiser steps on the noised mean of the clipped per-sample gradients;
+        an empty batch (Poisson sampling draws them) sends nothing and steps on noise alone.
         Returns the server's mean cross-entropy and the number of correct predictions (on the
         labels sent).
         """
         plan = plan or StepPlan()
         self.body.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.dp is not None and len(images) == 0:
+            if not plan.fake:
+                self.dp.privatise(epoch=step.epoch, batch=step.batch, empty=True)
+                self.optimizer.step()
+            return 0.0, 0
         cut = self.body(images)
         sent = self.noise(cut.detach())
         if plan.fake:
@@ -125,6 +143,11 @@ class SplitTrainer:
         if recorded:
             assert self.guard is not None
             self.guard.record(index, plan, torch.cat([g.reshape(-1) for g in server_part]))
+        if self.dp is not None:
+            if plan.fake:
+                self.dp.drop_per_sample()
+            else:
+                self.dp.privatise(epoch=step.epoch, batch=step.batch)
         if not plan.fake:
             self.optimizer.step()
         return reply.loss, reply.correct
@@ -161,6 +184,7 @@ class SplitTrainer:
         """
         epoch = progress.epoch
         order = epoch_permutation(len(data), seed=self.seed, epoch=epoch)
+        dp = self.dp
         starts = range(0, len(data), self.batch_size)
         if max_steps is not None:
             starts = starts[:max_steps]
@@ -174,10 +198,16 @@ class SplitTrainer:
             leave=False,
         )
         for batch in range(progress.batch, per_epoch):
-            idx = order[starts[batch] : starts[batch] + self.batch_size]
+            if dp is None:
+                idx = order[starts[batch] : starts[batch] + self.batch_size]
+            else:
+                idx = dp.batch(len(data), seed=self.seed, epoch=epoch, batch=batch)
             step = StepId(self.run, epoch, batch)
             done = (epoch - 1) * per_epoch + batch + 1
             save = batch == per_epoch - 1 or (save_every > 0 and done % save_every == 0)
+            # A batch that sends nothing cannot be a save point: the server takes no step there.
+            # A run interrupted after it goes back to the save before and replays it exactly.
+            save = save and len(idx) > 0
             if before_step is not None:
                 before_step(step)
             began = time.perf_counter()

@@ -100,6 +100,7 @@ def body_manifest(cfg: ClientConfig, run: str, epoch: int, val_accuracy: float) 
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "seeding": SEEDING,
+        "dp": asdict(cfg.dp) if cfg.dp is not None else None,
         "server": cfg.server,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -114,7 +115,8 @@ def resume_settings(cfg: ClientConfig) -> dict[str, Any]:
     if cfg.guard is not None:
         guard = {"name": cfg.guard, **asdict(cfg.guard_settings)}
         del guard["action"]
-    return {**settings, "guard": guard}
+    dp = asdict(cfg.dp) if cfg.dp is not None else None
+    return {**settings, "guard": guard, "dp": dp}
 
 
 class TrainingRun:
@@ -152,6 +154,14 @@ class TrainingRun:
                 guard.load_state_dict(state.guard)
             except ValueError as error:
                 raise ResumeError(str(error)) from None
+        dp = self.trainer.dp
+        if dp is not None:
+            if state.dp is None:
+                raise ResumeError(f"the state of run {self.trainer.run!r} has no DP accountant")
+            try:
+                dp.accountant.load_state_dict(state.dp)
+            except (ValueError, KeyError, TypeError) as error:
+                raise ResumeError(f"the saved DP accountant: {error}") from None
         self.trainer.link.position = self.trainer.link.saved = state.step
         logger.info("continuing run %s after %s", self.trainer.run, state.step)
 
@@ -192,7 +202,10 @@ class TrainingRun:
             val = self.trainer.evaluate(
                 "val", self.splits.val, noise=self.val_noise, tag=progress.epoch
             )
-            record = progress.next_epoch(val.accuracy)
+            dp = self.trainer.dp
+            record = progress.next_epoch(
+                val.accuracy, dp_epsilon=dp.epsilon() if dp is not None else None
+            )
             logger.info(
                 "epoch %d: train loss %.4f acc %.2f%%, val acc %.2f%% (%.1f s)",
                 record.epoch,
@@ -250,6 +263,7 @@ class TrainingRun:
             noise=self.trainer.noise.get_state(),
             val_noise=self.val_noise.get_state(),
             guard=self.trainer.guard.state_dict() if self.trainer.guard is not None else None,
+            dp=self.trainer.dp.accountant.state_dict() if self.trainer.dp is not None else None,
         )
         save_state(self.state_path, state, settings=resume_settings(self.cfg), run=self.trainer.run)
         self.trainer.link.saved = step
@@ -278,6 +292,8 @@ class TrainingRun:
         trainer.noise = training_noise(cfg)
         if trainer.guard is not None:
             trainer.guard = holder_guard(cfg, trainer.guard.num_classes)
+        if trainer.dp is not None:
+            trainer.dp.reset()
         self.val_noise = validation_noise(cfg)
         self.progress = Progress()
         trainer.link.position = trainer.link.saved = None
@@ -291,6 +307,7 @@ class TrainingRun:
             nopeek=cfg.nopeek,
             epoch=record.epoch,
             seed=cfg.seed,
+            dp=cfg.dp.tag if cfg.dp is not None else "",
         )
         path = cfg.model_dir / "classifiers" / f"{stem}.ckpt"
         manifest = body_manifest(cfg, self.trainer.run, record.epoch, record.val_accuracy)

@@ -26,13 +26,17 @@ def setting_tag(value: float) -> str:
     return text.replace(".", "")
 
 
-def classifier_stem(*, dataset: str, noise: float, nopeek: float, epoch: int, seed: int = 0) -> str:
+def classifier_stem(
+    *, dataset: str, noise: float, nopeek: float, epoch: int, seed: int = 0, dp: str = ""
+) -> str:
     """E.g. ``mnist_05noise_00nopeek_epoch=3``: the study's names, the data set as the prefix.
 
-    Seeds other than 0 add ``_seed<k>`` before the epoch, so repeated runs do not collide.
+    Seeds other than 0 add ``_seed<k>`` before the epoch, so repeated runs do not collide; a
+    DP-SGD run adds its tag (`dp`, e.g. ``dp3eps``) after the settings.
     """
     seed_part = f"_seed{seed}" if seed else ""
-    tags = f"{setting_tag(noise)}noise_{setting_tag(nopeek)}nopeek"
+    dp_part = f"_{dp}" if dp else ""
+    tags = f"{setting_tag(noise)}noise_{setting_tag(nopeek)}nopeek{dp_part}"
     return f"{dataset}_{tags}{seed_part}_epoch={epoch}"
 
 

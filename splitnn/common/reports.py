@@ -49,6 +49,7 @@ class EpochRecord:
     val_accuracy: float
     seconds: float  # in training steps
     samples: int
+    dp_epsilon: float | None = None  # DP-SGD: epsilon spent by the end of this epoch
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,14 @@ class RunReport:
     guard: str | None = None  # the hijack detector that watched the training (None: none)
     guard_scores: list[GuardScore] = field(default_factory=list)  # every score, in step order
     guard_detected_at_step: int | None = None  # the step of the first score below the threshold
+    test_samples: int | None = None  # the test images `test_accuracy` was measured on
+    # DP-SGD on part 1 (None without): epsilon spent over the whole run (the RDP accountant),
+    # its delta, the noise multiplier sigma, the clipping norm C and the Poisson sampling rate.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_max_grad_norm: float | None = None
+    dp_sample_rate: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _to_json(self)

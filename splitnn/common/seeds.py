@@ -32,6 +32,7 @@ Role = Literal[
     "guard",  # the data holder's SplitGuard draws (fake batches, label shifts, set split)
     "hijack",  # a hijacking server's own models (pilot, decoder, critic) and public batches
     "substitute",  # a passive attacker's substitute part 1, its critic and its batch order
+    "dp_noise",  # DP-SGD's Gaussian noise on part 1's gradients
 ]
 _ROLE_NUMBER: dict[str, int] = {
     "body": 0,
@@ -50,6 +51,7 @@ _ROLE_NUMBER: dict[str, int] = {
     "guard": 13,
     "hijack": 14,
     "substitute": 15,
+    "dp_noise": 16,
 }
 # Recorded in manifests and run records: files made under another scheme are not reused.
 # v2: validation noise has its own stream (v1 drew it from the test and deployment stream).
