@@ -166,7 +166,7 @@ def test_one_attacker_process_and_the_attack_table(workdir: Workdir) -> None:
     lines = write_attack_tables(cfg)
 
     (row,) = _csv(cfg.results_dir / "attack_performances.csv")
-    assert lines[0].endswith("1 attackers written")
+    assert lines[1].endswith("from 1 attackers written")
     assert row["classifier"] == "mnist5k_00noise_00nopeek_epoch=1"
     assert row["protocol"] == "noisy" and row["set_noise"] == ""
     assert attacked.report.images == 500 and attacked.report.source == record.wirelog

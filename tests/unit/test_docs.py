@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from splitnn.experiments.report import REPORT_FILE
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("splitnn", "bench", "tests")
 STUDY = ROOT / "docs" / "study.md"
@@ -21,8 +23,9 @@ def _sources() -> list[Path]:
 
 
 def cited_documents(text: str) -> set[str]:
-    """The Markdown files a source text names, e.g. {"docs/study.md"}."""
-    return set(_DOCUMENT.findall(text))
+    """The Markdown files a source text names, e.g. {"docs/study.md"}; the report that
+    `splitnn-experiments report` writes into a results folder is an output, not a document."""
+    return {doc for doc in _DOCUMENT.findall(text) if Path(doc).name != REPORT_FILE}
 
 
 def study_parts() -> tuple[set[int], set[str]]:
@@ -35,7 +38,7 @@ def study_parts() -> tuple[set[int], set[str]]:
 
 
 def test_cited_documents_parse() -> None:
-    text = 'see docs/study.md, "defect 3", and README.md; not x.mdx or a.md5'
+    text = 'see docs/study.md, "defect 3", and README.md; not x.mdx, a.md5 or RESULTS/tables.md'
     assert cited_documents(text) == {"docs/study.md", "README.md"}
 
 
