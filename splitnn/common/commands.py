@@ -77,6 +77,11 @@ class ClientCommand:
     guard_exponent: float | None = None
     guard_threshold: float | None = None
     guard_action: str | None = None
+    # DP-SGD on part 1 (`--dp-epsilon` or `--dp-noise-multiplier`); None: the program's default.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_max_grad_norm: float | None = None
 
     def as_harness(self) -> ClientCommand:
         """This run as the evaluation harness: started afresh, it then sends the attack slice's
@@ -113,6 +118,10 @@ class ClientCommand:
                 ("--guard-exponent", self.guard_exponent),
                 ("--guard-threshold", self.guard_threshold),
                 ("--guard-action", self.guard_action),
+                ("--dp-epsilon", self.dp_epsilon),
+                ("--dp-delta", self.dp_delta),
+                ("--dp-noise-multiplier", self.dp_noise_multiplier),
+                ("--dp-max-grad-norm", self.dp_max_grad_norm),
             ]
         )
         switches = [

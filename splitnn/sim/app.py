@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from splitnn.client.dp import DPSettings
 from splitnn.client.guard import GuardSettings
 from splitnn.common.certs import make_certificates
 from splitnn.common.commands import (
@@ -60,6 +61,8 @@ class SimConfig:
     hijack_snapshot_every: int = 10
     # threat "passive": epochs of the substitute part 1 (None: splitnn-attack's default).
     substitute_epochs: int | None = None
+    # DP-SGD on the victim's part 1 (`splitnn-client --dp-epsilon`...); None: none.
+    dp: DPSettings | None = None
 
 
 VICTIM = "victim"
@@ -124,6 +127,11 @@ class SimSummary:
     attack_at_alarm: dict[str, float] | None = None
     seed: int = 0
     test_samples: int | None = None  # the test images of `test_accuracy` (None: not counted)
+    # DP-SGD on the victim's part 1: epsilon spent (accountant) at delta, sigma, C; None: none.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_max_grad_norm: float | None = None
 
     @classmethod
     def of(
@@ -164,6 +172,10 @@ class SimSummary:
             attack_at_alarm=None if alarm is None or curve is None else at_step(curve, alarm),
             seed=victim.seed,
             test_samples=test_samples,
+            dp_epsilon=victim.dp_epsilon,
+            dp_delta=victim.dp_delta,
+            dp_noise_multiplier=victim.dp_noise_multiplier,
+            dp_max_grad_norm=victim.dp_max_grad_norm,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -232,12 +244,15 @@ def colluding_server(
 def holder_command(
     cfg: SimConfig, *, server: str, credentials: Credentials, noise: float, nopeek: float
 ) -> ClientCommand:
-    """A data holder that trains with defences `noise` (b) and `nopeek` (W) and the guard of
-    `cfg`, deploys, and reveals its sample indices so that the attack can be scored."""
+    """A data holder that trains with defences `noise` (b) and `nopeek` (W), the guard and DP-SGD
+    of `cfg`, deploys, and reveals its sample indices so that the attack can be scored."""
     guard: dict[str, Any] = {}
     if cfg.guard is not None:
         settings = asdict(cfg.guard_settings)
         guard = {"guard": cfg.guard, **{f"guard_{k}": v for k, v in settings.items()}}
+    dp: dict[str, Any] = {}
+    if cfg.dp is not None:
+        dp = {f"dp_{k}": v for k, v in asdict(cfg.dp).items()}
     return ClientCommand(
         server=server,
         dataset=cfg.dataset,
@@ -250,6 +265,7 @@ def holder_command(
         model_dir=cfg.model_dir,
         credentials=credentials,
         **guard,
+        **dp,
     ).as_harness()
 
 

@@ -19,6 +19,7 @@ from splitnn.options import (
     config_from,
     dataset_option,
     dir_option,
+    dp_options,
     guard_options,
     json_option,
     logging_options,
@@ -91,6 +92,7 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 )
 @nopeek_option("--colluder-nopeek", help="The colluder's NoPeek W.")
 @guard_options
+@dp_options
 @json_option
 @logging_options
 def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
@@ -126,6 +128,10 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     received it (each image's last tensor, from the victim's part 1 of then;
     own_attack_images of them).
 
+    --dp-epsilon E (or --dp-noise-multiplier S) trains the victim's part 1 with DP-SGD (see
+    splitnn-client --help; a lone victim, without --nopeek); --json adds `dp_epsilon` (spent,
+    from the accountant), `dp_delta`, `dp_noise_multiplier` and `dp_max_grad_norm`.
+
     Every accuracy comes with `test_samples`, the test images it was measured on. Every party's
     random streams derive from --seed (the server's too).
 
@@ -148,6 +154,7 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     Examples:
       splitnn-sim --holders 4 --noise 0.5 --epochs 5
       splitnn-sim --threat fsha --guard splitguard --json
+      splitnn-sim --dp-epsilon 3 --json
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
@@ -157,10 +164,18 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     if holders >= 2 and options["guard"] is not None:
         raise click.UsageError("--guard watches a lone victim: not with --holders K >= 2")
     _check_threat(options, holders=holders)
+    dp = options.pop("dp")
+    if dp is not None and holders >= 2:
+        raise click.UsageError("--dp-* trains a lone victim with DP-SGD: not with --holders K >= 2")
+    if dp is not None and options["nopeek"] > 0:
+        raise click.UsageError(
+            "--dp-* cannot be combined with --nopeek: the distance-correlation term couples "
+            "the samples of a batch, so clipping each sample's gradient bounds nothing"
+        )
     if holders == 1:
         if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
             raise click.UsageError("--alpha and --colluder need --holders K >= 2")
-        single = config_from(SimConfig, options, quiet=quiet or as_json)
+        single = config_from(SimConfig, options, dp=dp, quiet=quiet or as_json)
         runs: list[SimSummary] | list[MultiSummary] = [
             run(seeded(single, seed, several=several)) for seed in seeds
         ]
@@ -247,12 +262,22 @@ def _print_multi(s: MultiSummary) -> None:
     click.echo(f"wire log: {s.wire_log}; wall time {s.seconds:.0f} s")
 
 
+def _dp(s: SimSummary) -> str:
+    """The victim's DP-SGD as the table says it ("" without)."""
+    if s.dp_epsilon is None:
+        return ""
+    return (
+        f", DP-SGD epsilon {s.dp_epsilon:.2f} spent at delta {s.dp_delta:g} "
+        f"(sigma {s.dp_noise_multiplier:.3f}, C {s.dp_max_grad_norm:g})"
+    )
+
+
 def _print_table(s: SimSummary) -> None:
     originals = f"(originals {s.validator_accuracy_originals:.1f}%)"
     rows = [
         ("threat", s.threat),
         ("data set", s.dataset),
-        ("victim defence", f"noise b={s.noise:g}, NoPeek W={s.nopeek:g}"),
+        ("victim defence", f"noise b={s.noise:g}, NoPeek W={s.nopeek:g}{_dp(s)}"),
         ("seed", str(s.seed)),
         (
             "victim test accuracy",

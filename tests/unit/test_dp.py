@@ -16,7 +16,10 @@ from splitnn.client import dp
 from splitnn.client.config import ClientConfig
 from splitnn.client.dp import DPSGD, Accountant, DPError, DPSettings
 from splitnn.common import exits
+from splitnn.common.credentials import Credentials
 from splitnn.common.models import build_body, build_head
+from splitnn.sim import cli as sim_cli
+from splitnn.sim.app import SimConfig, holder_command
 
 SERVER = ["--server", "127.0.0.1:1"]
 
@@ -196,3 +199,36 @@ def test_client_refuses_dp_flags_that_cannot_work(
     assert result.exit_code == exits.USAGE, result.output
     assert message in result.output
     assert not client_settings
+
+
+def test_the_sims_dp_flags_reach_its_victims_command(sim_settings: list[SimConfig]) -> None:
+    CliRunner().invoke(sim_cli.main, ["--dp-epsilon", "3", "--dp-max-grad-norm", "0.5"])
+    CliRunner().invoke(sim_cli.main, [])
+
+    with_dp, without = (
+        holder_command(cfg, server="127.0.0.1:1", credentials=Credentials(), noise=0.0, nopeek=0.0)
+        for cfg in sim_settings
+    )
+    args = with_dp.args()
+    assert args[args.index("--dp-epsilon") + 1] == "3.0"
+    assert args[args.index("--dp-max-grad-norm") + 1] == "0.5"
+    assert args[args.index("--dp-delta") + 1] == "1e-05"
+    assert "--dp-noise-multiplier" not in args and "--lr" not in args
+    assert not [arg for arg in without.args() if arg.startswith("--dp")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dp-epsilon", "3", "--holders", "3"], "not with --holders"),
+        (["--dp-epsilon", "3", "--nopeek", "0.1"], "cannot be combined with --nopeek"),
+        (["--dp-delta", "1e-6"], "needs --dp-epsilon or --dp-noise-multiplier"),
+    ],
+)
+def test_the_sim_refuses_dp_flags_that_cannot_work(
+    sim_settings: list[SimConfig], flags: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(sim_cli.main, flags)
+    assert result.exit_code == exits.USAGE, result.output
+    assert message in result.output
+    assert not sim_settings
