@@ -46,7 +46,7 @@ ATTACK_RUN_COLUMNS = (
     *("noise", "nopeek", "deployed_noise", "oracle_noise", "aux_images", "images", "epochs"),
     "figure",
     *("attack", "seed", *BASELINE_FIELDS, "baseline_classes"),
-    *("classifier_epochs", "max_steps", "lr"),
+    *("classifier_epochs", "max_steps", "lr", "dp_epsilon"),
 )
 ATTACK_COLUMNS = (
     *("classifier", "attacker", *_SETTING),
@@ -57,7 +57,7 @@ ATTACK_COLUMNS = (
     *("attack", "seeds"),
     *(f"{field}_se" for field in _AVERAGED),
     *(name for field in BASELINE_FIELDS for name in (field, f"{field}_se")),
-    *("baseline_classes", "classifier_epochs", "max_steps", "lr"),
+    *("baseline_classes", "classifier_epochs", "max_steps", "lr", "dp_epsilon"),
 )
 PROTOCOL_COLUMNS = (
     "model",
@@ -148,6 +148,7 @@ def attack_row(record: Record) -> dict[str, Any]:
         "classifier_epochs": settings.get("classifier_epochs"),
         "max_steps": settings.get("max_steps"),
         "lr": settings.get("lr"),
+        "dp_epsilon": record.dp_epsilon,
     }
 
 
@@ -222,7 +223,17 @@ def _setting(record: Record) -> str:
 
 
 def _grid(record: Record) -> bool:
-    return _is(record, "grid") and record.classifier_seed == 0
+    """The seed-0 honest attacker of a classifier trained without DP-SGD."""
+    return _is(record, "grid") and record.classifier_seed == 0 and record.dp_epsilon is None
+
+
+def _dp(record: Record) -> bool:
+    """The seed-0 honest attacker of a classifier trained with DP-SGD."""
+    return _is(record, "grid") and record.classifier_seed == 0 and record.dp_epsilon is not None
+
+
+def _dp_label(record: Record) -> str:
+    return "no DP-SGD" if record.dp_epsilon is None else f"DP-SGD ε={record.dp_epsilon:g}"
 
 
 def _plain(record: Record) -> bool:
@@ -245,14 +256,19 @@ def _aux_images(record: Record) -> str:
 class FigureSpec:
     """One composed figure: which attackers, in which order, each panel labelled how.
 
-    It is drawn only if at least one chosen attacker is of family `needs`.
+    It is drawn only if at least one chosen attacker is of family `needs` (or, when `needs` is
+    a function, one it accepts).
     """
 
     title: str
     keep: Callable[[Record], bool]
     order: Callable[[Record], Any]
     label: Callable[[Record], str]
-    needs: str = "grid"
+    needs: str | Callable[[Record], bool] = "grid"
+
+    def drawn(self, chosen: Sequence[Record]) -> bool:
+        needs = self.needs
+        return any(needs(r) if callable(needs) else _is(r, needs) for r in chosen)
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -289,6 +305,11 @@ FIGURES: dict[str, FigureSpec] = {
         lambda r: (r.noise, r.report.protocol == "clean"),
         lambda r: f"{_setting(r)}, {r.report.protocol} protocol", needs="clean",
     ),
+    "reconstructions_dp.png": FigureSpec(
+        "Reconstructions with DP-SGD on part 1 (b=0, W=0)",
+        lambda r: _plain(r) or _dp(r),
+        lambda r: (r.dp_epsilon is None, r.dp_epsilon or 0.0), _dp_label, needs=_dp,
+    ),
 }  # fmt: skip
 
 
@@ -297,7 +318,7 @@ def write_figures(records: Sequence[Record], folder: Path) -> list[Path]:
     written = []
     for name, spec in FIGURES.items():
         chosen = sorted((r for r in records if spec.keep(r)), key=spec.order)
-        if not any(_is(r, spec.needs) for r in chosen):
+        if not spec.drawn(chosen):
             continue
         panels = [_panel(r, spec.label(r)) for r in chosen]
         path = stack_images(folder / name, panels, title=spec.title)
@@ -365,8 +386,9 @@ def write_attack_tables(cfg: ExperimentConfig) -> list[str]:
 
 def _with_run_settings(row: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
     """The classifiers' training settings that select them (`splitnn-experiments report` puts
-    them back on the command line)."""
-    return {**row, "classifier_epochs": cfg.epochs, "max_steps": cfg.max_steps, "lr": cfg.lr}
+    them back on the command line); a DP-SGD classifier's learning rate is --dp-lr."""
+    lr = cfg.lr if row.get("dp_epsilon") is None else cfg.dp_lr
+    return {**row, "classifier_epochs": cfg.epochs, "max_steps": cfg.max_steps, "lr": lr}
 
 
 def _protocol_summary(rows: Sequence[dict[str, Any]]) -> str:

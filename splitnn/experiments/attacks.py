@@ -4,7 +4,7 @@ Every attacker reads the victim's deployment tensors from the wire log its class
 wrote (collusion mode). Families:
 
 - ``grid``: the honest attacker (trained and scored on what crossed the wire) for every
-  classifier of every training group that exists.
+  classifier of every training group that exists (the ``dp`` group's too, when trained).
 - ``posttrain``: the plain model deployed with noise b added after training (b in 0.1 0.5 1.0).
 - ``volume``: the plain model's attacker with a fraction of the auxiliary data.
 - ``emnist``: the plain model's attacker trained on EMNIST letters (when they are on disk).
@@ -122,9 +122,13 @@ def attack_specs(classifiers: Sequence[TrainSpec], cfg: ExperimentConfig) -> lis
 
 
 def trained_classifiers(cfg: ExperimentConfig) -> dict[TrainSpec, ClassifierRecord]:
-    """The grid's classifiers that are done, with their records."""
+    """The grid's classifiers that are done (the extra groups' too), with their records."""
     specs = grid_specs(
-        dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
+        dataset=cfg.dataset,
+        seeds=cfg.seeds,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        extra=True,
     )
     found = {s: classifier_record(cfg, s) for s in specs}
     return {s: r for s, r in found.items() if r is not None}
@@ -249,6 +253,7 @@ def attack_one(spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig
         report=report,
         wall_seconds=time.monotonic() - started,
         finished_at=now(),
+        dp_epsilon=spec.classifier.setting.dp_epsilon,
     )
     write_json_atomic(path, result.to_json())
     return result

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from splitnn.client.dp import DP_LR
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
@@ -16,6 +17,7 @@ from splitnn.experiments.config import ExperimentConfig, default_dataset
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
 from splitnn.experiments.report import REPORT_FILE, ReportError, render_report, update_readme
 from splitnn.options import (
+    LEARNING_RATE,
     config_from,
     dataset_option,
     dir_option,
@@ -55,7 +57,14 @@ _REPORT_HELP = (
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, help="Runs at once.")
 @click.option("--force", is_flag=True, help="Redo runs that are already done.")
 @max_steps_option
-@lr_option()
+@lr_option(help="The data holder's learning rate (without DP-SGD).")
+@click.option(
+    "--dp-lr",
+    type=LEARNING_RATE,
+    default=DP_LR,
+    show_default=True,
+    help="The data holder's learning rate with DP-SGD (the dp group; splitnn-client's default).",
+)
 @click.option(
     "--attacks/--no-attacks", default=True, help="Whether 'all' includes the attacks group."
 )

@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitnn.client.dp import DP_LR
 from splitnn.common.datasets import locally_available
 from splitnn.common.models import DECODER_EPOCHS
+from splitnn.experiments.grid import Setting
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,9 @@ class ExperimentConfig:
         jobs: training (or attack) runs at once, each a server + client pair of processes.
         force: redo runs that are already done.
         max_steps: batches per epoch at most (smoke runs); None: whole epochs.
-        lr: the data holder's learning rate.
+        lr: the data holder's learning rate (without DP-SGD).
+        dp_lr: the data holder's learning rate with DP-SGD (the ``dp`` group): DP-SGD's own
+            default, as `splitnn-client --dp-epsilon` without ``--lr``.
         attack_epochs: epochs of every attacker's decoder (`DECODER_EPOCHS` by default, as in
             every program).
         decoder: the attackers' decoder (`splitnn-attack run --decoder`).
@@ -45,6 +49,7 @@ class ExperimentConfig:
     force: bool = False
     max_steps: int | None = None
     lr: float = 1e-4
+    dp_lr: float = DP_LR
     attack_epochs: int = DECODER_EPOCHS
     decoder: str = "deep"
     clean_comparison: bool = True
@@ -59,6 +64,10 @@ class ExperimentConfig:
     @property
     def figures_dir(self) -> Path:
         return self.results_dir / "figures"
+
+    def lr_for(self, setting: Setting) -> float:
+        """The learning rate a classifier of `setting` trains with: `dp_lr` with DP-SGD."""
+        return self.lr if setting.dp_epsilon is None else self.dp_lr
 
     def threads_per_job(self) -> int:
         """Torch threads for each of `jobs` concurrent runs: the cores shared out, at least 1."""

@@ -3,7 +3,8 @@
 A training group is a list of classifier settings; the ``attacks`` group is built from whatever
 classifiers of the grid exist (see `splitnn.experiments.attacks`). Names follow the study:
 ``plain`` (b = 0, W = 0), ``noise`` (Laplace b), ``nopeek`` (NoPeek W, batch 32), ``combo``
-(both, batch 32). The ``multi`` group is a list of multi-holder simulations (`MultiSetting`), each
+(both, batch 32); ``dp`` (DP-SGD on part 1 at a target epsilon, b = 0, W = 0) is trained only
+when named. The ``multi`` group is a list of multi-holder simulations (`MultiSetting`), each
 one `splitnn-sim` run; so is the ``threats`` group (`ThreatSetting`): every threat model of
 `splitnn-sim --threat` against every defence of the data holder.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from splitnn.client.dp import DP_DELTA, DPSettings
 from splitnn.common.checkpoints import setting_tag
 from splitnn.common.models import NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE, study_batch_size
 from splitnn.common.threats import THREATS as THREAT_MODELS
@@ -28,6 +30,8 @@ POSTTRAIN_NOISE = (0.0, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0)
 # The attacker side (issue 4).
 POSTTRAIN_ATTACK_NOISE = (0.1, 0.5, 1.0)
 AUX_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)
+# DP-SGD on part 1 (the ``dp`` group): the target epsilon of the whole run, at delta `DP_DELTA`.
+DP_EPSILONS = (1.0, 3.0, 8.0)
 
 # Multi-holder simulations (the ``multi`` group): holders K, topologies, Dirichlet label skew,
 # and the victims' noise at K = 4 with iid data.
@@ -37,28 +41,50 @@ MULTI_NOISE_HOLDERS = 4
 MULTI_NOISE = (0.5, 1.0, 2.0, 5.0)
 
 # Threat models x defences (the ``threats`` group): `splitnn-sim --threat`, the data holder's
-# Laplace b, NoPeek W (at the NoPeek batch size) and SplitGuard (`splitnn-sim --guard`).
+# Laplace b, NoPeek W (at the NoPeek batch size), SplitGuard (`splitnn-sim --guard`) and DP-SGD
+# (`splitnn-sim --dp-epsilon`).
 THREATS = tuple(THREAT_MODELS)  # the rows of the threats table, in order
 THREAT_NOISE = (0.5, 1.0, 2.0)
 THREAT_NOPEEK = 0.5
 THREAT_GUARDS = ("splitguard",)
+THREAT_DP_EPSILON = 3.0
 
+# The study's training groups: `all` trains them.
 TRAINING_GROUPS = ("plain", "noise", "nopeek", "combo")
+# Training groups trained only when named (not in `all`); `attacks` and `performance` take
+# whichever of their classifiers are trained.
+EXTRA_TRAINING_GROUPS = ("dp",)
 GroupKind = Literal["train", "attack", "report", "multi", "threats"]
+
+
+def dp_settings(epsilon: float | None) -> DPSettings | None:
+    """DP-SGD at target `epsilon` with the grid's delta and clipping norm (None: no DP-SGD)."""
+    return None if epsilon is None else DPSettings(epsilon=epsilon, delta=DP_DELTA)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One classifier of the grid, before seeds: noise b, NoPeek weight W, batch size."""
+    """One classifier of the grid, before seeds: noise b, NoPeek weight W, batch size, and the
+    target epsilon of DP-SGD on part 1 (None: no DP-SGD)."""
 
     noise: float
     nopeek: float
     batch_size: int
+    dp_epsilon: float | None = None
+
+    @property
+    def dp(self) -> DPSettings | None:
+        """DP-SGD's settings (`splitnn-client --dp-epsilon --dp-delta`), None without it."""
+        return dp_settings(self.dp_epsilon)
 
     @property
     def tag(self) -> str:
-        """E.g. ``05noise_00nopeek``: the study's name without data set and epoch."""
-        return f"{setting_tag(self.noise)}noise_{setting_tag(self.nopeek)}nopeek"
+        """E.g. ``05noise_00nopeek``, or ``00noise_00nopeek_dp3eps`` with DP-SGD: the study's
+        name without data set and epoch, as `splitnn-client` names the run and its checkpoint
+        (`checkpoints.classifier_stem`)."""
+        tag = f"{setting_tag(self.noise)}noise_{setting_tag(self.nopeek)}nopeek"
+        dp = self.dp
+        return tag if dp is None else f"{tag}_{dp.tag}"
 
 
 def run_name(dataset: str, tag: str, seed: int) -> str:
@@ -103,6 +129,10 @@ def _combo() -> list[Setting]:
     return [Setting(b, w, NOPEEK_BATCH_SIZE) for b in COMBO_NOISE for w in COMBO_NOPEEK]
 
 
+def _dp() -> list[Setting]:
+    return [Setting(0.0, 0.0, PLAIN_BATCH_SIZE, dp_epsilon=e) for e in DP_EPSILONS]
+
+
 @dataclass(frozen=True)
 class Group:
     """A named group of the CLI.
@@ -129,6 +159,11 @@ GROUPS: dict[str, Group] = {
     "combo": _train_group(
         _combo, f"b in 0.1 0.2 0.5 1.0 x W in 0.1 0.25 0.5, batch {NOPEEK_BATCH_SIZE}"
     ),
+    "dp": _train_group(
+        _dp,
+        f"DP-SGD epsilon in {' '.join(f'{e:g}' for e in DP_EPSILONS)} (delta {DP_DELTA:g}, "
+        f"--dp-lr), b=0, W=0, batch {PLAIN_BATCH_SIZE} (not in all; attacks, performance use it)",
+    ),
     "attacks": Group(kind="attack", help="an attacker for every classifier, and the variants"),
     "performance": Group(kind="report", help="measure everything, write the CSVs and figures"),
     "multi": Group(
@@ -138,7 +173,8 @@ GROUPS: dict[str, Group] = {
     "threats": Group(
         kind="threats",
         help=f"splitnn-sim: {' '.join(THREATS)} x none, b {' '.join(map(str, THREAT_NOISE))}, "
-        f"W {THREAT_NOPEEK:g}, {' '.join(THREAT_GUARDS)} (not in all)",
+        f"W {THREAT_NOPEEK:g}, {' '.join(THREAT_GUARDS)}, DP-SGD epsilon {THREAT_DP_EPSILON:g} "
+        "(not in all)",
     ),
 }
 # `all` expands to these, in this order.
@@ -173,12 +209,14 @@ def train_specs(
 
 
 def grid_specs(
-    *, dataset: str, seeds: int, epochs: int, max_steps: int | None = None
+    *, dataset: str, seeds: int, epochs: int, max_steps: int | None = None, extra: bool = False
 ) -> list[TrainSpec]:
-    """Every training run of the four training groups."""
+    """Every training run of the four training groups; with `extra`, then those of
+    `EXTRA_TRAINING_GROUPS` (``dp``)."""
+    groups = (*TRAINING_GROUPS, *EXTRA_TRAINING_GROUPS) if extra else TRAINING_GROUPS
     return [
         spec
-        for group in TRAINING_GROUPS
+        for group in groups
         for spec in train_specs(
             group, dataset=dataset, seeds=seeds, epochs=epochs, max_steps=max_steps
         )

@@ -1,7 +1,10 @@
 """The ``performance`` group's classifier side: model_performances.csv and posttrain_noise.csv.
 
 Every trained classifier of the grid is measured in this process (`splitnn.experiments.measure`),
-once per training run (cached beside its run record); the tables aggregate over seeds.
+once per training run (cached beside its run record); the tables aggregate over seeds. The
+``dp`` group's classifiers are measured when they are trained: their rows carry the epsilon that
+DP-SGD spent (``dp_epsilon``, from the data holder's report), delta, sigma and C; a row without
+DP-SGD leaves them empty. Post-training noise is measured on the b = 0 models without DP-SGD.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from splitnn.experiments.records import (
     read_json,
     train_settings,
 )
-from splitnn.experiments.tables import aggregate, upsert_rows
+from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,11 @@ MODEL_COLUMNS = (
     *("train_seconds", "train_seconds_se"),
     *("dcor_unbiased", "dcor_unbiased_se", "dcor_sent_unbiased", "dcor_sent_unbiased_se"),
     *("test_samples", "val_samples", "max_steps", "lr"),
+    *("dp_epsilon", "dp_epsilon_se", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm"),
 )
+# DP-SGD's numbers from the data holder's report: the epsilon spent, averaged over seeds, and
+# the settings it was spent with (the first seed's; every seed has the same).
+_DP_SETTINGS = ("dp_delta", "dp_noise_multiplier", "dp_max_grad_norm")
 POSTTRAIN_COLUMNS = (
     *("model", "noise_after", "test_accuracy", "test_accuracy_se"),
     *("dataset", "noise", "nopeek", "seeds", "test_samples", "epochs", "max_steps", "lr"),
@@ -97,7 +104,7 @@ def _measure_one(
         splits=splits,
         noise=spec.setting.noise,
         seed=spec.seed,
-        posttrain_levels=POSTTRAIN_NOISE if spec.setting.noise == 0 else (),
+        posttrain_levels=POSTTRAIN_NOISE if _posttrain(spec.setting) else (),
     )
     measurement = asdict(result)
     posttrain = {repr(b): acc for b, acc in measurement.pop("posttrain").items()}
@@ -112,22 +119,30 @@ def _measure_one(
 
 
 def measure_all(cfg: ExperimentConfig) -> list[Measured]:
-    """Measures every trained classifier of the grid (all seeds); untrained ones are listed.
+    """Measures every trained classifier of the grid (all seeds) and of the extra training
+    groups (``dp``); untrained ones of the grid are listed.
 
     Raises:
         NothingToMeasure: not one of them is trained with these settings.
     """
     specs = grid_specs(
-        dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
+        dataset=cfg.dataset,
+        seeds=cfg.seeds,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        extra=True,
+    )
+    core = set(
+        grid_specs(dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps)
     )
     records = [(s, classifier_record(cfg, s)) for s in specs]
-    missing = [s.name for s, r in records if r is None]
-    if len(missing) == len(specs):
+    if all(r is None for _, r in records):
         raise NothingToMeasure(nothing_trained(cfg))
+    missing = [s.name for s, r in records if r is None and s in core]
     if missing:
         logger.warning(
             "%d of %d classifiers are not trained with these settings (e.g. %s): left out",
-            *(len(missing), len(specs), ", ".join(missing[:3])),
+            *(len(missing), len(core), ", ".join(missing[:3])),
         )
     done = [(s, r) for s, r in records if r is not None]
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
@@ -157,6 +172,9 @@ def model_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
             for _, record, data in items
         ]
         eps = epsilon(spec.setting.noise)
+        reports = [record.report for _, record, _ in items]
+        spent = [r.dp_epsilon for r in reports if r.dp_epsilon is not None]
+        dp_spent, dp_spent_se = mean_se(spent) if spent else (None, None)
         rows.append(
             {
                 "model": model,
@@ -176,17 +194,26 @@ def model_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
                 "val_samples": runs[0]["val_samples"],
                 "max_steps": spec.max_steps,
                 "lr": items[0][1].settings.get("lr"),
+                "dp_epsilon": dp_spent,
+                "dp_epsilon_se": dp_spent_se,
+                **{name: getattr(reports[0], name) for name in _DP_SETTINGS},
             }
         )
     return rows
 
 
+def _posttrain(setting: Setting) -> bool:
+    """Whether noise after training is measured on a model: b = 0, without DP-SGD."""
+    return setting.noise == 0 and setting.dp_epsilon is None
+
+
 def posttrain_rows(measured: Sequence[Measured]) -> list[dict[str, Any]]:
-    """Test accuracy of the plain and NoPeek (b = 0) models with noise added after training."""
+    """Test accuracy of the plain and NoPeek (b = 0, no DP-SGD) models with noise added after
+    training."""
     rows = []
     for model, items in _by_model(measured).items():
         spec = items[0][0]
-        if spec.setting.noise != 0:
+        if not _posttrain(spec.setting):
             continue
         for b in POSTTRAIN_NOISE:
             runs = [{"test_accuracy": data["posttrain"][repr(b)]} for _, _, data in items]
@@ -307,6 +334,7 @@ def _trained(cfg: ExperimentConfig) -> tuple[list[dict[str, Any]], int]:
                     float(settings["noise"]),
                     float(settings["nopeek"]),
                     int(settings["batch_size"]),
+                    dp_epsilon=_optional_float(settings.get("dp_epsilon")),
                 ),
                 seed=int(settings["seed"]),
                 epochs=int(settings["epochs"]),
@@ -322,6 +350,10 @@ def _trained(cfg: ExperimentConfig) -> tuple[list[dict[str, Any]], int]:
         else:
             stale += 1
     return usable, stale
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _flags(epochs: int, max_steps: int | None, lr: float, seeds: int, cfg: ExperimentConfig) -> str:

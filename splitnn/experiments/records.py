@@ -77,7 +77,8 @@ class ClassifierRecord(Record):
 @dataclass(frozen=True)
 class AttackRecord(Record):
     """A finished attack: which classifier family and setting it attacked, its settings, the
-    attacker's report."""
+    attacker's report. `dp_epsilon` is the attacked classifier's DP-SGD target epsilon (None:
+    trained without DP-SGD; records from before DP-SGD have none)."""
 
     KIND: ClassVar[str] = "attack"
 
@@ -90,6 +91,7 @@ class AttackRecord(Record):
     report: AttackReport
     wall_seconds: float
     finished_at: str
+    dp_epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,12 @@ def fingerprint(splits: DatasetSplits) -> str:
 def train_settings(spec: TrainSpec, *, lr: float, data: str) -> dict[str, Any]:
     """What makes two training runs the same run (compared for skipping).
 
-    `data` is the `fingerprint` of the data set's splits.
+    `data` is the `fingerprint` of the data set's splits. A DP-SGD run adds its target epsilon
+    and delta (``dp_epsilon``, ``dp_delta``); the others have no such keys, so their records
+    from before DP-SGD still count.
     """
+    dp = spec.setting.dp
+    dp_keys = {} if dp is None else {"dp_epsilon": dp.epsilon, "dp_delta": dp.delta}
     return {
         "dataset": spec.dataset,
         "noise": spec.setting.noise,
@@ -167,6 +173,7 @@ def train_settings(spec: TrainSpec, *, lr: float, data: str) -> dict[str, Any]:
         "lr": lr,
         "data": data,
         "seeding": SEEDING,
+        **dp_keys,
     }
 
 
@@ -189,7 +196,11 @@ def load_train_record(
         logger.debug("%s: missing %s", path, ", ".join(map(str, missing)))
         return None
     _, manifest = load_checkpoint(files[0])
-    if any(manifest.get(key) != record.settings[key] for key in _MANIFEST_KEYS):
+    dp = manifest.get("dp")
+    dp_epsilon = dp.get("epsilon") if isinstance(dp, dict) else None
+    if any(
+        manifest.get(key) != record.settings[key] for key in _MANIFEST_KEYS
+    ) or dp_epsilon != record.settings.get("dp_epsilon"):
         logger.debug("%s: the checkpoint's manifest disagrees with the record", path)
         return None
     return record
@@ -208,8 +219,9 @@ def parse_record(kind: type[R], path: Path) -> R | None:
 
 
 def classifier_record(cfg: ExperimentConfig, spec: TrainSpec) -> ClassifierRecord | None:
-    """`load_train_record` with the settings of `cfg`."""
-    return load_train_record(cfg.runs_dir, spec, lr=cfg.lr, data=cfg.data_fingerprint)
+    """`load_train_record` with the settings of `cfg` (the learning rate of `spec`'s setting)."""
+    lr = cfg.lr_for(spec.setting)
+    return load_train_record(cfg.runs_dir, spec, lr=lr, data=cfg.data_fingerprint)
 
 
 def attack_record_path(runs_dir: Path, dataset: str, key: str) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.experiments.attack_report import ATTACK_CSV
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import TRAINING_GROUPS
+from splitnn.experiments.grid import EXTRA_TRAINING_GROUPS, TRAINING_GROUPS
 from splitnn.experiments.multi_holder_report import MULTI_CSV
 from splitnn.experiments.performance import MODEL_CSV, POSTTRAIN_CSV
 from splitnn.experiments.tables import Row, read_rows
@@ -35,6 +35,7 @@ from splitnn.experiments.threat_report import THREATS_CSV
 
 REPORT_FILE = "tables.md"
 _DEFAULT_LR = ExperimentConfig(groups=()).lr
+_DEFAULT_DP_LR = ExperimentConfig(groups=()).dp_lr
 
 
 class ReportError(ValueError):
@@ -77,21 +78,29 @@ def _training_groups(rows: Sequence[Row]) -> list[str]:
     """The training groups whose settings (b, W) the rows hold, in the grid's order."""
 
     def group(row: Row) -> str:
+        if _is_dp(row):
+            return "dp"
         noise, nopeek = float(row.get("noise") or 0), float(row.get("nopeek") or 0)
         if noise and nopeek:
             return "combo"
         return "noise" if noise else ("nopeek" if nopeek else "plain")
 
     present = {group(row) for row in rows}
-    return [name for name in TRAINING_GROUPS if name in present]
+    return [name for name in (*TRAINING_GROUPS, *EXTRA_TRAINING_GROUPS) if name in present]
+
+
+def _is_dp(row: Row) -> bool:
+    """A row of a classifier trained with DP-SGD (the ``dp`` group)."""
+    return row.get("dp_epsilon") not in ("", None)
 
 
 def _training_flags(row: Row, *, epochs_field: str = "epochs") -> list[str]:
     flags = ["--dataset", row["dataset"], "--epochs", row[epochs_field]]
     flags += _flag("--max-steps", row.get("max_steps"))
     lr = row.get("lr")
-    if lr not in ("", None) and float(lr) != _DEFAULT_LR:
-        flags += ["--lr", lr]
+    flag, default = ("--dp-lr", _DEFAULT_DP_LR) if _is_dp(row) else ("--lr", _DEFAULT_LR)
+    if lr not in ("", None) and float(lr) != default:
+        flags += [flag, lr]
     return flags
 
 
@@ -107,11 +116,15 @@ def _command(groups: Sequence[str], flags: Sequence[str], seeds: int) -> str:
     return " ".join(words)
 
 
-def _by_settings(rows: Sequence[Row], fields: Sequence[str]) -> list[list[Row]]:
-    """The rows split by the settings that select them (one command each), in file order."""
-    groups: dict[tuple[str, ...], list[Row]] = {}
+def _by_settings(
+    rows: Sequence[Row], fields: Sequence[str], *, dp: bool = False
+) -> list[list[Row]]:
+    """The rows split by the settings that select them (one command each), in file order; with
+    `dp`, the DP-SGD classifiers' rows apart from the others (their learning rate is --dp-lr)."""
+    groups: dict[tuple[object, ...], list[Row]] = {}
     for row in rows:
-        groups.setdefault(tuple(row.get(f, "") for f in fields), []).append(row)
+        key = (*(row.get(f, "") for f in fields), dp and _is_dp(row))
+        groups.setdefault(key, []).append(row)
     return list(groups.values())
 
 
@@ -119,14 +132,14 @@ def _model_commands(rows: Sequence[Row]) -> list[str]:
     fields = ("dataset", "epochs", "max_steps", "lr")
     return [
         _command([*_training_groups(part), "performance"], _training_flags(part[0]), _seeds(part))
-        for part in _by_settings(rows, fields)
+        for part in _by_settings(rows, fields, dp=True)
     ]
 
 
 def _attack_commands(rows: Sequence[Row]) -> list[str]:
     fields = ("dataset", "classifier_epochs", "max_steps", "lr", "epochs", "decoder")
     out = []
-    for part in _by_settings(rows, fields):
+    for part in _by_settings(rows, fields, dp=True):
         groups = [*_training_groups(part), "attacks", "performance"]
         flags = _training_flags(part[0], epochs_field="classifier_epochs")
         flags += _attack_flags(part[0], epochs_field="epochs")

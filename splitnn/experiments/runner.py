@@ -138,7 +138,8 @@ def simulate_json(
 
 
 def client_command(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> ClientCommand:
-    """The `splitnn-client` command of one training run."""
+    """The `splitnn-client` command of one training run (DP-SGD's flags with a DP setting)."""
+    dp = spec.setting.dp
     return ClientCommand(
         server=server,
         dataset=spec.dataset,
@@ -146,13 +147,15 @@ def client_command(spec: TrainSpec, cfg: ExperimentConfig, *, server: str) -> Cl
         nopeek=spec.setting.nopeek,
         epochs=spec.epochs,
         batch_size=spec.setting.batch_size,
-        lr=cfg.lr,
+        lr=cfg.lr_for(spec.setting),
         seed=spec.seed,
         max_steps=spec.max_steps,
         threads=cfg.threads_per_job(),
         model_dir=cfg.model_dir,
         data_dir=cfg.data_dir,
         quiet=True,
+        dp_epsilon=dp.epsilon if dp is not None else None,
+        dp_delta=dp.delta if dp is not None else None,
     ).as_harness()
 
 
@@ -182,7 +185,7 @@ def train_one(spec: TrainSpec, cfg: ExperimentConfig) -> ClassifierRecord:
     if not cfg.keep_wirelogs:
         wirelogs.compact(wirelog)
     record = ClassifierRecord(
-        settings=train_settings(spec, lr=cfg.lr, data=cfg.data_fingerprint),
+        settings=train_settings(spec, lr=cfg.lr_for(spec.setting), data=cfg.data_fingerprint),
         report=report,
         wirelog=str(wirelog),
         wall_seconds=time.monotonic() - started,
