@@ -300,25 +300,34 @@ def multi_specs(
 @dataclass(frozen=True)
 class Defence:
     """What the data holder defends with: Laplace b, NoPeek W (at the study's batch size for W),
-    or a hijack detector `guard` (a `splitnn-sim --guard` name); all zero / None: no defence."""
+    a hijack detector `guard` (a `splitnn-sim --guard` name), or DP-SGD on part 1 at target
+    epsilon `dp_epsilon` (`splitnn-sim --dp-epsilon`); all zero / None: no defence."""
 
     noise: float = 0.0
     nopeek: float = 0.0
     guard: str | None = None
+    dp_epsilon: float | None = None
+
+    @property
+    def dp(self) -> DPSettings | None:
+        """DP-SGD's settings, None without it."""
+        return dp_settings(self.dp_epsilon)
 
     @property
     def name(self) -> str:
-        """``none``, ``laplace``, ``nopeek``, or the guard's name."""
+        """``none``, ``laplace``, ``nopeek``, ``dp``, or the guard's name."""
         if self.guard is not None:
             return self.guard
+        if self.dp_epsilon is not None:
+            return "dp"
         if self.nopeek > 0:
             return "nopeek"
         return "laplace" if self.noise > 0 else "none"
 
     @property
     def parameter(self) -> float | None:
-        """b for ``laplace``, W for ``nopeek``, None otherwise."""
-        return {"laplace": self.noise, "nopeek": self.nopeek}.get(self.name)
+        """b for ``laplace``, W for ``nopeek``, the target epsilon for ``dp``, None otherwise."""
+        return {"laplace": self.noise, "nopeek": self.nopeek, "dp": self.dp_epsilon}.get(self.name)
 
     @property
     def batch_size(self) -> int:
@@ -326,15 +335,21 @@ class Defence:
 
     @property
     def tag(self) -> str:
-        """E.g. ``none``, ``laplace05``, ``nopeek05``, ``splitguard``."""
+        """E.g. ``none``, ``laplace05``, ``nopeek05``, ``splitguard``, ``dp3eps`` (DP-SGD's own
+        tag, as the client names the run)."""
+        dp = self.dp
+        if dp is not None and self.guard is None:
+            return dp.tag
         parameter = self.parameter
         return self.name if parameter is None else f"{self.name}{setting_tag(parameter)}"
 
     @property
     def label(self) -> str:
-        """For people: ``no defence``, ``Laplace b=0.5``, ``NoPeek W=0.5``, ``SplitGuard``."""
+        """For people: ``no defence``, ``Laplace b=0.5``, ``NoPeek W=0.5``, ``SplitGuard``,
+        ``DP-SGD ε=3``."""
         names = {"none": "no defence", "laplace": f"Laplace b={self.noise:g}"}
         names |= {"nopeek": f"NoPeek W={self.nopeek:g}", "splitguard": "SplitGuard"}
+        names |= {"dp": f"DP-SGD ε={self.dp_epsilon:g}"} if self.dp_epsilon is not None else {}
         return names.get(self.name, self.name)
 
 
@@ -368,12 +383,14 @@ class ThreatSpec:
 
 
 def threat_defences() -> list[Defence]:
-    """None; Laplace b in `THREAT_NOISE`; NoPeek `THREAT_NOPEEK`; each guard (without noise)."""
+    """None; Laplace b in `THREAT_NOISE`; NoPeek `THREAT_NOPEEK`; each guard (without noise);
+    DP-SGD at `THREAT_DP_EPSILON`."""
     return [
         Defence(),
         *(Defence(noise=b) for b in THREAT_NOISE),
         Defence(nopeek=THREAT_NOPEEK),
         *(Defence(guard=g) for g in THREAT_GUARDS),
+        Defence(dp_epsilon=THREAT_DP_EPSILON),
     ]
 
 

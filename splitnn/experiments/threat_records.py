@@ -56,6 +56,12 @@ class ThreatSummary:
     guard_scores: list[dict[str, float]] | None = None
     guard_lowest_score: float | None = None
     attack_at_alarm: dict[str, float] | None = None
+    # With DP-SGD on the victim's part 1: the epsilon spent (the accountant's) at delta, sigma
+    # and C; None without it.
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_max_grad_norm: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,6 +43,7 @@ THREATS_COLUMNS = (
     *("mse_margin_mean", "mse_margin_mean_se", "mse_margin_class", "mse_margin_class_se"),
     *("seconds", "seconds_se", "noise", "nopeek", "guard", "batch_size"),
     *("dataset", "epochs", "max_steps", "attack_epochs", "decoder", "figure"),
+    *("dp_epsilon", "dp_epsilon_se", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm"),
 )
 
 Row = tuple[ThreatSetting, list[tuple[ThreatSpec, ThreatRecord]]]
@@ -74,6 +75,9 @@ def threat_row(
     test_images: int | None = None,
 ) -> dict[str, Any]:
     """One row of threats.csv from the records of its seeds.
+
+    With DP-SGD, `dp_epsilon` is the epsilon spent (mean over the seeds) and `dp_delta`,
+    `dp_noise_multiplier` and `dp_max_grad_norm` the lowest seed's settings; empty without.
 
     `guard_detected_at_step` is the mean step over the seeds whose guard flagged the server
     (empty if none did); `guard_detections` counts those seeds (empty without a guard);
@@ -110,6 +114,7 @@ def threat_row(
     ):
         margins = [_margin(getattr(r, baseline), r.attack_mse) for r in reports]
         out[f"mse_margin_{name}"], out[f"mse_margin_{name}_se"] = _optional_mean(margins)
+    dp_spent, dp_spent_se = _optional_mean([r.dp_epsilon for r in reports])
     settings = first.settings
     return {
         **out,
@@ -123,6 +128,11 @@ def threat_row(
         "attack_epochs": settings.get("attack_epochs"),
         "decoder": settings.get("decoder"),
         "figure": first.report.figure,
+        "dp_epsilon": dp_spent,
+        "dp_epsilon_se": dp_spent_se,
+        "dp_delta": first.report.dp_delta,
+        "dp_noise_multiplier": first.report.dp_noise_multiplier,
+        "dp_max_grad_norm": first.report.dp_max_grad_norm,
     }
 
 
@@ -159,6 +169,8 @@ def write_threats_figure(rows: Sequence[Row], path: Path) -> Path | None:
 def summary_line(setting: ThreatSetting, row: dict[str, Any]) -> str:
     """One line per row of the table (means over its seeds)."""
     guard = ""
+    if row.get("dp_epsilon") is not None:
+        guard = f", DP-SGD ε spent {row['dp_epsilon']:.2f}"
     if setting.defence.guard is not None:
         flagged = row["guard_detections"]
         guard = f", guard flagged {flagged} of {row['seeds']}"

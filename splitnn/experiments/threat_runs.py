@@ -2,7 +2,8 @@
 
 A row is a threat model (``colluding``: the server colludes with a data holder; ``fsha``: a
 malicious server hijacks the holder's training; ``passive``: the server alone, from the wire and
-public data) against one defence of the data holder (none, Laplace b, NoPeek W, SplitGuard).
+public data) against one defence of the data holder (none, Laplace b, NoPeek W, SplitGuard,
+DP-SGD on part 1 at a target epsilon).
 Each run has its own work folder (``RUNS_DIR/<dataset>/threats/<name>/``), model folder
 (``MODEL_DIR/threats/<name>/``) and figure (``RESULTS_DIR/figures/threats/<name>.png``), so
 runs side by side (``--jobs``) never share a file.
@@ -27,17 +28,24 @@ logger = logging.getLogger(__name__)
 
 def _flags(spec: ThreatSpec) -> list[str]:
     """The batch size is the study's for the defence (32 with NoPeek), given explicitly so the
-    row does not depend on the simulation's default."""
+    row does not depend on the simulation's default; so are DP-SGD's epsilon and delta."""
     defence = spec.setting.defence
     args = ["--threat", spec.setting.threat]
     if defence.guard is not None:
         args += ["--guard", defence.guard]
     args += ["--noise", repr(defence.noise), "--nopeek", repr(defence.nopeek)]
+    dp = defence.dp
+    if dp is not None:
+        assert dp.epsilon is not None
+        args += ["--dp-epsilon", repr(dp.epsilon), "--dp-delta", repr(dp.delta)]
     return [*args, "--batch-size", str(defence.batch_size)]
 
 
 def _settings(spec: ThreatSpec) -> dict[str, Any]:
+    """A DP-SGD row adds its target epsilon and delta; the others have no such keys, so their
+    records from before DP-SGD still count."""
     defence = spec.setting.defence
+    dp = defence.dp
     return {
         "threat": spec.setting.threat,
         "defence": defence.name,
@@ -45,6 +53,7 @@ def _settings(spec: ThreatSpec) -> dict[str, Any]:
         "nopeek": defence.nopeek,
         "guard": defence.guard,
         "batch_size": defence.batch_size,
+        **({} if dp is None else {"dp_epsilon": dp.epsilon, "dp_delta": dp.delta}),
     }
 
 
@@ -65,6 +74,12 @@ def _checked(spec: ThreatSpec, data: dict[str, object]) -> ThreatSummary:
         raise ProcessError(f"splitnn-sim reported {got} for the run {asked}")
     if defence.guard is None and report.guard_detected_at_step is not None:
         raise ProcessError("splitnn-sim reported a guard's detection for a run without a guard")
+    dp = defence.dp
+    if (dp.delta if dp is not None else None) != report.dp_delta:
+        raise ProcessError(
+            f"splitnn-sim reported DP-SGD at delta {report.dp_delta} for the run "
+            f"{'without DP-SGD' if dp is None else f'at delta {dp.delta:g}'}"
+        )
     return report
 
 

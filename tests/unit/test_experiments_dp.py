@@ -1,5 +1,6 @@
 """The ``dp`` group: DP-SGD settings, the names the client gives its runs and checkpoints, the
-client's command line, the records, the CSV columns and the report's commands. Nothing trains."""
+client's command line, the records, the CSV columns and the report's commands; the threats
+table's DP-SGD defence. Nothing trains: the client and splitnn-sim only parse their flags."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import torch
 from click.testing import CliRunner
 
 import splitnn.client.cli as client_cli
+import splitnn.sim.cli as sim_cli
 from splitnn.client.app import default_run_name
 from splitnn.client.config import ClientConfig
 from splitnn.client.dp import DP_DELTA, DP_LR, DPSettings
 from splitnn.common.checkpoints import classifier_stem, save_checkpoint
 from splitnn.common.files import write_json_atomic
+from splitnn.common.processes import ProcessError
 from splitnn.common.reports import AttackReport, RunReport
+from splitnn.experiments import runner
 from splitnn.experiments.attack_report import (
     ATTACK_COLUMNS,
     ATTACK_RUN_COLUMNS,
@@ -34,10 +38,14 @@ from splitnn.experiments.cli import main
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import (
     GROUPS,
+    Defence,
     Setting,
+    ThreatSetting,
+    ThreatSpec,
     TrainSpec,
     expand,
     grid_specs,
+    threat_defences,
     train_specs,
 )
 from splitnn.experiments.performance import (
@@ -58,6 +66,10 @@ from splitnn.experiments.records import (
 from splitnn.experiments.report import TABLES
 from splitnn.experiments.runner import client_command
 from splitnn.experiments.tables import read_rows, upsert_rows
+from splitnn.experiments.threat_records import ThreatRecord, ThreatSummary
+from splitnn.experiments.threat_report import THREATS_COLUMNS, summary_line, threat_row
+from splitnn.experiments.threat_runs import THREATS
+from splitnn.sim.app import SimConfig
 
 DATA = "0123456789abcdef"
 DP_COLUMNS = ("dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm")
@@ -457,3 +469,109 @@ def test_dp_attackers_have_their_own_figure_and_stay_out_of_the_others(tmp_path:
         "DP-SGD ε=8",
         "no DP-SGD",
     ]
+
+
+# The threats table's DP-SGD defence
+
+
+def _threat_spec(threat: str = "colluding", seed: int = 0) -> ThreatSpec:
+    return ThreatSpec("mnist5k", ThreatSetting(threat, Defence(dp_epsilon=3.0)), seed, 3)
+
+
+def test_the_dp_defence_is_named_by_its_tag_and_labelled_for_people() -> None:
+    dp = Defence(dp_epsilon=3.0)
+
+    assert (dp.name, dp.parameter, dp.tag, dp.label) == ("dp", 3.0, "dp3eps", "DP-SGD ε=3")
+    assert dp.dp == DPSettings(epsilon=3.0, delta=1e-5) and dp.batch_size == 128
+    assert Defence(dp_epsilon=3.0) in threat_defences()
+    assert [d.tag for d in threat_defences()][-1] == "dp3eps"
+    assert _threat_spec("fsha", seed=1).name == "mnist5k_threats_fsha_dp3eps_seed1"
+
+
+@pytest.mark.parametrize("threat", ["colluding", "fsha", "passive"])
+def test_splitnn_sim_takes_the_dp_rows_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threat: str
+) -> None:
+    seen: list[SimConfig] = []
+
+    def fake_run(cfg: SimConfig) -> None:
+        seen.append(cfg)
+        raise _Parsed(ClientConfig())
+
+    monkeypatch.setattr(sim_cli, "run", fake_run)
+    args = THREATS.sim_args(_threat_spec(threat), _cfg(tmp_path))
+
+    result = CliRunner().invoke(sim_cli.main, args)
+
+    assert isinstance(result.exception, _Parsed), result.output
+    (sim,) = seen
+    assert sim.dp == Defence(dp_epsilon=3.0).dp
+    assert (sim.threat, sim.noise, sim.nopeek, sim.batch_size) == (threat, 0.0, 0.0, 128)
+
+
+def test_only_the_dp_row_records_dp_settings(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    dp_settings = THREATS.settings(_threat_spec(), cfg)
+    plain = ThreatSpec("mnist5k", ThreatSetting("colluding", Defence()), 0, 3)
+
+    assert (dp_settings["defence"], dp_settings["dp_epsilon"]) == ("dp", 3.0)
+    assert dp_settings["dp_delta"] == 1e-5
+    assert "dp_epsilon" not in THREATS.settings(plain, cfg)
+
+
+def _sim_summary(**changes: Any) -> dict[str, Any]:
+    """What `splitnn-sim --threat colluding --dp-epsilon 3 --json` prints (its contract)."""
+    return {
+        "dataset": "mnist5k", "threat": "colluding", "noise": 0.0, "nopeek": 0.0, "epochs": 3,
+        "test_accuracy": 85.0, "attack_mse": 0.06, "attack_psnr": 12.0, "attack_ssim": 0.3,
+        "attack_validator_accuracy": 60.0, "guard_detected_at_step": None, "figure": "f.png",
+        "seconds": 60.0, "dp_epsilon": 2.95, "dp_delta": 1e-5, "dp_noise_multiplier": 1.2,
+        "dp_max_grad_norm": 1.0, **changes,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("defence", "reported"),
+    [(Defence(dp_epsilon=3.0), {"dp_delta": None}), (Defence(), {})],
+    ids=["dp-row-without-dp", "plain-row-with-dp"],
+)
+def test_a_report_that_disagrees_on_dp_sgd_is_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defence: Defence, reported: dict[str, Any]
+) -> None:
+    monkeypatch.setattr(runner, "run_json", lambda *_, **__: _sim_summary(**reported))
+    spec = ThreatSpec("mnist5k", ThreatSetting("colluding", defence), 0, 3)
+
+    with pytest.raises(ProcessError, match="DP-SGD"):
+        THREATS.simulate(spec, _cfg(tmp_path))
+
+
+def test_the_dp_row_carries_the_epsilon_spent(tmp_path: Path) -> None:
+    setting = _threat_spec().setting
+    runs = [
+        (
+            _threat_spec(seed=seed),
+            ThreatRecord(
+                settings={"batch_size": 128, "attack_epochs": 2, "decoder": "deep"},
+                report=ThreatSummary.from_json(_sim_summary(dp_epsilon=spent)),
+                wall_seconds=1.0,
+                finished_at="then",
+            ),
+        )
+        for seed, spent in enumerate((2.9, 3.0))
+    ]
+
+    row = threat_row(setting, runs, test_images=500)
+
+    assert (row["defence"], row["parameter"]) == ("dp", 3.0)
+    assert row["dp_epsilon"] == pytest.approx(2.95)
+    assert row["dp_epsilon_se"] == pytest.approx(0.05)
+    assert (row["dp_delta"], row["dp_noise_multiplier"], row["dp_max_grad_norm"]) == (
+        1e-5,
+        1.2,
+        1.0,
+    )
+    assert set(row) == set(THREATS_COLUMNS)
+    assert summary_line(setting, row).startswith(
+        "colluding, DP-SGD ε=3: test accuracy 85.0%, attack SSIM 0.300, PSNR 12.0 dB, "
+        "validator 60.0%, DP-SGD ε spent 2.95"
+    )

@@ -1,4 +1,4 @@
-"""The ``threats`` group: its 18 rows, the splitnn-sim command line, the records, skip/redo, the
+"""The ``threats`` group: its 21 rows, the splitnn-sim command line, the records, skip/redo, the
 CSV and the figure. splitnn-sim itself is replaced by a fake that prints its contract's JSON."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from splitnn.experiments.threat_runs import THREATS
 
 DATA = "0123456789abcdef"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DEFENCES = ("none", "laplace05", "laplace10", "laplace20", "nopeek05", "splitguard")
+DEFENCES = ("none", "laplace05", "laplace10", "laplace20", "nopeek05", "splitguard", "dp3eps")
 
 
 def _cfg(tmp_path: Path, **changes: Any) -> ExperimentConfig:
@@ -124,8 +124,8 @@ def _record(data: dict[str, Any], **settings: Any) -> ThreatRecord:
 def test_the_group_is_every_threat_against_every_defence() -> None:
     specs = threat_specs(dataset="mnist5k", seeds=1, epochs=10)
 
-    assert len(specs) == 18
-    assert len({s.name for s in specs}) == 18
+    assert len(specs) == 21
+    assert len({s.name for s in specs}) == 21
     assert [s.setting.tag for s in specs] == [
         f"{t}_{d}" for t in ("colluding", "fsha", "passive") for d in DEFENCES
     ]
@@ -137,6 +137,7 @@ def test_the_group_is_every_threat_against_every_defence() -> None:
         Defence(noise=2.0),
         Defence(nopeek=0.5),
         Defence(guard="splitguard"),
+        Defence(dp_epsilon=3.0),
     }
     assert {d.batch_size for d in defences if d.nopeek > 0} == {32}
     assert {d.batch_size for d in defences if d.nopeek == 0} == {128}
@@ -145,10 +146,10 @@ def test_the_group_is_every_threat_against_every_defence() -> None:
 def test_seeds_repeat_every_row_seed_major() -> None:
     specs = threat_specs(dataset="mnist5k", seeds=2, epochs=10, max_steps=5)
 
-    assert len(specs) == 36
-    assert [s.seed for s in specs[:18]] == [0] * 18
+    assert len(specs) == 42
+    assert [s.seed for s in specs[:21]] == [0] * 21
     assert specs[0].name == "mnist5k_threats_colluding_none"
-    assert specs[19].name == "mnist5k_threats_colluding_laplace05_seed1"
+    assert specs[22].name == "mnist5k_threats_colluding_laplace05_seed1"
     assert {s.max_steps for s in specs} == {5}
 
 
@@ -202,8 +203,11 @@ def _expected(tmp_path: Path, name: str, *flags: str, max_steps: str | None = No
                                           "--nopeek", "0.5", "--batch-size", "32")),
         ("fsha", Defence(noise=2.0), ("--threat", "fsha", "--noise", "2.0", "--nopeek", "0.0",
                                       "--batch-size", "128")),
+        ("colluding", Defence(dp_epsilon=3.0), ("--threat", "colluding", "--noise", "0.0",
+                                                "--nopeek", "0.0", "--dp-epsilon", "3.0",
+                                                "--dp-delta", "1e-05", "--batch-size", "128")),
     ],
-    ids=["colluding-none", "fsha-splitguard", "passive-nopeek", "fsha-laplace"],
+    ids=["colluding-none", "fsha-splitguard", "passive-nopeek", "fsha-laplace", "colluding-dp"],
 )  # fmt: skip
 def test_the_command_line_of_one_row(
     tmp_path: Path, threat: str, defence: Defence, flags: tuple[str, ...]
@@ -232,7 +236,7 @@ def test_every_run_has_its_own_files(tmp_path: Path) -> None:
     commands = [THREATS.sim_args(spec, cfg) for spec in THREATS.specs(cfg)]
 
     for flag in ("--workdir", "--model-dir", "--figure"):
-        assert len({args[args.index(flag) + 1] for args in commands}) == 36
+        assert len({args[args.index(flag) + 1] for args in commands}) == 42
 
 
 # Records
@@ -278,12 +282,18 @@ class FakeSim:
             raise ProcessError("splitnn-sim exited with status 1")
         figure = Path(flag["--figure"])
         _grid_png(figure, shade=0.1 * len(self.calls) % 1.0)
+        dp: dict[str, Any] = {}
+        if "--dp-epsilon" in flag:
+            dp = {"dp_epsilon": float(flag["--dp-epsilon"]) - 0.05,
+                  "dp_delta": float(flag["--dp-delta"]), "dp_noise_multiplier": 1.2,
+                  "dp_max_grad_norm": 1.0}  # fmt: skip
         return summary(
             threat=flag["--threat"],
             noise=float(flag["--noise"]),
             nopeek=float(flag["--nopeek"]),
             detected=7 if flag["--threat"] == "fsha" and "--guard" in flag else None,
             figure=str(figure),
+            **dp,
         )
 
 
@@ -408,6 +418,8 @@ def test_one_seed_gives_the_reports_numbers_and_empty_standard_errors() -> None:
         **{"noise": 0.0, "nopeek": 0.5, "guard": None, "batch_size": 32},
         **{"dataset": "mnist5k", "epochs": 3, "max_steps": None},
         **{"attack_epochs": 2, "decoder": "deep", "figure": "p.png"},
+        **{"dp_epsilon": None, "dp_epsilon_se": None, "dp_delta": None},
+        **{"dp_noise_multiplier": None, "dp_max_grad_norm": None},
     }
 
 
@@ -551,31 +563,33 @@ def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
     first = CliRunner().invoke(main, args)
 
     assert first.exit_code == 1, first.output
-    assert "runs: 12 ran, 0 skipped (done before), 6 failed" in first.output
+    assert "runs: 14 ran, 0 skipped (done before), 7 failed" in first.output
     assert "FAILED mnist5k_threats_fsha_none: splitnn-sim exited with status 1; " in first.output
-    assert Counter(r["threat"] for r in read_rows(csv_path)[1]) == {"colluding": 6, "passive": 6}
-    assert len(fake.calls) == 18
+    assert Counter(r["threat"] for r in read_rows(csv_path)[1]) == {"colluding": 7, "passive": 7}
+    assert len(fake.calls) == 21
 
     fake.failing = ()
     second = CliRunner().invoke(main, args)
 
     assert second.exit_code == 0, second.output
-    assert "runs: 6 ran, 12 skipped (done before), 0 failed" in second.output
-    assert [c[1] for c in fake.calls[18:]] == ["fsha"] * 6
+    assert "runs: 7 ran, 14 skipped (done before), 0 failed" in second.output
+    assert [c[1] for c in fake.calls[21:]] == ["fsha"] * 7
     _, rows = read_rows(csv_path)
-    assert [(r["threat"], r["defence"], r["parameter"]) for r in rows[6:12]] == [
+    assert [(r["threat"], r["defence"], r["parameter"]) for r in rows[7:14]] == [
         ("passive", "none", ""),
         ("passive", "laplace", "0.5"),
         ("passive", "laplace", "1"),
         ("passive", "laplace", "2"),
         ("passive", "nopeek", "0.5"),
         ("passive", "splitguard", ""),
+        ("passive", "dp", "3"),
     ]
     fsha = [r for r in rows if r["threat"] == "fsha"]
-    assert [r["guard_detected_at_step"] for r in fsha] == ["", "", "", "", "", "7"]
+    assert [r["guard_detected_at_step"] for r in fsha] == ["", "", "", "", "", "7", ""]
+    assert [r["dp_epsilon"] for r in fsha] == ["", "", "", "", "", "", "2.95"]
     assert {r["test_images"] for r in rows} == {"500"}
     figure = imread(tmp_path / "results" / "figures" / THREATS_FIGURE)
-    assert len(grid_rows(figure)) == 1 + 18  # the originals, then every row's reconstructions
+    assert len(grid_rows(figure)) == 1 + 21  # the originals, then every row's reconstructions
 
 
 def test_the_guards_row_says_how_far_the_hijacking_had_got_at_each_alarm() -> None:
