@@ -293,17 +293,18 @@ def nothing_trained(cfg: ExperimentConfig) -> str:
     asked = _flags(cfg.epochs, cfg.max_steps, cfg.lr, cfg.seeds, cfg)
     lines = [f"no classifier of the grid is trained with these settings ({asked}) in {folder}"]
     usable, stale = _trained(cfg)
-    groups: dict[tuple[int, int | None, float], set[int]] = {}
-    counts: dict[tuple[int, int | None, float], int] = {}
+    groups: dict[tuple[int, int | None, float, bool], set[int]] = {}
+    counts: dict[tuple[int, int | None, float, bool], int] = {}
     for settings in usable:
-        key = (settings["epochs"], settings["max_steps"], settings["lr"])
+        dp = "dp_epsilon" in settings  # a DP-SGD run's learning rate is --dp-lr
+        key = (settings["epochs"], settings["max_steps"], settings["lr"], dp)
         groups.setdefault(key, set()).add(settings["seed"])
         counts[key] = counts.get(key, 0) + 1
     if groups:
         lines.append("trained there (select them with these flags):")
-    for (epochs, max_steps, lr), seeds in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        flags = _flags(epochs, max_steps, lr, max(seeds) + 1, cfg)
-        runs = counts[epochs, max_steps, lr]
+    for (epochs, max_steps, lr, dp), seeds in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        flags = _flags(epochs, max_steps, lr, max(seeds) + 1, cfg, dp=dp)
+        runs = counts[epochs, max_steps, lr, dp]
         lines.append(f"  {flags}: {runs} run{'s' if runs > 1 else ''}, {_seeds(seeds)}")
     if stale:
         lines.append(
@@ -356,14 +357,23 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _flags(epochs: int, max_steps: int | None, lr: float, seeds: int, cfg: ExperimentConfig) -> str:
-    """The flags that select training runs of these settings, as a user would type them."""
+def _flags(
+    epochs: int,
+    max_steps: int | None,
+    lr: float,
+    seeds: int,
+    cfg: ExperimentConfig,
+    *,
+    dp: bool = False,
+) -> str:
+    """The flags that select training runs of these settings, as a user would type them (`lr`
+    as --dp-lr for DP-SGD runs)."""
     flags = [f"--dataset {cfg.dataset}", f"--epochs {epochs}"]
     if max_steps is not None:
         flags.append(f"--max-steps {max_steps}")
     elif cfg.max_steps is not None:
         flags.append("without --max-steps")
-    flags.append(f"--lr {lr!r}")
+    flags.append(f"{'--dp-lr' if dp else '--lr'} {lr!r}")
     if seeds > 1:
         flags.append(f"--seeds {seeds}")
     return " ".join(flags)

@@ -53,6 +53,7 @@ from splitnn.experiments.performance import (
     MODEL_CSV,
     Measured,
     model_rows,
+    nothing_trained,
     posttrain_rows,
 )
 from splitnn.experiments.records import (
@@ -320,6 +321,17 @@ def test_a_checkpoint_without_dp_sgd_is_not_a_dp_run(tmp_path: Path) -> None:
     manifest.write_text(text[:start] + '"dp": null}')
 
     assert load_train_record(tmp_path / "runs", dp3, lr=DP_LR, data=DATA) is None
+
+
+def test_nothing_to_measure_names_the_dp_runs_learning_rate_flag(tmp_path: Path) -> None:
+    plain, *_ = train_specs("plain", dataset="mnist5k", seeds=1, epochs=4)
+    _finished_run(tmp_path, plain, lr=1e-4)
+    _finished_run(tmp_path, _dp_specs()[1], lr=DP_LR)
+
+    text = nothing_trained(_cfg(tmp_path, epochs=10))
+
+    assert "  --dataset mnist5k --epochs 4 --lr 0.0001: 1 run, seed 0" in text.splitlines()
+    assert "  --dataset mnist5k --epochs 4 --dp-lr 0.001: 1 run, seed 0" in text.splitlines()
 
 
 # model_performances.csv
