@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,8 @@ def _time_steps(variant: str, batch_size: int, steps: int) -> float:
         if variant == "dp-stock":
             from opacus.grad_sample import GradSampleModule
 
-            dp.hooks.remove_hooks()
+            ours: Any = dp.hooks  # a GradSampleModule
+            ours.remove_hooks()
             dp.hooks = GradSampleModule(body, batch_first=True, loss_reduction="mean")
     opt_body, opt_head = make_optimizer(body, 1e-3), make_optimizer(head, 1e-3)
     generator = torch.Generator().manual_seed(0)
@@ -76,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     seconds = {v: _time_steps(v, args.batch_size, args.steps) for v in ("plain", "dp", "dp-stock")}
     for variant, value in seconds.items():
-        print(f"{variant:>9}: {value * 1000:8.1f} ms/step (median of {args.steps}, B={args.batch_size})")
+        median = f"median of {args.steps}, B={args.batch_size}"
+        print(f"{variant:>9}: {value * 1000:8.1f} ms/step ({median})")
     print(f"dp/plain: {seconds['dp'] / seconds['plain']:.2f}")
     print(f"dp-stock/dp: {seconds['dp-stock'] / seconds['dp']:.2f}")
 

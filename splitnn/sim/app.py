@@ -88,6 +88,7 @@ class SimSummary:
         "test_accuracy", "val_accuracy", "attack_mse", "attack_psnr", "attack_ssim",
         "attack_dcor", "attack_validator_accuracy", "validator_accuracy_originals",
         "attack_baseline_mean_mse", "attack_baseline_class_mse", "guard_lowest_score",
+        "dp_epsilon",
     )  # fmt: skip
 
     dataset: str

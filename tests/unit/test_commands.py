@@ -44,6 +44,9 @@ CLIENT = ClientCommand(
     guard_fake_probability=0.25,
     guard_multiplier=4.0,
     guard_exponent=3.0,
+    dp_epsilon=3.0,
+    dp_delta=1e-6,
+    dp_max_grad_norm=0.5,
     guard_threshold=0.75,
     guard_action="stop",
 )

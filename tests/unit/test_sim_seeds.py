@@ -83,6 +83,7 @@ def test_holders_entries_are_aggregated_holder_by_holder() -> None:
 def test_every_float_of_a_summary_is_a_score_or_a_setting() -> None:
     # A new score must be added to SCORES, or it would silently drop out of --seeds.
     settings = {"noise", "nopeek", "seconds", "colluder_noise", "alpha"}
+    settings |= {"dp_delta", "dp_noise_multiplier", "dp_max_grad_norm"}
     for cls in (SimSummary, VictimSummary, MemberSummary, MultiSummary):
         hints = {name: str(hint) for name, hint in cls.__annotations__.items()}
         floats = {n for n, h in hints.items() if h.startswith("float") and "ClassVar" not in h}
