@@ -11,7 +11,7 @@ import click
 
 from splitnn.client.app import run
 from splitnn.client.config import ClientConfig
-from splitnn.client.dp import DPSettings
+from splitnn.client.dp import NOPEEK_REFUSAL, DPSettings
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import PLAIN_BATCH_SIZE
 from splitnn.common.reports import RunReport
@@ -184,10 +184,7 @@ def _check(
         raise click.UsageError(f"--guard watches a lone holder's training: not with {other}")
     if dp is not None:
         if nopeek > 0:
-            raise click.UsageError(
-                "--dp-* cannot be combined with --nopeek: the distance-correlation term couples "
-                "the samples of a batch, so clipping each sample's gradient bounds nothing"
-            )
+            raise click.UsageError(NOPEEK_REFUSAL)
         if group is not None or from_checkpoint is not None:
             other = "--group" if group is not None else "--from-checkpoint"
             raise click.UsageError(f"DP-SGD trains a lone holder's part 1: not with {other}")

@@ -39,6 +39,11 @@ DP_MAX_GRAD_NORM = 1.0
 # The accountant splitnn reports: Opacus's RDP accountant, whose conversion to (epsilon, delta)
 # is Balle et al. 2020 (Opacus >= 1.0), tighter than the classic one of Mironov 2017.
 ACCOUNTANT = "rdp"
+# Why DP-SGD is refused with NoPeek (every program that refuses it says this).
+NOPEEK_REFUSAL = (
+    "DP-SGD cannot be combined with NoPeek (--nopeek): the distance-correlation term couples "
+    "the samples of a batch, so clipping each sample's gradient bounds nothing"
+)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from splitnn.client.dp import DPSGD, DPError
+from splitnn.client.dp import DPSGD, NOPEEK_REFUSAL, DPError
 from splitnn.client.guard import SplitGuard, StepPlan
 from splitnn.client.progress import Progress
 from splitnn.client.transport import ServerLink
@@ -71,10 +71,7 @@ class SplitTrainer:
         dp: DPSGD | None = None,
     ) -> None:
         if dp is not None and nopeek > 0.0:
-            raise DPError(
-                "DP-SGD and NoPeek cannot be combined: the distance-correlation term couples "
-                "the samples of a batch, so clipping each sample's gradient bounds nothing"
-            )
+            raise DPError(NOPEEK_REFUSAL)
         self.body = body
         self.link = link
         self.run = run

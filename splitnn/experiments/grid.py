@@ -27,7 +27,7 @@ COMBO_NOISE = (0.1, 0.2, 0.5, 1.0)
 COMBO_NOPEEK = (0.1, 0.25, 0.5)
 # Noise added after training to the plain and NoPeek models (docs/study.md, Table B).
 POSTTRAIN_NOISE = (0.0, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0)
-# The attacker side (issue 4).
+# The attacker side: post-training noise of the attacked deployment, and the auxiliary data volume.
 POSTTRAIN_ATTACK_NOISE = (0.1, 0.5, 1.0)
 AUX_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)
 # DP-SGD on part 1 (the ``dp`` group): the target epsilon of the whole run, at delta `DP_DELTA`.

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from splitnn.client.dp import NOPEEK_REFUSAL
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import MultiSummary
@@ -168,10 +169,7 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     if dp is not None and holders >= 2:
         raise click.UsageError("--dp-* trains a lone victim with DP-SGD: not with --holders K >= 2")
     if dp is not None and options["nopeek"] > 0:
-        raise click.UsageError(
-            "--dp-* cannot be combined with --nopeek: the distance-correlation term couples "
-            "the samples of a batch, so clipping each sample's gradient bounds nothing"
-        )
+        raise click.UsageError(NOPEEK_REFUSAL)
     if holders == 1:
         if multi_options["alpha"] is not None or multi_options["colluder"] != 0:
             raise click.UsageError("--alpha and --colluder need --holders K >= 2")

@@ -185,7 +185,7 @@ def test_client_flags_reach_the_settings_with_dp_sgds_own_learning_rate(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--dp-epsilon", "3", "--nopeek", "0.1"], "cannot be combined with --nopeek"),
+        (["--dp-epsilon", "3", "--nopeek", "0.1"], "cannot be combined with NoPeek (--nopeek)"),
         (["--dp-delta", "1e-5"], "--dp-epsilon or --dp-noise-multiplier"),
         (["--dp-max-grad-norm", "2"], "--dp-epsilon or --dp-noise-multiplier"),
         (["--dp-epsilon", "3", "--dp-noise-multiplier", "1"], "not both"),
@@ -221,7 +221,7 @@ def test_the_sims_dp_flags_reach_its_victims_command(sim_settings: list[SimConfi
     ("flags", "message"),
     [
         (["--dp-epsilon", "3", "--holders", "3"], "not with --holders"),
-        (["--dp-epsilon", "3", "--nopeek", "0.1"], "cannot be combined with --nopeek"),
+        (["--dp-epsilon", "3", "--nopeek", "0.1"], "cannot be combined with NoPeek (--nopeek)"),
         (["--dp-delta", "1e-6"], "needs --dp-epsilon or --dp-noise-multiplier"),
     ],
 )
