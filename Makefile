@@ -4,27 +4,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check compose-test lint format proto check-protos bench clean
+.PHONY: demo test check numba-cache compose-test lint format proto check-protos bench clean
 
 # The virtualenv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory numba-cache
 	touch $(STAMP)
+
+# dcor (the tests' reference for distance correlation) compiles numba code on its first import and
+# caches it beside itself. Two test workers compiling at once can leave a torn cache that crashes
+# every later import, so one process compiles it (about 30 s once, 8 s after) before pytest starts.
+numba-cache:
+	$(BIN)/python -c 'import dcor'
 
 demo: $(STAMP)
 	$(BIN)/splitnn-sim --noise 0.5 --epochs 10
 
 # The whole suite (what CI runs), on two workers: most slow tests wait on processes they start.
-test: $(STAMP)
+test: $(STAMP) numba-cache
 	$(BIN)/python -m pytest -n 2
 
 # The edit loop's fast tier: lint, then every test that starts no process and trains nothing
 # beyond a step or two (tests marked `slow` are left to `make test`).
-check: $(STAMP)
+check: $(STAMP) numba-cache
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m 'not slow and not docker'
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m 'not slow and not docker and not slurm'
 
 # `docker compose up` for real (needs a Docker engine; set TORCH_INDEX_URL to build elsewhere).
 compose-test: $(STAMP)
