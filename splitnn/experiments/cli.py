@@ -7,13 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from splitnn.client.dp import DP_LR
 from splitnn.common import exits
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
 from splitnn.experiments.app import Summary, run
-from splitnn.experiments.config import ExperimentConfig, default_dataset
+from splitnn.experiments.config import (
+    SLURM_MIN_MINUTES,
+    ExperimentConfig,
+    SlurmOptions,
+    default_dataset,
+)
+from splitnn.experiments.executors import missing_commands, parse_extra
 from splitnn.experiments.grid import ALL, GROUP_NAMES, GROUPS, expand
 from splitnn.experiments.report import REPORT_FILE, ReportError, render_report, update_readme
 from splitnn.options import (
@@ -29,6 +36,17 @@ from splitnn.options import (
 from splitnn.programs import program
 
 REPORT = "report"
+EXECUTORS = ("local", "slurm")
+_SLURM_DEFAULTS = SlurmOptions()
+# The --slurm-* options by parameter name; each is None (or empty) unless given.
+SLURM_FLAGS = {
+    "slurm_partition": "--slurm-partition",
+    "slurm_time": "--slurm-time",
+    "slurm_cpus_per_run": "--slurm-cpus-per-run",
+    "slurm_mem_gb": "--slurm-mem-gb",
+    "slurm_array_parallelism": "--slurm-array-parallelism",
+    "slurm_extra": "--slurm-extra",
+}
 _GROUP_HELP = "\n".join(f"  {name:<12} {group.help}" for name, group in GROUPS.items())
 _REPORT_HELP = (
     f"  {REPORT:<12} alone: the result tables as markdown from RESULTS_DIR/*.csv (stdout and\n"
@@ -83,6 +101,48 @@ _REPORT_HELP = (
     help="Also attack the noise models with the reference's noise-free protocol.",
 )
 @click.option("--keep-wirelogs", is_flag=True, help="Keep training batches in the wire logs.")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="local",
+    help="local: runs on this machine, --jobs at once. slurm: every run one job of a Slurm "
+    "job array (submitit), its processes on one node; this command waits for them.",
+)
+@click.option(
+    "--slurm-partition", default=None, help="The jobs' partition. [default: the cluster's]"
+)
+@click.option(
+    "--slurm-time",
+    type=int,
+    default=None,
+    metavar="MINUTES",
+    help=f"Each job's time limit, at least {SLURM_MIN_MINUTES}. "
+    f"[default: {_SLURM_DEFAULTS.minutes}]",
+)
+@click.option(
+    "--slurm-cpus-per-run",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help=f"CPUs of each job (its torch threads). [default: {_SLURM_DEFAULTS.cpus_per_run}]",
+)
+@click.option(
+    "--slurm-mem-gb",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Memory of each job in GB. [default: the cluster's]",
+)
+@click.option(
+    "--slurm-array-parallelism",
+    type=click.IntRange(1),
+    default=None,
+    help=f"Jobs running at once. [default: {_SLURM_DEFAULTS.array_parallelism}]",
+)
+@click.option(
+    "--slurm-extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another sbatch option for every job, e.g. account=proj or qos=short (repeatable).",
+)
 @dir_option("--model-dir", "models")
 @dir_option("--data-dir", "data")
 @dir_option("--runs-dir", "runs/experiments", help="Run records.")
@@ -99,6 +159,7 @@ def main(
     groups: tuple[str, ...],
     attacks: bool,
     dataset: str | None,
+    executor: str,
     quiet: bool,
     verbose: int,
     readme: Path | None,
@@ -119,17 +180,74 @@ def main(
         return
     if readme is not None:
         raise click.UsageError("--readme goes with the report group")
+    slurm = _slurm_options(executor, options)
+    if executor == "slurm":
+        if click.get_current_context().get_parameter_source("jobs") not in _NOT_GIVEN:
+            raise click.UsageError(
+                "--jobs goes with --executor local; --slurm-array-parallelism sets the jobs "
+                "that run at once"
+            )
+        options["jobs"] = slurm.array_parallelism
     cfg = config_from(
         ExperimentConfig,
         options,
         groups=expand(groups, attacks=attacks),
         dataset=dataset or default_dataset(options["data_dir"]),
         progress=not quiet and sys.stderr.isatty(),
+        executor=executor,
+        slurm=slurm,
     )
     summary = run(cfg)
     _print_summary(summary)
     if summary.failures:
         sys.exit(exits.FAILED)
+
+
+_NOT_GIVEN = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _slurm_options(executor: str, options: dict[str, Any]) -> SlurmOptions:
+    """The --slurm-* options (taken out of `options`) as the jobs' settings.
+
+    Raises:
+        click.UsageError: one given without ``--executor slurm``; ``--executor slurm`` without
+            Slurm's commands; a time under `SLURM_MIN_MINUTES`; an --slurm-extra not KEY=VALUE.
+    """
+    given = {name: options.pop(name) for name in SLURM_FLAGS}
+    named = [flag for name, flag in SLURM_FLAGS.items() if given[name] not in (None, ())]
+    if executor != "slurm":
+        if named:
+            raise click.UsageError(f"{', '.join(named)}: only with --executor slurm")
+        return _SLURM_DEFAULTS
+    minutes = given["slurm_time"]
+    if minutes is not None and minutes < SLURM_MIN_MINUTES:
+        raise click.UsageError(
+            f"--slurm-time {minutes}: at least {SLURM_MIN_MINUTES} minutes (submitit signals a "
+            "job 90 s before its time is up, so a shorter one can be stopped before it starts)"
+        )
+    try:
+        extra = parse_extra(given["slurm_extra"])
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    missing = missing_commands()
+    if missing:
+        raise click.UsageError(
+            f"--executor slurm: {' and '.join(missing)} not found on PATH "
+            "(submit from a machine of the Slurm cluster)"
+        )
+    d = _SLURM_DEFAULTS
+
+    def pick(name: str, default: Any) -> Any:
+        return default if given[name] is None else given[name]
+
+    return SlurmOptions(
+        partition=given["slurm_partition"],
+        minutes=pick("slurm_time", d.minutes),
+        cpus_per_run=pick("slurm_cpus_per_run", d.cpus_per_run),
+        mem_gb=given["slurm_mem_gb"],
+        array_parallelism=pick("slurm_array_parallelism", d.array_parallelism),
+        extra=extra,
+    )
 
 
 def _report(

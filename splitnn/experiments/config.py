@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from splitnn.client.dp import DP_LR
 from splitnn.common.datasets import locally_available
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.experiments.grid import Setting
+
+Executor = Literal["local", "slurm"]
+SLURM_MIN_MINUTES = 3
+"""submitit signals a job (USR2) 90 s before its time is up; under 3 minutes the signal can come
+before the run has started, and the job ends early."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """How each run is submitted to a Slurm cluster (``--executor slurm``).
+
+    Attributes:
+        partition: the partition of every job; None: the cluster's default.
+        minutes: each job's time limit (sbatch ``--time``), at least `SLURM_MIN_MINUTES`.
+        cpus_per_run: CPUs of each job (``--cpus-per-task``); the run's torch threads.
+        mem_gb: memory of each job (``--mem``); None: the cluster's default.
+        array_parallelism: jobs of one job array running at once.
+        extra: further sbatch flags as (name, value) pairs, e.g. ``("account", "proj")``.
+    """
+
+    partition: str | None = None
+    minutes: int = 60
+    cpus_per_run: int = 4
+    mem_gb: float | None = None
+    array_parallelism: int = 64
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -21,7 +48,8 @@ class ExperimentConfig:
         dataset: the victim's data set (a `splitnn.common.datasets` name).
         epochs: training epochs of every classifier.
         seeds: seeds 0..seeds-1 of every setting; tables give mean and standard error.
-        jobs: training (or attack) runs at once, each a server + client pair of processes.
+        jobs: training (or attack) runs at once, each a server + client pair of processes
+            (with ``executor="slurm"``: the job array's parallelism).
         force: redo runs that are already done.
         max_steps: batches per epoch at most (smoke runs); None: whole epochs.
         lr: the data holder's learning rate (without DP-SGD).
@@ -39,6 +67,9 @@ class ExperimentConfig:
         results_dir: CSV tables, and figures under figures/.
         progress: show progress bars.
         data_fingerprint: hash of the data set's splits (`records.fingerprint`), set by `run`.
+        executor: ``local`` runs on this machine, `jobs` at once in threads of this process;
+            ``slurm`` submits every run as one job of a Slurm job array (`executors`).
+        slurm: the jobs' resources with ``executor="slurm"``.
     """
 
     groups: tuple[str, ...]
@@ -60,6 +91,8 @@ class ExperimentConfig:
     results_dir: Path = Path("results")
     progress: bool = True
     data_fingerprint: str = ""
+    executor: Executor = "local"
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     @property
     def figures_dir(self) -> Path:
@@ -70,7 +103,10 @@ class ExperimentConfig:
         return self.lr if setting.dp_epsilon is None else self.dp_lr
 
     def threads_per_job(self) -> int:
-        """Torch threads for each of `jobs` concurrent runs: the cores shared out, at least 1."""
+        """Torch threads for each of `jobs` concurrent runs: the cores shared out, at least 1;
+        on Slurm, the CPUs each job has (the node's count says nothing of the job's share)."""
+        if self.executor == "slurm":
+            return self.slurm.cpus_per_run
         return max(1, (os.cpu_count() or 1) // self.jobs)
 
 

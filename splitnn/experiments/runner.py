@@ -2,13 +2,14 @@
 
 Runs already done (see `splitnn.experiments.records`) are skipped unless forced; up to `jobs`
 runs go at once, each pair on its own port. A failed run is reported and the rest go on.
+With ``executor="slurm"`` every run is a job of a Slurm cluster instead (`executors`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +66,9 @@ def run_jobs(
     """Runs `work` on every item not yet `done` (all of them with `cfg.force`), `cfg.jobs` at once.
 
     Returns one outcome per item, in the order of `items`. Exceptions of type ProcessError,
-    WireLogError and OSError mark the item failed; anything else propagates.
+    WireLogError and OSError mark the item failed; anything else propagates. With
+    `cfg.executor` ``slurm`` every item is a Slurm job, and a job that failed in any way, or
+    ended without the record that `done` reads, marks its item failed.
     """
     outcomes: dict[int, Outcome[T, R]] = {}
     todo: list[int] = []
@@ -88,22 +91,61 @@ def run_jobs(
         disable=not cfg.progress or not items,
     )
     started = time.monotonic()
-    with bar, logging_redirect_tqdm(), ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        futures: dict[Future[R], int] = {pool.submit(work, items[i]): i for i in todo}
-        for count, future in enumerate(as_completed(futures), start=1):
-            i = futures[future]
-            try:
-                outcomes[i] = Outcome(items[i], "ran", future.result())
+    if cfg.executor == "local":
+        ended = _in_threads(items, todo, work=work, jobs=cfg.jobs)
+    else:
+        ended = _on_slurm(items, todo, work=work, done=done, cfg=cfg, desc=desc)
+    with bar, logging_redirect_tqdm():
+        for count, (i, outcome) in enumerate(ended, start=1):
+            outcomes[i] = outcome
+            if outcome.status == "ran":
                 logger.info(
                     "%s %d/%d: %s done (%.0f s so far)",
                     *(desc, count, len(todo), label(items[i]), time.monotonic() - started),
                 )
-            except (ProcessError, WireLogError, OSError) as error:
-                logger.error("%s failed: %s", label(items[i]), error)
-                outcomes[i] = Outcome(items[i], "failed", error=str(error))
+            else:
+                logger.error("%s failed: %s", label(items[i]), outcome.error)
             bar.set_postfix_str(label(items[i]), refresh=False)
             bar.update()
     return [outcomes[i] for i in range(len(items))]
+
+
+def _in_threads(
+    items: Sequence[T], todo: Sequence[int], *, work: Callable[[T], R], jobs: int
+) -> Iterator[tuple[int, Outcome[T, R]]]:
+    """`work` on `items[i]` for every i in `todo`, `jobs` at once in threads; each index with its
+    outcome as it ends. ProcessError, WireLogError and OSError fail a run; the rest propagates."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures: dict[Future[R], int] = {pool.submit(work, items[i]): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                outcome = Outcome(items[i], "ran", future.result())
+            except (ProcessError, WireLogError, OSError) as error:
+                outcome = Outcome(items[i], "failed", error=str(error))
+            yield i, outcome
+
+
+def _on_slurm(
+    items: Sequence[T],
+    todo: Sequence[int],
+    *,
+    work: Callable[[T], R],
+    done: Callable[[T], R | None],
+    cfg: ExperimentConfig,
+    desc: str,
+) -> Iterator[tuple[int, Outcome[T, R]]]:
+    """`_in_threads` as jobs of a Slurm job array (`executors.run_on_slurm`): a job that failed
+    in any way, or left no record, fails its run."""
+    from splitnn.experiments.executors import run_on_slurm  # submitit: only when asked for
+
+    chosen = [items[i] for i in todo]
+    for k, record, error in run_on_slurm(chosen, work=work, done=done, cfg=cfg, desc=desc):
+        i = todo[k]
+        if record is None:
+            yield i, Outcome(items[i], "failed", error=error)
+        else:
+            yield i, Outcome(items[i], "ran", record)
 
 
 S = TypeVar("S")
