@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check numba-cache compose-test lint format proto check-protos bench clean
+.PHONY: demo test check numba-cache compose-test slurm-test lint format proto check-protos bench clean
 
 # The virtualenv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -36,6 +36,12 @@ check: $(STAMP) numba-cache
 # `docker compose up` for real (needs a Docker engine; set TORCH_INDEX_URL to build elsewhere).
 compose-test: $(STAMP)
 	$(BIN)/python -m pytest -m docker tests/e2e/test_compose.py
+
+# splitnn-experiments --executor slurm for real: needs a Slurm cluster's sbatch, srun, squeue and
+# sacct on PATH. Set SPLITNN_SLURM_TEST_DIR to a folder every node sees when they share no /tmp,
+# and SPLITNN_SLURM_TEST_PARTITION for a partition other than the default.
+slurm-test: $(STAMP)
+	$(BIN)/python -m pytest -m slurm tests/e2e/test_slurm.py
 
 lint: $(STAMP) check-protos
 	$(BIN)/ruff check .
