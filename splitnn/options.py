@@ -22,6 +22,7 @@ from splitnn.client.dp import DP_DELTA, DP_LR, DP_MAX_GRAD_NORM, DPError, DPSett
 from splitnn.client.guard import GUARD_ACTIONS, GUARDS, GuardSettings
 from splitnn.common.credentials import CredentialError, Credentials
 from splitnn.common.datasets import DATASETS
+from splitnn.common.devices import DEVICE_HELP
 from splitnn.common.models import DECODER_NAMES, NOPEEK_BATCH_SIZE, PLAIN_BATCH_SIZE
 from splitnn.common.partitions import SCHEMES
 
@@ -102,6 +103,14 @@ def json_option(function: F) -> F:
     """``--json``, received as `as_json`."""
     return click.option(
         "--json", "as_json", is_flag=True, help="Print the results as one JSON object."
+    )(function)
+
+
+def device_option(function: F) -> F:
+    """``--device``: where the program computes. Checked when the command starts (a device this
+    machine lacks ends it with exit 2 and one line, see `splitnn.common.devices`)."""
+    return click.option(
+        "--device", metavar="DEVICE", default="cpu", help=f"Where to compute: {DEVICE_HELP}"
     )(function)
 
 

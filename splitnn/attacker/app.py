@@ -40,6 +40,7 @@ from splitnn.common.checkpoints import (
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
+from splitnn.common.devices import use_device
 from splitnn.common.reports import AttackReport
 from splitnn.common.seeds import SEEDING, seed_for
 
@@ -73,6 +74,8 @@ class AttackConfig:
         credentials: with `live`, the tap party's TLS files and/or token.
         connect_timeout: with `live`, seconds to wait for the server to answer at all.
         retrain: train the decoder even if one trained under identical settings is saved.
+        device: where the decoder, the substitute and the validator compute (the tensors read
+            and the scores stay on the CPU).
     """
 
     classifier: Path | None = None
@@ -101,6 +104,7 @@ class AttackConfig:
     credentials: Credentials = field(default_factory=Credentials)
     retrain: bool = False
     connect_timeout: float = 30.0
+    device: str = "cpu"
 
 
 def run_attack(cfg: AttackConfig) -> AttackReport:
@@ -110,6 +114,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
         BadAttack: the settings do not fit the oracle (see `check_config`).
     """
     check_config(cfg)
+    use_device(cfg.device)
     lent = _lent_oracle(cfg)
     dataset = cfg.dataset or (
         str(lent.manifest.get("dataset", DEFAULT_DATASET)) if lent else DEFAULT_DATASET

@@ -15,6 +15,7 @@ from splitnn.attacker.hijacked_cli import hijacked
 from splitnn.attacker.substitute import MATCHINGS, SubstituteSettings
 from splitnn.attacker.validator import load_or_train_validator, validator_path
 from splitnn.common.datasets import load_splits
+from splitnn.common.devices import use_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import AttackReport
@@ -27,6 +28,7 @@ from splitnn.options import (
     connect_timeout_option,
     credential_options,
     dataset_option,
+    device_option,
     dir_option,
     json_option,
     logging_options,
@@ -185,6 +187,7 @@ def substitute_options(function: Any) -> Any:
 )  # fmt: skip
 @substitute_options
 @credential_options
+@device_option
 @json_option
 @click.option(
     "--report",
@@ -234,9 +237,13 @@ def run(ctx: click.Context, /, as_json: bool, report_path: Path | None, **option
 @seed_option(help="Seeds the validator's weights and batch order.")
 @dir_option("--model-dir", "models")
 @dir_option("--data-dir", "data")
+@device_option
 @click.pass_context
-def validator(ctx: click.Context, dataset: str, seed: int, model_dir: Path, data_dir: Path) -> None:
+def validator(
+    ctx: click.Context, dataset: str, seed: int, model_dir: Path, data_dir: Path, device: str
+) -> None:
     """Train (once) the validation classifier that scores reconstructions."""
+    use_device(device)
     splits = load_splits(dataset, root=data_dir)
     load_or_train_validator(
         splits=splits, model_dir=model_dir, seed=seed, progress=not ctx.obj["quiet"]

@@ -29,6 +29,7 @@ from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
+from splitnn.common.devices import to_compute, use_device
 from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 
@@ -67,6 +68,7 @@ class HijackedConfig:
     curve: Path | None = None
     figure: Path | None = None
     shown: int = 4  # snapshots drawn in the figure, spread over the curve
+    device: str = "cpu"  # where the decoders and the validator compute
 
 
 def find_snapshots(folder: Path, run: str | None = None) -> list[Snapshot]:
@@ -165,7 +167,7 @@ def _at_step(
     cut = torch.cat([c for c, _ in chosen])
     originals, _ = ground_truth(train, torch.cat([i for _, i in chosen]))
     with torch.no_grad():
-        scores = score(originals, decoder(cut).clamp(0.0, 1.0))
+        scores = score(originals, decoder(to_compute(cut)).cpu().clamp(0.0, 1.0))
     return {"train_mse": scores["mse"], "train_ssim": scores["ssim"]}
 
 
@@ -176,6 +178,7 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     Raises:
         SnapshotError, InterceptError: nothing to score.
     """
+    use_device(cfg.device)
     intercepted = from_log(cfg.from_log, split="attack", run=cfg.run)
     snapshots = find_snapshots(cfg.decoders, intercepted.run)
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
@@ -190,7 +193,7 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     for n, snapshot in enumerate(snapshots):
         decoder = load_decoder(snapshot)
         with torch.no_grad():
-            recon = decoder(intercepted.activations).clamp(0.0, 1.0)
+            recon = decoder(to_compute(intercepted.activations)).cpu().clamp(0.0, 1.0)
         scores = score(originals, recon)
         row = {"step": float(snapshot.step), **{k: scores[k] for k in ("mse", "psnr", "ssim")}}
         row["validator_accuracy"] = accuracy(validator, recon, labels)

@@ -13,6 +13,7 @@ from splitnn.options import (
     EXISTING_FILE,
     config_from,
     dataset_option,
+    device_option,
     dir_option,
     json_option,
     seed_option,
@@ -53,6 +54,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=None,
     help="Also write the final snapshot's scores as one JSON object to this file.",
 )
+@device_option
 @json_option
 def hijacked(*, as_json: bool, report_path: Path | None, **options: Any) -> None:
     """Score a malicious (--hijack fsha) server's decoders on the victim's deployment tensors.

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from splitnn.attacker.oracle import CutOracle
+from splitnn.common.devices import to_compute
 
 
 def train_decoder(
@@ -47,7 +48,7 @@ def train_decoder(
         for start in range(0, len(images), batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.mse_loss(decoder(cuts[idx]), images[idx])
+            loss = F.mse_loss(decoder(to_compute(cuts[idx])), to_compute(images[idx]))
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
@@ -60,7 +61,9 @@ def train_decoder(
 def reconstruct(decoder: nn.Module, cuts: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """cuts: float32 [N,500] -> images float32 [N,1,28,28], clamped to the pixel range [0,1]."""
     decoder.eval()
-    outputs = [decoder(cuts[s : s + batch_size]) for s in range(0, len(cuts), batch_size)]
+    outputs = [
+        decoder(to_compute(cuts[s : s + batch_size])).cpu() for s in range(0, len(cuts), batch_size)
+    ]
     if not outputs:
         return torch.empty(0, 1, 28, 28)
     return torch.cat(outputs).clamp_(0.0, 1.0)

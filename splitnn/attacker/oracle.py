@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint, manifest_path
+from splitnn.common.devices import on_device, to_compute
 from splitnn.common.models import Body
 from splitnn.common.noise import LaplaceNoise
 
@@ -45,7 +46,7 @@ def cut_tensors(
     a time -> float32 [N,500]."""
     outputs = []
     for start in range(0, len(images), batch_size):
-        cut = body(images[start : start + batch_size])
+        cut = body(to_compute(images[start : start + batch_size])).cpu()
         outputs.append(noise(cut) if noise is not None else cut)
     return torch.cat(outputs) if outputs else torch.empty(0, 500)
 
@@ -121,7 +122,7 @@ class BodyOracle:
         if manifest.get("part") != "body":
             raise CheckpointError(f"{self.path} is not a data holder's part-1 checkpoint")
         self.manifest: dict[str, Any] = manifest
-        self.body = Body()
+        self.body = on_device(Body())
         self.body.load_state_dict(state)
         self.body.eval()
         self.deployed_noise = float(manifest.get("noise", 0.0))

@@ -34,6 +34,7 @@ from splitnn.attacker.substitute import (
 )
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from splitnn.common.datasets import Subset
+from splitnn.common.devices import on_device, to_compute
 from splitnn.common.models import Head, build_head, make_optimizer
 from splitnn.common.seeds import SEEDING, seed_for
 
@@ -60,7 +61,7 @@ def replay_heads(log: Path, *, run: str, spec: dict[str, object], last: int) -> 
     for row, (epoch, cut, labels) in enumerate(batches):
         head.train()
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(head(cut), labels).backward()
+        F.cross_entropy(head(to_compute(cut)), to_compute(labels)).backward()
         optimizer.step()
         if row + 1 == len(batches) or batches[row + 1][0] != epoch:
             snapshots.append(copy.deepcopy(head).eval())
@@ -86,7 +87,7 @@ def load_head(path: Path) -> ServerHead:
     state, manifest = load_checkpoint(path)
     if manifest.get("part") != "head":
         raise CheckpointError(f"{path} is not a server's head checkpoint")
-    head = Head(int(manifest.get("num_classes", 10)))
+    head = on_device(Head(int(manifest.get("num_classes", 10))))
     try:
         head.load_state_dict(state)
     except RuntimeError as error:
@@ -98,7 +99,10 @@ def load_head(path: Path) -> ServerHead:
 def predict(head: nn.Module, cuts: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """The head's classes for cut tensors float32 [N,500] -> int64 [N]."""
     head.eval()
-    out = [head(cuts[s : s + batch_size]).argmax(1) for s in range(0, len(cuts), batch_size)]
+    out = [
+        head(to_compute(cuts[s : s + batch_size])).argmax(1).cpu()
+        for s in range(0, len(cuts), batch_size)
+    ]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 

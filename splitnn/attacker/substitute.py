@@ -15,6 +15,7 @@ The trained substitute is then queried like the lent part 1 (`CutOracle`) to tra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from splitnn.attacker.mmd import conditional_mk_mmd, mk_mmd
 from splitnn.attacker.oracle import cut_tensors
 from splitnn.common.critics import build_critic, gradient_penalty
+from splitnn.common.devices import to_compute, to_cpu
 from splitnn.common.models import Body, build_body
 from splitnn.common.noise import LaplaceNoise
 
@@ -115,7 +117,7 @@ class SubstituteOracle:
     def describe(self) -> dict[str, Any]:
         """The substitute by the bytes of its weights, with how it was made."""
         buffer = io.BytesIO()
-        torch.save(self.body.state_dict(), buffer)
+        torch.save(to_cpu(self.body.state_dict()), buffer)
         return {
             "substitute_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
             "set_noise": self.noise_scale,
@@ -232,6 +234,7 @@ def train_substitute(
         raise ValueError("the label term needs the server's head (or a label weight of 0)")
     if len(target.received) == 0 or len(target.public) == 0:
         raise ValueError("the substitute needs received tensors and public images")
+    target = MatchTarget(*(to_compute(t) for t in dataclasses.astuple(target)))
     body = build_body(seed)
     for head in heads:
         head.eval().requires_grad_(False)

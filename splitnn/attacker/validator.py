@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from splitnn.common.checkpoints import load_checkpoint, save_checkpoint
 from splitnn.common.datasets import DatasetSplits, epoch_permutation
+from splitnn.common.devices import on_device, to_compute
 from splitnn.common.models import Body, Head
 from splitnn.common.seeds import SEEDING, seed_for
 
@@ -28,7 +29,7 @@ def build_validator(seed: int, num_classes: int) -> nn.Sequential:
     (never the victim's: the victim of the same seed starts elsewhere)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(seed, "validator"))
-        return nn.Sequential(Body(), Head(num_classes))
+        return on_device(nn.Sequential(Body(), Head(num_classes)))
 
 
 def validator_path(model_dir: Path, dataset: str, seed: int, epochs: int = 5) -> Path:
@@ -59,7 +60,8 @@ def load_or_train_validator(
         for start in range(0, len(order), 128):
             idx = order[start : start + 128]
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(splits.train.images[idx]), splits.train.labels[idx]).backward()
+            images, labels = splits.train.images[idx], splits.train.labels[idx]
+            F.cross_entropy(model(to_compute(images)), to_compute(labels)).backward()
             optimizer.step()
     model.eval()
     test_accuracy = accuracy(model, splits.test.images, splits.test.labels)
@@ -81,10 +83,11 @@ def load_or_train_validator(
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percent of `images` (float32 [N,1,28,28]) classified as `labels` (int64 [N])."""
+    """Percent of `images` (float32 [N,1,28,28]) classified as `labels` (int64 [N]), on the
+    model's device."""
     model.eval()
     correct = sum(
-        int((model(images[s : s + 500]).argmax(1) == labels[s : s + 500]).sum())
+        int((model(to_compute(images[s : s + 500])).argmax(1).cpu() == labels[s : s + 500]).sum())
         for s in range(0, len(images), 500)
     )
     return 100.0 * correct / max(len(images), 1)

@@ -36,6 +36,7 @@ from splitnn.common.checkpoints import (
     setting_tag,
 )
 from splitnn.common.datasets import DatasetSplits, load_splits
+from splitnn.common.devices import use_device
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 from splitnn.common.reports import GroupReport, GuardScore, RunReport
@@ -62,6 +63,7 @@ def run(cfg: ClientConfig) -> RunReport:
         DatasetError, ServerUnreachable, ServerRefused, ResumeError, CheckpointError: reported
         by the CLI as one line.
     """
+    use_device(cfg.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     trained: dict[str, torch.Tensor] | None = None
     trained_run = ""

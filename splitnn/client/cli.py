@@ -22,6 +22,7 @@ from splitnn.options import (
     connect_timeout_option,
     credential_options,
     dataset_option,
+    device_option,
     dir_option,
     dp_options,
     guard_options,
@@ -103,6 +104,7 @@ from splitnn.programs import program
     help="Do not train: evaluate this trained part-1 checkpoint (settings from its manifest; "
     "the server loads the matching head). With --eval-noise: post-training noise.",
 )
+@device_option
 @json_option
 @logging_options
 def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:

@@ -52,6 +52,7 @@ class ClientConfig:
             `splitnn.client.guard.GUARDS`); None: none.
         guard_settings: its settings (N, P_f, m, e, threshold, action).
         dp: DP-SGD on part 1 (`splitnn.client.dp`); None: plain training.
+        device: where part 1 computes (`splitnn.common.devices`): cpu, cuda:N, mps.
     """
 
     server: str = "127.0.0.1:50051"
@@ -88,3 +89,4 @@ class ClientConfig:
     guard: str | None = None
     guard_settings: GuardSettings = field(default_factory=GuardSettings)
     dp: DPSettings | None = None
+    device: str = "cpu"

@@ -324,10 +324,11 @@ class DPSGD:
         state = np.random.SeedSequence([self.noise_seed, epoch, batch]).generate_state(
             1, dtype=np.uint64
         )
-        generator = torch.Generator(device=params[0].device).manual_seed(int(state[0]) >> 1)
+        # Drawn on the CPU whatever the device: a seed gives the same noise everywhere.
+        generator = torch.Generator().manual_seed(int(state[0]) >> 1)
         std = self.noise_multiplier * self.max_grad_norm
         for p, total in zip(params, sums, strict=True):
-            noise = torch.normal(0.0, std, size=p.shape, generator=generator, device=p.device)
+            noise = torch.normal(0.0, std, size=p.shape, generator=generator).to(p.device)
             p.grad = (total + noise) / self.expected_batch_size
         self.accountant.step(self.noise_multiplier, self.sample_rate)
 

@@ -15,6 +15,7 @@ from splitnn.client.progress import Progress
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId
 from splitnn.common.datasets import Subset, epoch_permutation
+from splitnn.common.devices import to_compute
 from splitnn.common.distcorr import distance_correlation
 from splitnn.common.models import Body, make_optimizer
 from splitnn.common.noise import LaplaceNoise
@@ -116,12 +117,14 @@ class SplitTrainer:
                 self.dp.privatise(epoch=step.epoch, batch=step.batch, empty=True)
                 self.optimizer.step()
             return 0.0, 0
+        images = to_compute(images)
         cut = self.body(images)
         sent = self.noise(cut.detach())
         if plan.fake:
             assert self.guard is not None, "a fake batch needs a guard"
             labels = (labels + plan.label_shift) % self.guard.num_classes
         reply = self.link.train_step(step, sent, labels, indices, save=save)
+        gradient = to_compute(reply.gradient)
         recorded = self.guard is not None and (plan.fake or plan.regular_set > 0)
         server_part: tuple[torch.Tensor, ...] = ()
         # The noise is additive, so d loss / d cut equals the gradient w.r.t. what was sent.
@@ -130,16 +133,16 @@ class SplitTrainer:
         if self.nopeek > 0.0 and len(images) >= 2 and not plan.fake:
             if recorded:  # the guard judges the server's gradient, without the NoPeek term
                 server_part = torch.autograd.grad(
-                    cut, self._first_layer(), reply.gradient, retain_graph=True
+                    cut, self._first_layer(), gradient, retain_graph=True
                 )
             penalty = self.nopeek * distance_correlation(images, cut)
-            torch.autograd.backward((cut, penalty), (reply.gradient, torch.ones_like(penalty)))
+            torch.autograd.backward((cut, penalty), (gradient, torch.ones_like(penalty)))
         else:
-            cut.backward(reply.gradient)
+            cut.backward(gradient)
             server_part = tuple(p.grad for p in self._first_layer() if p.grad is not None)
         if recorded:
             assert self.guard is not None
-            self.guard.record(index, plan, torch.cat([g.reshape(-1) for g in server_part]))
+            self.guard.record(index, plan, torch.cat([g.reshape(-1) for g in server_part]).cpu())
         if self.dp is not None:
             if plan.fake:
                 self.dp.drop_per_sample()
@@ -251,7 +254,7 @@ class SplitTrainer:
             images = data.images[start : start + batch_size]
             labels = data.labels[start : start + batch_size]
             indices = data.indices[start : start + batch_size] if self.send_indices else None
-            sent = noise(self.body(images))
+            sent = noise(self.body(to_compute(images)))
             reply = self.link.evaluate(
                 StepId(self.run, tag, batch), sent, split=split, labels=labels, indices=indices
             )

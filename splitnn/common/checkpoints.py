@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from splitnn.common import exits
+from splitnn.common.devices import to_cpu
 from splitnn.common.files import PRIVATE, write_atomic, write_json_atomic
 
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}")
@@ -87,7 +88,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any], manifest: Mapping[str,
     Both are replaced atomically (`splitnn.common.files`), readable by their owner only: a crash
     leaves either the old file or the new one, never a torn one.
     """
-    write_atomic(path, lambda handle: torch.save(dict(state), handle), mode=PRIVATE)
+    write_atomic(path, lambda handle: torch.save(to_cpu(dict(state)), handle), mode=PRIVATE)
     write_json_atomic(manifest_path(path), manifest, mode=PRIVATE)
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splitnn.common.devices import on_device
 from splitnn.common.models import CUT_SHAPE
 
 
@@ -46,7 +47,7 @@ def build_critic(*, seed: int, hidden: int = 256) -> CutCritic:
     """A fresh critic, its weights drawn from `seed` only (the global RNG is left alone)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CutCritic(hidden)
+        return on_device(CutCritic(hidden))
 
 
 def gradient_penalty(
@@ -62,7 +63,8 @@ def gradient_penalty(
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} differ")
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    mix = torch.rand(shape, generator=generator, dtype=real.dtype, device=real.device)
+    # Drawn on the CPU whatever the device: a seed gives the same points everywhere.
+    mix = torch.rand(shape, generator=generator, dtype=real.dtype).to(real.device)
     points = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
     (grads,) = torch.autograd.grad(critic(points).sum(), points, create_graph=True)
     norms = grads.flatten(1).norm(2, dim=1)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from splitnn.common import exits
+from splitnn.common.devices import on_device
 from splitnn.common.models import CUT_SHAPE, DECODER_NAMES, IMAGE_SHAPE
 
 
@@ -122,4 +123,4 @@ def build_decoder(name: str, *, seed: int) -> nn.Module:
         raise DecoderError(f"unknown decoder {name!r}; known decoders: {known}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return factory()
+        return on_device(factory())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splitnn.common.devices import on_device
+
 CUT_SHAPE = (500,)
 IMAGE_SHAPE = (1, 28, 28)
 # The study's MNIST normalisation; applied inside the body so every caller feeds [0, 1] pixels.
@@ -64,17 +66,19 @@ class Head(nn.Module):
 
 
 def build_body(seed: int) -> Body:
-    """Part 1 with initial weights drawn from `seed` only (the global RNG is left as it was)."""
+    """Part 1 with initial weights drawn from `seed` only (the global RNG is left as it was), on
+    the compute device (drawn on the CPU: a seed gives the same weights on every device)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Body()
+        return on_device(Body())
 
 
 def build_head(seed: int, num_classes: int = 10) -> Head:
-    """Part 2 with initial weights drawn from `seed` only (the global RNG is left as it was)."""
+    """Part 2 with initial weights drawn from `seed` only (the global RNG is left as it was), on
+    the compute device (drawn on the CPU)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Head(num_classes)
+        return on_device(Head(num_classes))
 
 
 def make_optimizer(params: nn.Module, lr: float) -> torch.optim.Adam:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from splitnn.common.datasets import DATASETS
+from splitnn.common.devices import resolve_device, use_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.topology import DEFAULT, describe
 from splitnn.options import (
     EXISTING_FILE,
     FLAG,
     config_from,
+    device_option,
     dir_option,
     logging_options,
     option_table,
@@ -26,6 +30,8 @@ from splitnn.server.app import serve
 from splitnn.server.config import MIN_STREAMS_PER_PARTY, ServerConfig
 from splitnn.server.group_spec import GroupSpec
 from splitnn.server.runs import StoredRun, remove_run, stored_runs
+
+logger = logging.getLogger(__name__)
 
 
 def _parse_groups(
@@ -207,6 +213,7 @@ def _parse_groups(
      "With --hijack: write the decoder every N holder steps under "
      "MODEL_DIR/hijack/<party>/<run>/ (0: only when the run finishes)."),
 )  # fmt: skip
+@device_option
 @logging_options
 def main(
     *, verbose: int, quiet: bool, list_runs: bool, remove_run: str | None, **options: Any
@@ -236,6 +243,11 @@ def main(
     cfg = config_from(ServerConfig, options)
     if cfg.hijack is not None and cfg.groups:
         raise click.UsageError("--hijack serves lone runs only: drop --group")
+    device = resolve_device(cfg.device)
+    if cfg.hijack is not None and device.type != "cpu":
+        logger.warning("--hijack computes on the CPU only: serving on the CPU, not %s", device)
+        device = torch.device("cpu")
+    use_device(device)
     if list_runs or remove_run is not None:
         _manage_runs(cfg.model_dir, list_runs=list_runs, remove=remove_run)
         return

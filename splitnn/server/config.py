@@ -50,6 +50,7 @@ class ServerConfig:
         data_dir: where the public data set is read.
         hijack_pretrain_steps: autoencoder steps of the pilot and decoder before serving.
         hijack_snapshot_every: decoder snapshot every N holder steps (0: only at the end).
+        device: where the heads compute (`splitnn.common.devices`; the process's compute device).
     """
 
     host: str = "127.0.0.1"
@@ -81,6 +82,7 @@ class ServerConfig:
     data_dir: Path = Path("data")
     hijack_pretrain_steps: int = 300
     hijack_snapshot_every: int = 0
+    device: str = "cpu"
 
     def sessions_per_party(self, *, authenticated: bool) -> int:
         """Live sessions one party may hold: `max_sessions_per_party`, by default a quarter of

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import torch
 
 from splitnn.common.codec import WeightsBlob
+from splitnn.common.devices import to_cpu
 from splitnn.common.files import PRIVATE, write_atomic
 from splitnn.common.models import Head, build_head, make_optimizer
 from splitnn.common.topology import Schedule, Topology
@@ -98,7 +99,7 @@ class GroupStore:
             if not path.exists():
                 write_atomic(path, blob.data, mode=PRIVATE)
         buffer = io.BytesIO()
-        torch.save({**state, "parts1": sorted(named)}, buffer)
+        torch.save(to_cpu({**state, "parts1": sorted(named)}), buffer)
         payload = buffer.getvalue()
         saves = self.saves()
         number = int(saves[0].name.split(".")[0]) + 1 if saves else 1

@@ -66,21 +66,23 @@ def apply_step(
 ) -> StepResult:
     """One optimizer step of `head` on a batch: activations [B, *cut], labels int64 [B].
 
-    The gradient is d(mean CE)/d(activations), in the activations' dtype.
+    The gradient is d(mean CE)/d(activations), in the activations' dtype and on their device
+    (the head computes on its own, see `splitnn.common.devices`).
     """
-    received = activations.to(torch.float32).requires_grad_(True)
+    device = _device_of(head)
+    received = activations.to(device=device, dtype=torch.float32).requires_grad_(True)
     head.train()
     logits = head(received)
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits, labels.to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # an idle session holds no gradients
     assert received.grad is not None
-    correct = int((logits.detach().argmax(dim=1) == labels).sum())
+    correct = int((logits.detach().argmax(dim=1) == labels.to(device)).sum())
     return StepResult(
         step=step,
-        gradient=received.grad.to(activations.dtype),
+        gradient=received.grad.to(device=activations.device, dtype=activations.dtype),
         loss=float(loss.detach()),
         correct=correct,
     )
@@ -92,12 +94,18 @@ def evaluate_head(
     """Logits of a batch without any update: activations [B, *cut], labels int64 [B] or None."""
     with torch.no_grad():
         head.eval()
-        logits = head(activations.to(torch.float32))
+        logits = head(activations.to(device=_device_of(head), dtype=torch.float32)).cpu()
     if labels is None:
         return EvalResult(logits=logits, loss=0.0, correct=0)
     loss = float(F.cross_entropy(logits, labels))
     correct = int((logits.argmax(dim=1) == labels).sum())
     return EvalResult(logits=logits, loss=loss, correct=correct)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s parameters are (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 class HeadPolicy(Protocol):

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from splitnn.client.dp import NOPEEK_REFUSAL
+from splitnn.common.devices import export_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import MultiSummary
@@ -19,6 +20,7 @@ from splitnn.options import (
     attacker_options,
     config_from,
     dataset_option,
+    device_option,
     dir_option,
     dp_options,
     guard_options,
@@ -94,6 +96,7 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 @nopeek_option("--colluder-nopeek", help="The colluder's NoPeek W.")
 @guard_options
 @dp_options
+@device_option
 @json_option
 @logging_options
 def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
@@ -158,6 +161,7 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
       splitnn-sim --dp-epsilon 3 --json
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
+    export_device(options.pop("device"))  # every party it starts computes there
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")
     seeds = seed_list(options["seed"], options.pop("seeds"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -9,6 +12,7 @@ from splitnn.client.dp import DPSGD
 from splitnn.client.split_trainer import SplitTrainer
 from splitnn.client.transport import ServerLink
 from splitnn.common.codec import StepId
+from splitnn.common.devices import to_compute, use_device
 from splitnn.common.models import build_body, build_head, make_optimizer
 from splitnn.common.noise import LaplaceNoise
 from splitnn.server.app import RunningServer
@@ -18,6 +22,17 @@ STEPS = 5
 BATCH = 16
 SEED = 7
 LR = 1e-3
+# Every device this machine has: both parties (the server runs in this process) compute there.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> Iterator[torch.device]:
+    """The compute device of the test's models, server and holder alike; the CPU again after."""
+    try:
+        yield use_device(request.param)
+    finally:
+        use_device("cpu")
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -39,14 +54,16 @@ def _train_in_process(
     for images, labels in batches:
         opt_body.zero_grad()
         opt_head.zero_grad()
-        F.cross_entropy(head(body(images)), labels).backward()
+        F.cross_entropy(head(body(to_compute(images))), to_compute(labels)).backward()
         opt_body.step()
         opt_head.step()
     return body, head
 
 
-def test_split_steps_match_in_process_steps(address: str, running_server: RunningServer) -> None:
-    # Prepare
+def test_split_steps_match_in_process_steps(
+    device: torch.device, address: str, running_server: RunningServer
+) -> None:
+    # Prepare: the server's head is made when the session opens, on `device`.
     batches = _batches()
     link = ServerLink(address, settings("exact", seed=SEED + 1, max_batch_size=BATCH))
     trainer = SplitTrainer(
@@ -65,6 +82,8 @@ def test_split_steps_match_in_process_steps(address: str, running_server: Runnin
     body, head = _train_in_process(batches)
     server_head = running_server.sessions.get(link.session_id).head
     # Assert
+    assert all(t.device == device for t in server_head.state_dict().values())
+    assert next(trainer.body.parameters()).device == device
     for (name, split), (_, local) in zip(
         trainer.body.state_dict().items(), body.state_dict().items(), strict=True
     ):
