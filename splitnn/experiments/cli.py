@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from splitnn.client.dp import DP_LR
 from splitnn.common import exits
+from splitnn.common.devices import export_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
 from splitnn.experiments.app import Summary, run
@@ -27,6 +28,7 @@ from splitnn.options import (
     LEARNING_RATE,
     config_from,
     dataset_option,
+    device_option,
     dir_option,
     epochs_option,
     logging_options,
@@ -153,6 +155,7 @@ _REPORT_HELP = (
     default=None,
     help="With report: rewrite this file's <!-- report:TABLE CSV --> blocks from their CSVs.",
 )
+@device_option
 @logging_options
 def main(
     *,
@@ -175,6 +178,9 @@ def main(
     Example: splitnn-experiments all --dataset mnist5k --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet)
+    # Every process of every run (and every cluster job, which inherits the environment)
+    # computes there; `auto` is decided here, once.
+    export_device(options.pop("device"))
     if REPORT in groups:
         _report(groups, results_dir=options["results_dir"], readme=readme, quiet=quiet)
         return
