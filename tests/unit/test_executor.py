@@ -393,3 +393,28 @@ def test_slurm_runs_skip_what_is_done_and_report_failed_jobs(
         ("ran", "new record", None),
         ("failed", None, "Slurm job 5_1 ended without a result (Slurm state TIMEOUT)"),
     ]
+
+
+def test_an_interrupted_wait_cancels_the_jobs_not_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [_job(tmp_path, f"4_{k}", result=k == 0) for k in range(3)]
+    cancelled: list[list[str]] = []
+
+    def interrupted_after_one(_: Sequence[Any]) -> Iterator[int]:
+        yield 0
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executors, "slurm_executor", lambda cfg, name: None)
+    monkeypatch.setattr(executors, "submit", lambda executor, work, items: jobs)
+    monkeypatch.setattr(executors, "wait_for", interrupted_after_one)
+    monkeypatch.setattr(executors, "cancel", lambda ids: cancelled.append(list(ids)))
+    cfg = ExperimentConfig(groups=("plain",), executor="slurm", results_dir=tmp_path)
+    ended = executors.run_on_slurm(
+        ["a", "b", "c"], work=str.upper, done=lambda item: item, cfg=cfg, desc="t"
+    )
+
+    assert next(ended) == (0, "a", None)
+    with pytest.raises(KeyboardInterrupt):
+        next(ended)
+    assert cancelled == [["4_1", "4_2"]]
