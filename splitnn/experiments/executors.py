@@ -54,6 +54,8 @@ cache) before it counts as ended without one."""
 REQUIRED_COMMANDS = ("sbatch", "srun")
 # States in which a job may still write its result (squeue --states).
 _ACTIVE_STATES = "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED,RESIZING,SIGNALING"
+# sacct's states that are not a job's end (or no answer): submitit's list.
+_NOT_FINAL = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED"}
 
 
 class JobPaths(Protocol):
@@ -75,8 +77,7 @@ class Job(Protocol[R_co]):
     @property
     def paths(self) -> JobPaths: ...
 
-    @property
-    def state(self) -> str: ...
+    def get_info(self, mode: str = "force") -> dict[str, str]: ...
 
     def done(self, force_check: bool = False) -> bool: ...
 
@@ -215,8 +216,18 @@ def job_failure(job: Job[Any], what: str) -> str:
     """A failed task's message: its job id, what became of it, the end of its stderr log."""
     stderr = job.paths.stderr
     tail = log_tail(stderr)
-    ending = f"; {stderr} ends:\n{tail}" if tail else f"; no log in {stderr}"
+    if tail:
+        ending = f"; {stderr} ends:\n{tail}"
+    else:
+        ending = f"; {stderr} is empty" if stderr.is_file() else f"; no log in {stderr}"
     return f"Slurm job {job.job_id} {what}{ending}"
+
+
+def final_state(job: Job[Any]) -> str | None:
+    """The job's end as sacct tells it now (e.g. ``TIMEOUT``); None without one (no accounting,
+    or it has not recorded the end yet)."""
+    state = job.get_info(mode="force").get("State") or "UNKNOWN"
+    return None if state.split()[0].upper() in _NOT_FINAL else state
 
 
 def raised(error: Exception) -> str:
@@ -240,11 +251,16 @@ def job_outcome(job: Job[R], record: Callable[[], R | None]) -> tuple[R | None, 
     the traceback.
     """
     if not job.paths.result_pickle.exists():
-        return None, job_failure(job, f"ended without a result (Slurm state {job.state})")
+        state = final_state(job)
+        if state is None:  # squeue saw it go
+            return None, job_failure(job, "left the queue without a result (killed?)")
+        return None, job_failure(job, f"ended without a result (Slurm state {state})")
     try:
         job.result()
     except Exception as error:
-        return None, job_failure(job, f"failed: {raised(error)}")
+        state = final_state(job)  # e.g. CANCELLED: the run raised as it was being stopped
+        said = "" if state is None or state.startswith("FAILED") else f" (Slurm state {state})"
+        return None, job_failure(job, f"failed{said}: {raised(error)}")
     found = record()
     if found is None:
         return None, job_failure(job, "finished but its record is missing or not of this run")

@@ -229,6 +229,9 @@ class FakeJob:
     sacct_done: bool = False
     calls: list[str] = field(default_factory=list)
 
+    def get_info(self, mode: str = "force") -> dict[str, str]:
+        return {"State": self.state} if self.state else {}
+
     def done(self, force_check: bool = False) -> bool:
         return self.paths.result_pickle.exists() or self.sacct_done
 
@@ -259,12 +262,20 @@ def test_a_job_that_raised_fails_with_its_id_and_log(tmp_path: Path) -> None:
     log = "starting\nTraceback (most recent call last):\nProcessError: splitnn-client exited 1\n"
     job = _job(tmp_path, "7_1", result=True, log=log, error=RuntimeError("no trace\nmore"))
 
-    record, error = job_outcome(job, lambda: "stale record")
+    for state, said in (
+        ("FAILED", ""),
+        ("", ""),
+        ("CANCELLED by 0", " (Slurm state CANCELLED by 0)"),
+    ):
+        job.state = state
+        record, error = job_outcome(job, lambda: "stale record")
 
-    assert record is None and error is not None
-    first, *rest = error.splitlines()
-    assert first == f"Slurm job 7_1 failed: RuntimeError: no trace; {job.paths.stderr} ends:"
-    assert rest[-1] == "ProcessError: splitnn-client exited 1"
+        assert record is None and error is not None
+        first, *rest = error.splitlines()
+        assert first == (
+            f"Slurm job 7_1 failed{said}: RuntimeError: no trace; {job.paths.stderr} ends:"
+        )
+        assert rest[-1] == "ProcessError: splitnn-client exited 1"
 
 
 def test_what_a_job_raised_is_named_from_its_traceback() -> None:
@@ -288,29 +299,42 @@ def test_what_a_job_raised_is_named_from_its_traceback() -> None:
     assert executors.raised(ValueError("")) == "ValueError"
 
 
-@pytest.mark.parametrize("state", ["TIMEOUT", "CANCELLED by 0", "OUT_OF_MEMORY", "UNKNOWN"])
+@pytest.mark.parametrize("state", ["TIMEOUT", "CANCELLED by 0", "OUT_OF_MEMORY", "FAILED"])
 def test_a_job_killed_before_its_result_fails_with_its_state(tmp_path: Path, state: str) -> None:
-    job = _job(
-        tmp_path, "8_3", result=False, log="slurmstepd: *** JOB 8 CANCELLED ***", state=state
-    )
+    log = "slurmstepd: *** JOB 8 CANCELLED ***"
+    job = _job(tmp_path, "8_3", result=False, log=log, state=state)
 
     record, error = job_outcome(job, lambda: "a record from an earlier call")
 
     assert record is None
     assert error == (
         f"Slurm job 8_3 ended without a result (Slurm state {state}); {job.paths.stderr} ends:\n"
-        "slurmstepd: *** JOB 8 CANCELLED ***"
+        f"{log}"
+    )
+
+
+@pytest.mark.parametrize("state", ["", "UNKNOWN", "RUNNING", "PENDING"])
+def test_a_job_gone_without_a_final_state_in_sacct_fails_too(tmp_path: Path, state: str) -> None:
+    """No accounting, or accounting that has not seen the end yet: squeue saw the job go."""
+    job = _job(tmp_path, "8_4", result=False, state=state)
+
+    record, error = job_outcome(job, lambda: None)
+
+    assert record is None
+    assert error == (
+        f"Slurm job 8_4 left the queue without a result (killed?); no log in {job.paths.stderr}"
     )
 
 
 def test_a_job_that_left_no_record_fails(tmp_path: Path) -> None:
     job = _job(tmp_path, "9", result=True)
+    job.paths.stderr.write_text("")
 
     record, error = job_outcome(job, lambda: None)
 
     assert record is None
     assert error == "Slurm job 9 finished but its record is missing or not of this run; " + (
-        f"no log in {job.paths.stderr}"
+        f"{job.paths.stderr} is empty"
     )
 
 
