@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,12 @@ from splitnn.server.config import ServerConfig
 from splitnn.server.groups import Groups
 from splitnn.server.handlers import SplitLearningHandlers, TapSink
 from splitnn.server.head import HeadFactory
-from splitnn.server.servicer import SERVICE_NAME, TAP_SERVICE_NAME, SplitLearningService
+from splitnn.server.servicer import (
+    SERVICE_NAME,
+    TAP_SERVICE_NAME,
+    ComputeExecutor,
+    SplitLearningService,
+)
 from splitnn.server.sessions import SessionRegistry
 
 if TYPE_CHECKING:
@@ -82,7 +86,7 @@ class RunningServer:
             )
             self.hub = TapHub(log_path=cfg.tap_log)
             tap = self.hub.publish if tap is None else tap
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitnn-compute")
+        self.executor = ComputeExecutor()
         handlers = SplitLearningHandlers(
             self.sessions,
             default_seed=cfg.seed,

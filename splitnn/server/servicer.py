@@ -1,9 +1,17 @@
 """The asyncio gRPC layer: limits, the compute thread, and status codes. Nothing else lives here.
 
-Streams do not pin threads: every RPC is a coroutine on one event loop, which only waits, and the
-work of each request (parse, validate, the head's step, encode) runs on the compute executor. An
-open stream that sends nothing costs a coroutine, not a worker, so no number of idle or slow
-peers can starve the others or the health service.
+Streams do not pin threads: every RPC is a coroutine on one event loop, and the work of each
+request (parse, validate, the head's step, encode) runs on the compute executor, one request at a
+time. An open stream that sends nothing costs a coroutine, not a worker, so no number of idle or
+slow peers can starve the others or the health service.
+
+Training and evaluation steps run on the event loop's own thread instead, once the executor is
+idle: handing each step to the executor thread and its answer back cost more server CPU than the
+head's own step (two thread wake-ups and the interpreter lock passed to and fro; measured by
+`bench/capacity.py`). It is still one request at a time: only the event loop submits work to the
+executor, so while the loop computes, the executor stays idle; a step that arrives while the
+executor has work (a save, an expiry, a session being opened) waits behind it, in order, and
+counts as in flight meanwhile.
 
 Limits answer RESOURCE_EXHAUSTED at once, never a queue: `max_streams` open calls, of which one
 party (identity) holds `max_streams_per_party` at most, and `max_inflight` requests waiting for
@@ -16,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
-from typing import NoReturn
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NoReturn, ParamSpec, TypeVar
 
 import grpc
 
@@ -36,6 +45,40 @@ Context = grpc.aio.ServicerContext[bytes, bytes]
 # A waiting Sync looks at its group again at least this often (changes wake it sooner).
 _SYNC_RECHECK_S = 5.0
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ComputeExecutor(ThreadPoolExecutor):
+    """The compute thread: a one-worker pool that knows whether it has work (`idle`)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="splitnn-compute")
+        self._lock = threading.Lock()
+        self._pending = 0  # submitted and not finished
+
+    @property
+    def idle(self) -> bool:
+        """No work queued or running."""
+        with self._lock:
+            return self._pending == 0
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        with self._lock:
+            self._pending += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done()
+            raise
+        # Also when it is cancelled before it ran (a call cancelled while its work was queued).
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
 
 class SplitLearningService:
     """Serves `SplitLearning` from raw bytes (each handler parses its own request).
@@ -43,7 +86,8 @@ class SplitLearningService:
     Args:
         handlers: what each RPC does.
         authenticator: who is calling.
-        executor: where the handlers run (the compute thread).
+        executor: where the handlers run (the compute thread); a Train or Evaluate request that
+            finds it idle runs on the event loop's thread instead (see the module docstring).
         max_streams: open SplitLearning calls at most (health and tap calls do not count).
         max_streams_per_party: open calls of one party (identity) at most (None: `max_streams`).
         max_inflight: requests waiting for or running on the executor at most.
@@ -54,7 +98,7 @@ class SplitLearningService:
         handlers: SplitLearningHandlers,
         *,
         authenticator: Authenticator,
-        executor: Executor,
+        executor: ComputeExecutor,
         max_streams: int,
         max_inflight: int,
         max_streams_per_party: int | None = None,
@@ -86,8 +130,8 @@ class SplitLearningService:
         stream = grpc.stream_stream_rpc_method_handler
         methods = {
             "OpenSession": unary(self._unary_rpc(h.open_session)),
-            "Train": stream(self._stream_rpc(h.train)),
-            "Evaluate": stream(self._stream_rpc(h.evaluate)),
+            "Train": stream(self._stream_rpc(h.train, inline=True)),
+            "Evaluate": stream(self._stream_rpc(h.evaluate, inline=True)),
             "Checkpoint": unary(self._unary_rpc(h.checkpoint)),
             "Restore": unary(self._unary_rpc(h.restore)),
             "CloseSession": unary(self._unary_rpc(h.close_session)),
@@ -115,11 +159,13 @@ class SplitLearningService:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(changed, timeout=_SYNC_RECHECK_S)
 
-    def _stream_rpc(self, work: Work) -> Callable[[AsyncIterator[bytes], Context], object]:
+    def _stream_rpc(
+        self, work: Work, *, inline: bool = False
+    ) -> Callable[[AsyncIterator[bytes], Context], object]:
         async def rpc(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
             async with self._call(context) as caller:
                 async for raw in requests:
-                    yield await self._run(work, raw, caller, context)
+                    yield await self._run(work, raw, caller, context, inline=inline)
 
         return rpc
 
@@ -148,8 +194,11 @@ class SplitLearningService:
         finally:
             self.open_calls -= 1
 
-    async def _run(self, work: Work, raw: bytes, caller: Identity, context: Context) -> bytes:
-        """Runs one request on the executor; a refusal ends the call with its status."""
+    async def _run(
+        self, work: Work, raw: bytes, caller: Identity, context: Context, *, inline: bool = False
+    ) -> bytes:
+        """Runs one request on the executor (`inline`: on this thread if the executor is idle);
+        a refusal ends the call with its status."""
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         if self.inflight >= self._max_inflight:
@@ -158,6 +207,11 @@ class SplitLearningService:
         self.inflight += 1
         try:
             loop = asyncio.get_running_loop()
+            if inline:
+                # After what the executor holds, in order; then here, while it stays idle.
+                while not self._executor.idle:
+                    await loop.run_in_executor(self._executor, _nothing)
+                return work(raw, caller)
             return await loop.run_in_executor(self._executor, work, raw, caller)
         except NotYet:
             raise  # a Sync waits for its group (see `_sync_rpc`)
@@ -165,6 +219,10 @@ class SplitLearningService:
             await _abort(context, error)
         finally:
             self.inflight -= 1
+
+
+def _nothing() -> None:
+    """A place in the executor's queue: done once everything before it is."""
 
 
 async def identify(authenticator: Authenticator, context: Context, *, role: str) -> Identity:

@@ -27,6 +27,7 @@ from splitnn.common.models import CUT_SHAPE, build_body, build_head, make_optimi
 from splitnn.common.noise import LaplaceNoise
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.proto import splitnn_pb2_grpc as pb_grpc
+from splitnn.server import handlers as handlers_module
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from splitnn.server.head import ANONYMOUS_OWNER
@@ -439,3 +440,41 @@ def test_an_unreadable_resume_state_is_refused_without_the_servers_paths(
     detail = str(refused.value)
     assert saved and f"run {run!r} at step 1-0 cannot be read" in detail
     assert str(server.sessions.model_dir) not in detail and ".ckpt" not in detail
+
+
+def test_steps_run_on_the_event_loop_when_idle_and_after_queued_work_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = _serve(tmp_path)
+    applied: list[tuple[str, int]] = []  # (thread, work the executor had finished by then)
+    finished = [0]
+    decode = handlers_module._decode_batch
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        applied.append((threading.current_thread().name, finished[0]))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(handlers_module, "_decode_batch", watched)
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(30)
+        finished[0] += 1
+
+    run = settings().run
+    try:
+        with ServerLink(address_of(running), settings(max_batch_size=B)) as link:
+            link.train_step(StepId(run, 1, 0), *seeded_batch(0))  # the executor is idle
+            running.executor.submit(stuck)  # now it is not
+            threading.Timer(0.5, release.set).start()
+            link.train_step(StepId(run, 1, 1), *seeded_batch(1))
+            steps = running.sessions.get(link.session_id).head.steps_applied
+    finally:
+        release.set()
+        running.shutdown(grace=0.0)
+
+    (first_thread, _), (second_thread, done_before_second) = applied
+    assert not first_thread.startswith("splitnn-compute")
+    assert not second_thread.startswith("splitnn-compute")
+    assert done_before_second == 1  # it waited for the work queued before it
+    assert steps == 2
