@@ -1,0 +1,195 @@
+"""How many training steps does one server core carry, against what its head alone computes?
+
+One `splitnn-server` process (default flags: one compute thread) on loopback, and --holders
+synthetic data holders, each a process with its own run and session that sends the same
+precomputed cut tensor (float32 [128, 500], batch 128) and labels as fast as the server answers,
+for --seconds after a warm-up. They keep the server busy without computing a part 1: what is
+measured is the server's cost of a training step, all of it (gRPC, decoding, checks, the
+head's step, the answer's encoding, its bookkeeping).
+
+Prints, measured in this one run on this machine:
+  server: steps/s sustained (all holders' steps over the wall time) and steps per server
+          CPU-second (its CPU time from /proc, every thread: what one saturated core carries)
+  head:   the head's own forward, backward and Adam step on the same tensors in this process
+          with one thread (`apply_step`, no RPC): steps/s, the best of five windows
+  capacity ratio: server steps per CPU-second over the head's steps/s (1.0: the server spends
+          nothing but the head's compute)
+
+Run: .venv/bin/python bench/capacity.py [--holders 4] [--seconds 20]
+     .venv/bin/python bench/capacity.py --profile server.txt   (py-spy on the server, if installed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from splitnn.common.processes import listening_address
+
+BATCH = 128
+WARMUP_S = 3.0
+
+
+def holder(address: str, run: str, seconds: float) -> None:
+    """One synthetic data holder (a child process): waits for "go", then sends steps until its
+    time is up after the warm-up; prints JSON with the steps it sent in the measured window."""
+    import torch
+
+    from splitnn.client.transport import ServerLink, SessionSettings
+    from splitnn.common.codec import StepId
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(hash(run) % 2**31)
+    cut = torch.rand(BATCH, 500, generator=generator)
+    labels = torch.randint(0, 10, (BATCH,), generator=generator)
+    settings = SessionSettings(run=run, num_classes=10, lr=1e-4, seed=1, max_batch_size=BATCH)
+    with ServerLink(address, settings) as link:
+        link.train_step(StepId(run, 1, 0), cut, labels, None)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        began = time.perf_counter()
+        counted, batch = 0, 1
+        while (now := time.perf_counter()) < began + WARMUP_S + seconds:
+            link.train_step(StepId(run, 1, batch), cut, labels, None)
+            batch += 1
+            counted += int(now >= began + WARMUP_S)
+        link.close(finished=True)
+    print(json.dumps({"steps": counted}), flush=True)
+
+
+def head_steps_per_s(seconds: float) -> float:
+    """The head's own step (`apply_step`: forward, backward, Adam) on one thread, steps/s."""
+    import torch
+
+    from splitnn.common.codec import StepId
+    from splitnn.common.models import build_head, make_optimizer
+    from splitnn.server.head import apply_step
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    cut = torch.rand(BATCH, 500, generator=generator)
+    labels = torch.randint(0, 10, (BATCH,), generator=generator)
+    head = build_head(1)
+    optimizer = make_optimizer(head, 1e-4)
+    step = StepId("head", 1, 0)
+    for _ in range(50):
+        apply_step(head, optimizer, step, cut, labels)
+    # The best of several windows: other work on the machine only ever slows a window down.
+    best = 0.0
+    for _ in range(5):
+        done, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds / 5:
+            apply_step(head, optimizer, step, cut, labels)
+            done += 1
+        best = max(best, done / (time.perf_counter() - began))
+    return best
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of process `pid`, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def _line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    return process.stdout.readline().strip()
+
+
+def _send(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stdin is not None
+    process.stdin.write(text + "\n")
+    process.stdin.flush()
+
+
+def measure_server(
+    holders: int, seconds: float, tmp: Path, profile: Path | None
+) -> dict[str, float]:
+    """Steps of `holders` synthetic holders through one server process over `seconds`."""
+    server_cmd = [str(Path(sys.executable).parent / "splitnn-server"), "--port", "0", "-q"]
+    server = _start([*server_cmd, "--model-dir", str(tmp / "server")])
+    address = listening_address(_line(server))
+    if address is None:
+        server.kill()
+        raise RuntimeError("the server did not start")
+    children = [
+        _start([sys.executable, __file__, "--holder", address, f"cap-{k}", str(seconds)])
+        for k in range(holders)
+    ]
+    try:
+        if not all(_line(child) == "ready" for child in children):
+            raise RuntimeError("a holder could not open its session")
+        for child in children:
+            _send(child, "go")
+        time.sleep(WARMUP_S)
+        cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
+        spy = None
+        if profile is not None:
+            record = ["py-spy", "record", "--pid", str(server.pid), "--format", "raw"]
+            window = ["--duration", str(int(seconds)), "--output", str(profile), "--threads"]
+            spy = subprocess.Popen(
+                [*record, *window, "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        time.sleep(seconds)
+        cpu_after, wall_after = cpu_seconds(server.pid), time.perf_counter()
+        steps = sum(json.loads(_line(child))["steps"] for child in children)
+        if spy is not None:
+            spy.wait(60)
+    finally:
+        for child in children:
+            child.kill() if child.poll() is None else None
+        server.terminate()
+        server.wait(60)
+    cpu = cpu_after - cpu_before
+    return {
+        "steps": steps,
+        "steps_per_s": steps / (wall_after - wall_before),
+        "steps_per_cpu_s": steps / cpu if cpu > 0 else float("nan"),
+        "cpu_ms_per_step": 1000 * cpu / max(steps, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--holders", type=int, default=4, help="synthetic holders (processes)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile here")
+    parser.add_argument("--holder", nargs=3, help=argparse.SUPPRESS)  # a child process
+    args = parser.parse_args()
+    if args.holder:
+        address, run, seconds = args.holder
+        holder(address, run, float(seconds))
+        return
+    if args.profile is not None and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
+    cores = os.cpu_count()
+    print(f"{args.holders} synthetic holders, batch {BATCH}, {args.seconds:g} s, {cores} cores")
+    with TemporaryDirectory() as tmp:
+        served = measure_server(args.holders, args.seconds, Path(tmp), args.profile)
+    head = head_steps_per_s(min(args.seconds, 10.0))
+    print(
+        f"server: {served['steps_per_s']:.0f} steps/s sustained, "
+        f"{served['steps_per_cpu_s']:.0f} steps per CPU-second "
+        f"({served['cpu_ms_per_step']:.2f} ms CPU a step)"
+    )
+    print(f"head:   {head:.0f} steps/s compute only ({1000 / head:.2f} ms a step, one thread)")
+    print(f"capacity ratio: {served['steps_per_cpu_s'] / head:.2f}")
+
+
+if __name__ == "__main__":
+    main()
