@@ -118,14 +118,22 @@ CHILD_VARIABLES = (
 )
 
 
-def export_device(spec: str) -> torch.device:
-    """Resolves `spec` (``auto`` becomes this machine's choice) and sets it in this process's
-    environment for every splitnn program it starts (`CHILD_VARIABLES`); returns it.
+def export_device(spec: str, *, here: bool = True) -> str:
+    """Sets the device `spec` names in this process's environment for every splitnn program it
+    starts (`CHILD_VARIABLES`) and returns what was set.
+
+    `here`: the programs run on this machine, so `spec` is resolved here (``auto`` becomes this
+    machine's choice, a device it lacks is refused). Otherwise (jobs on a cluster's nodes) only
+    its spelling is checked and each program resolves it on its own node.
 
     Raises:
         DeviceError: see `resolve_device`.
     """
-    device = resolve_device(spec)
+    name = spec.strip().lower()
+    if here:
+        name = device_name(resolve_device(spec))
+    elif not _PATTERN.match(name):
+        raise DeviceError(f"unknown device {spec!r}: expected {DEVICE_HELP}")
     for variable in CHILD_VARIABLES:
-        os.environ[variable] = device_name(device)
-    return device
+        os.environ[variable] = name
+    return name

@@ -178,9 +178,9 @@ def main(
     Example: splitnn-experiments all --dataset mnist5k --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet)
-    # Every process of every run (and every cluster job, which inherits the environment)
-    # computes there; `auto` is decided here, once.
-    export_device(options.pop("device"))
+    # Every process of every run computes there (a cluster job inherits the environment and
+    # resolves the device on its own node; a local run's `auto` is decided here, once).
+    export_device(options.pop("device"), here=executor != "slurm")
     if REPORT in groups:
         _report(groups, results_dir=options["results_dir"], readme=readme, quiet=quiet)
         return

@@ -80,8 +80,13 @@ def test_an_orchestrator_exports_its_resolved_device_to_every_program(
     for variable in devices.CHILD_VARIABLES:  # recorded, so that the test leaves them as found
         monkeypatch.setenv(variable, "unset")
     chosen = devices.export_device("auto")
-    assert {os.environ[v] for v in devices.CHILD_VARIABLES} == {devices.device_name(chosen)}
-    assert "auto" not in os.environ[devices.CHILD_VARIABLES[0]]
+    assert {os.environ[v] for v in devices.CHILD_VARIABLES} == {chosen}
+    assert chosen == devices.device_name(devices.resolve_device("auto"))
+    # For jobs on other machines the name is passed on as written, checked only for spelling.
+    assert devices.export_device(" CUDA:3", here=False) == "cuda:3"
+    assert {os.environ[v] for v in devices.CHILD_VARIABLES} == {"cuda:3"}
+    with pytest.raises(DeviceError, match="unknown device"):
+        devices.export_device("gpu", here=False)
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:
