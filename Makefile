@@ -24,8 +24,10 @@ demo: $(STAMP)
 	$(BIN)/splitnn-sim --noise 0.5 --epochs 10
 
 # The whole suite (what CI runs), on two workers: most slow tests wait on processes they start.
+# Work stealing: a worker that runs dry takes tests queued for the other, so the slow end-to-end
+# tests do not finish on one worker while the other idles.
 test: $(STAMP) numba-cache
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The edit loop's fast tier: lint, then every test that starts no process and trains nothing
 # beyond a step or two (tests marked `slow` are left to `make test`).
