@@ -50,6 +50,7 @@ class Column:
     field: str
     digits: int | None = None  # decimals; None: the cell as it is in the CSV
     error: bool = True  # write `± <field>_se` when the row has one
+    optional: bool = False  # a column that older results files lack: empty cells there
 
 
 def _cell(row: Row, column: Column) -> str:
@@ -191,7 +192,10 @@ TABLES: dict[str, Table] = {
             Column("dCor (biased)", "dcor", 3),
             Column("dCor sent (biased)", "dcor_sent", 3),
             Column("R*² sent (bias-corrected)", "dcor_sent_unbiased", 3),
-            Column("ε per release", "epsilon", 0, error=False),
+            Column("Laplace ε per release", "epsilon", 0, error=False),
+            Column("DP-SGD ε spent", "dp_epsilon", 2, optional=True),
+            Column("DP-SGD δ", "dp_delta", optional=True),
+            Column("DP-SGD noise multiplier", "dp_noise_multiplier", 3, error=False, optional=True),
         ),
         "test_samples",
         "test images",
@@ -290,7 +294,7 @@ def render_table(name: str, path: Path) -> str:
     rows = [row for row in rows if any(row.get(c.field) for c in table.columns[:1])]
     if not rows:
         raise ReportError(f"{path}: no rows of the {name} table")
-    missing = [c.field for c in table.columns if c.field not in header]
+    missing = [c.field for c in table.columns if c.field not in header and not c.optional]
     if missing:
         raise ReportError(f"{path}: not a {table.csv} (no column {', '.join(missing)})")
     seeds = sorted({int(row["seeds"]) for row in rows if row.get("seeds")})

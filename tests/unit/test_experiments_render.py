@@ -143,3 +143,27 @@ def test_report_runs_alone() -> None:
 
     assert result.exit_code == 2
     assert "report runs alone" in result.output
+
+
+def test_dp_columns_are_rendered_where_the_results_have_them(tmp_path: Path) -> None:
+    header, rows = read_rows(FIXTURE / "model_performances.csv")
+    dp = {
+        **rows[0],
+        "model": "mnist5k_00noise_00nopeek_dp3eps",
+        "dp_epsilon": "2.996",
+        "dp_epsilon_se": "0.001",
+        "dp_delta": "1e-05",
+        "dp_noise_multiplier": "1.306",
+    }
+    path = tmp_path / "model_performances.csv"
+    columns = [*header, "dp_epsilon", "dp_epsilon_se", "dp_delta", "dp_noise_multiplier"]
+    upsert_rows(path, [rows[0], dp], key=("model",), columns=columns)
+
+    text = render_table("models", path)
+
+    assert "| DP-SGD ε spent | DP-SGD δ | DP-SGD noise multiplier |" in text
+    assert "| 3.00 ± 0.00 | 1e-05 | 1.306 |" in text
+    # A classifier without DP-SGD leaves the three cells empty; the fixture, which predates
+    # the columns, still renders.
+    assert text.count("|  |  |  |") == 1
+    assert "DP-SGD ε spent" in render_table("models", FIXTURE / "model_performances.csv")
