@@ -228,6 +228,7 @@ TABLES: dict[str, Table] = {
             Column("class-mean baseline MSE", "baseline_class_mse", 4),
             Column("MSE margin over class mean", "mse_margin_class", 4),
             Column("MSE margin over mean image", "mse_margin_mean", 4),
+            Column("class-mean baseline's classes", "baseline_classes", optional=True),
         ),
         "images",
         "attacked test images",
