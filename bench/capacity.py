@@ -7,6 +7,11 @@ for --seconds after a warm-up. They keep the server busy without computing a par
 measured is the server's cost of a training step, all of it (gRPC, decoding, checks, the
 head's step, the answer's encoding, its bookkeeping).
 
+With two or more cores the server process (all its threads) is pinned to one core and the
+holders to the others, and the head's own step is timed on the server's core: the question is
+what one server core carries, and on a small machine holders sharing the server's core would
+otherwise charge their context switches and cache misses to the server (--no-pin to compare).
+
 Prints, measured in this one run on this machine:
   server: steps/s sustained (all holders' steps over the wall time) and steps per server
           CPU-second (its CPU time from /proc, every thread: what one saturated core carries)
@@ -15,7 +20,7 @@ Prints, measured in this one run on this machine:
   capacity ratio: server steps per CPU-second over the head's steps/s (1.0: the server spends
           nothing but the head's compute)
 
-Run: .venv/bin/python bench/capacity.py [--holders 4] [--seconds 20]
+Run: .venv/bin/python bench/capacity.py [--holders 4] [--seconds 20] [--no-pin]
      .venv/bin/python bench/capacity.py --profile server.txt   (py-spy on the server, if installed)
 """
 
@@ -98,10 +103,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
+def _start(args: list[str], cores: set[int] | None) -> subprocess.Popen[str]:
+    """Start `args` with pipes; on `cores` (every thread it starts inherits them) if given."""
+
+    def pin() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
     return subprocess.Popen(
-        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=pin,
     )
+
+
+def core_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(the server's core, the holders' cores), or (None, None) unpinned or on one core."""
+    available = sorted(os.sched_getaffinity(0))
+    if not pin or len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
 
 
 def _line(process: subprocess.Popen[str]) -> str:
@@ -116,17 +140,24 @@ def _send(process: subprocess.Popen[str], text: str) -> None:
 
 
 def measure_server(
-    holders: int, seconds: float, tmp: Path, profile: Path | None
+    holders: int,
+    seconds: float,
+    tmp: Path,
+    profile: Path | None,
+    server_cores: set[int] | None,
+    holder_cores: set[int] | None,
 ) -> dict[str, float]:
     """Steps of `holders` synthetic holders through one server process over `seconds`."""
     server_cmd = [str(Path(sys.executable).parent / "splitnn-server"), "--port", "0", "-q"]
-    server = _start([*server_cmd, "--model-dir", str(tmp / "server")])
+    server = _start([*server_cmd, "--model-dir", str(tmp / "server")], server_cores)
     address = listening_address(_line(server))
     if address is None:
         server.kill()
         raise RuntimeError("the server did not start")
     children = [
-        _start([sys.executable, __file__, "--holder", address, f"cap-{k}", str(seconds)])
+        _start(
+            [sys.executable, __file__, "--holder", address, f"cap-{k}", str(seconds)], holder_cores
+        )
         for k in range(holders)
     ]
     try:
@@ -169,6 +200,9 @@ def main() -> None:
     parser.add_argument("--holders", type=int, default=4, help="synthetic holders (processes)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profile here")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let the server share cores with the holders"
+    )
     parser.add_argument("--holder", nargs=3, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.holder:
@@ -177,10 +211,23 @@ def main() -> None:
         return
     if args.profile is not None and shutil.which("py-spy") is None:
         parser.error("--profile needs py-spy on PATH (pip install py-spy)")
-    cores = os.cpu_count()
-    print(f"{args.holders} synthetic holders, batch {BATCH}, {args.seconds:g} s, {cores} cores")
+    cores = len(os.sched_getaffinity(0))
+    server_cores, holder_cores = core_split(not args.no_pin)
+    placement = (
+        f"server on core {min(server_cores)}, holders on {len(holder_cores or ())} other core(s)"
+        if server_cores is not None
+        else "server and holders share the cores"
+    )
+    print(
+        f"{args.holders} synthetic holders, batch {BATCH}, {args.seconds:g} s, {cores} cores, "
+        f"{placement}"
+    )
     with TemporaryDirectory() as tmp:
-        served = measure_server(args.holders, args.seconds, Path(tmp), args.profile)
+        served = measure_server(
+            args.holders, args.seconds, Path(tmp), args.profile, server_cores, holder_cores
+        )
+    if server_cores is not None:
+        os.sched_setaffinity(0, server_cores)  # the head's step on the server's core
     head = head_steps_per_s(min(args.seconds, 10.0))
     print(
         f"server: {served['steps_per_s']:.0f} steps/s sustained, "
