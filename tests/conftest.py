@@ -27,6 +27,22 @@ from splitnn.sim.app import SimConfig
 
 
 @pytest.fixture
+def fake_validators(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Stands in for the `splitnn-attack validator` processes that an experiment group starts
+    before its runs (`runner.prepare_validators`): records their arguments, trains nothing."""
+    from splitnn.experiments import runner
+
+    calls: list[list[str]] = []
+
+    def fake(name: str, args: list[str], **_: Any) -> None:
+        assert name == "splitnn-attack"
+        calls.append(args)
+
+    monkeypatch.setattr(runner, "run_checked", fake)
+    return calls
+
+
+@pytest.fixture
 def tap_records() -> list[pb.TapRecord]:
     """Collects what a collusion-mode server publishes."""
     return []

@@ -73,6 +73,9 @@ class AttackConfig:
             shortcut: trained and scored on noise-free tensors the wire never carries.
         credentials: with `live`, the tap party's TLS files and/or token.
         connect_timeout: with `live`, seconds to wait for the server to answer at all.
+        validator_dir: where the validation classifier is kept (trained there if missing);
+            None: `model_dir`. Runs that share one (the same data set, seed and epochs) share
+            its file instead of training it each.
         retrain: train the decoder even if one trained under identical settings is saved.
         device: where the decoder, the substitute and the validator compute (the tensors read
             and the scores stay on the CPU).
@@ -100,6 +103,7 @@ class AttackConfig:
     data_dir: Path = Path("data")
     figure: Path | None = None
     validator_epochs: int = 5
+    validator_dir: Path | None = None
     progress: bool = True
     credentials: Credentials = field(default_factory=Credentials)
     retrain: bool = False
@@ -160,7 +164,7 @@ def run_attack(cfg: AttackConfig) -> AttackReport:
     scores = score(originals, recon)
     validator = load_or_train_validator(
         splits=victim,
-        model_dir=cfg.model_dir,
+        model_dir=cfg.model_dir if cfg.validator_dir is None else cfg.validator_dir,
         seed=cfg.seed,
         epochs=cfg.validator_epochs,
         progress=cfg.progress,

@@ -21,6 +21,7 @@ from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 from splitnn.options import (
+    DIRECTORY,
     EXISTING_FILE,
     FLAG,
     attacker_options,
@@ -181,6 +182,9 @@ def substitute_options(function: Any) -> Any:
      "PNG of originals above reconstructions. Default: results/figures/<attacker>.png"),
     ("--validator-epochs", click.IntRange(1), 5,
      "Epochs of the validation classifier if it must be trained first."),
+    ("--validator-dir", DIRECTORY, None,
+     "Where the validation classifier is kept (trained there if missing). Default: "
+     "--model-dir."),
     ("--retrain", FLAG, None,
      "Train the decoder even if one trained under the same settings (the same part-1 bytes) "
      "is saved; without it, that one is reused."),

@@ -154,6 +154,7 @@ class AttackCommand:
     data_dir: Path | None = None
     figure: Path | None = None
     validator_epochs: int | None = None
+    validator_dir: Path | None = None  # None: model_dir
     run: str | None = None  # the victim's run in the log; None: the log's latest run
     substitute_epochs: int | None = None  # with oracle "substitute": its training epochs
     quiet: bool = False
@@ -178,6 +179,7 @@ class AttackCommand:
                 ("--data-dir", self.data_dir),
                 ("--figure", self.figure),
                 ("--validator-epochs", self.validator_epochs),
+                ("--validator-dir", self.validator_dir),
                 ("--run", self.run),
                 ("--substitute-epochs", self.substitute_epochs),
             ]

@@ -35,7 +35,6 @@ from splitnn.common.processes import (
     ProcessError,
     ServerProcess,
     log_tail,
-    run_checked,
 )
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments import wirelogs
@@ -55,7 +54,7 @@ from splitnn.experiments.records import (
     load_attack_record,
     now,
 )
-from splitnn.experiments.runner import Outcome, run_jobs
+from splitnn.experiments.runner import Outcome, prepare_validators, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -259,17 +258,6 @@ def attack_one(spec: AttackSpec, record: ClassifierRecord, cfg: ExperimentConfig
     return result
 
 
-def _prepare_validator(cfg: ExperimentConfig, seed: int) -> None:
-    """Trains the validation classifier of attacker seed `seed` once, before attackers run side
-    by side (each seed has its own, ``<dataset>_validator_seed<k>_...``)."""
-    log_path = cfg.runs_dir / cfg.dataset / "attacks" / f"validator_seed{seed}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    args = ["-q", "validator", "--dataset", cfg.dataset, "--seed", str(seed)]
-    args += ["--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir)]
-    with log_path.open("w") as log:
-        run_checked("splitnn-attack", args, log=log)
-
-
 def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec, AttackRecord]]:
     """Runs every attacker of the trained classifiers that is not done yet."""
     classifiers = trained_classifiers(cfg)
@@ -288,8 +276,7 @@ def run_attacks(cfg: ExperimentConfig) -> list[Outcome[AttackSpec, AttackRecord]
 
     if cfg.jobs > 1:
         to_run = specs if cfg.force else [s for s in specs if done(s) is None]
-        for seed in sorted({s.seed for s in to_run}):
-            _prepare_validator(cfg, seed)
+        prepare_validators(cfg, {s.seed for s in to_run})
     return run_jobs(
         specs,
         work=lambda spec: attack_one(spec, classifiers[spec.classifier], cfg),

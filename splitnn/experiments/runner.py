@@ -21,7 +21,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from splitnn.common.checkpoints import remove_checkpoint
 from splitnn.common.commands import ClientCommand, run_client
 from splitnn.common.files import write_json_atomic
-from splitnn.common.processes import ProcessError, ServerProcess, log_tail, run_json
+from splitnn.common.processes import (
+    ProcessError,
+    ServerProcess,
+    log_tail,
+    run_checked,
+    run_json,
+)
 from splitnn.common.reports import RunReport
 from splitnn.common.wirelog import WireLogError
 from splitnn.experiments import wirelogs
@@ -149,6 +155,24 @@ def _on_slurm(
 
 
 S = TypeVar("S")
+
+
+def prepare_validators(cfg: ExperimentConfig, seeds: set[int]) -> None:
+    """Trains the validation classifier of each attacker seed in `seeds` once, in
+    ``cfg.model_dir``, before the runs that use it start side by side (a run finds it there and
+    loads it; each seed has its own, ``<dataset>_validator_seed<k>_...``). One that exists is
+    only loaded.
+
+    Raises:
+        ProcessError: `splitnn-attack validator` failed.
+    """
+    for seed in sorted(seeds):
+        log_path = cfg.runs_dir / cfg.dataset / "validators" / f"validator_seed{seed}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        args = ["-q", "validator", "--dataset", cfg.dataset, "--seed", str(seed)]
+        args += ["--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir)]
+        with log_path.open("w") as log:
+            run_checked("splitnn-attack", args, log=log)
 
 
 def simulate_json(

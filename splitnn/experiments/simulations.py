@@ -22,7 +22,7 @@ from splitnn.common.files import write_json_atomic
 from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.records import SimulationRecord, now, parse_record
-from splitnn.experiments.runner import Outcome, run_jobs, simulate_json
+from splitnn.experiments.runner import Outcome, prepare_validators, run_jobs, simulate_json
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class SimulationGroup(Generic[T, R]):
         args += ["--seed", str(spec.seed), "--attack-epochs", str(cfg.attack_epochs)]
         args += ["--decoder", cfg.decoder, "--workdir", str(self.workdir(spec, cfg))]
         args += ["--model-dir", str(self.model_dir(spec, cfg))]
+        # One validator per data set and seed, shared with the grid's attackers (prepared in
+        # `run`): trained once instead of in every simulation.
+        args += ["--validator-dir", str(cfg.model_dir)]
         args += ["--figure", str(self.figure_path(spec, cfg))]
         return [*args, "--json", "-q"]
 
@@ -161,9 +164,14 @@ class SimulationGroup(Generic[T, R]):
         return record
 
     def run(self, cfg: ExperimentConfig) -> list[Outcome[T, R]]:
-        """Runs every simulation of the group that is not done yet; see `runner.run_jobs`."""
+        """Runs every simulation of the group that is not done yet; see `runner.run_jobs`.
+        The validators of their seeds are trained first (`runner.prepare_validators`)."""
+        specs = self.specs(cfg)
+        to_run = specs if cfg.force else [s for s in specs if self.record(cfg, s) is None]
+        if to_run:
+            prepare_validators(cfg, {s.seed for s in to_run})
         return run_jobs(
-            self.specs(cfg),
+            specs,
             work=lambda spec: self.simulate(spec, cfg),
             done=lambda spec: self.record(cfg, spec),
             label=lambda spec: spec.name,

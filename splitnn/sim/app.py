@@ -48,6 +48,7 @@ class SimConfig:
     decoder: str = "deep"
     attack_epochs: int = DECODER_EPOCHS
     validator_epochs: int = 5
+    validator_dir: Path | None = None  # where the attacker keeps its validator; None: model_dir
     workdir: Path = Path("runs/sim")
     model_dir: Path = Path("models")
     figure: Path = Path("results/figures/sim_reconstructions.png")
@@ -294,6 +295,7 @@ def attack_command(
         model_dir=cfg.model_dir,
         figure=cfg.figure if figure is None else figure,
         validator_epochs=cfg.validator_epochs,
+        validator_dir=cfg.validator_dir,
         quiet=cfg.quiet,
     )
 
@@ -343,7 +345,8 @@ def run(cfg: SimConfig) -> SimSummary:
                 decoders=cfg.model_dir / "hijack" / VICTIM,
                 run=victim.run,
                 dataset=cfg.dataset,
-                model_dir=cfg.model_dir,
+                # `splitnn-attack hijacked` keeps only its validator in its model folder.
+                model_dir=cfg.model_dir if cfg.validator_dir is None else cfg.validator_dir,
                 seed=cfg.seed,
                 curve=cfg.workdir / "curve.csv",
                 figure=cfg.figure,

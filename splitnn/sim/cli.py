@@ -17,6 +17,7 @@ from splitnn.common.reports import MultiSummary
 from splitnn.common.threats import THREATS
 from splitnn.common.topology import DEFAULT, NAMES, describe
 from splitnn.options import (
+    DIRECTORY,
     attacker_options,
     config_from,
     dataset_option,
@@ -71,6 +72,13 @@ _MULTI_ONLY = ("topology", "partition", "alpha", "colluder", "colluder_noise", "
 )
 @dir_option("--workdir", "runs/sim", help="Holds the wire log of this simulation.")
 @dir_option("--model-dir", "models")
+@click.option(
+    "--validator-dir",
+    type=DIRECTORY,
+    default=None,
+    help="Where the attacker keeps its validation classifier (trained there if missing), e.g. "
+    "one folder that simulations of the same data set and seed share. Default: --model-dir.",
+)
 @click.option(
     "--figure",
     type=click.Path(dir_okay=False, path_type=Path),

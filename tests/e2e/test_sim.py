@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from splitnn.attacker.validator import validator_path
+
 SIM = Path(sys.executable).parent / "splitnn-sim"
 
 
@@ -68,7 +70,7 @@ def test_holders_colluder_attacks_every_other_holder(tmp_path: Path) -> None:
             "--noise", "0.5", "--epochs", "1", "--max-steps", "2", "--attack-epochs", "1",
             "--validator-epochs", "1", "--workdir", str(tmp_path / "run"),
             "--model-dir", str(tmp_path / "models"), "--figure", str(figure),
-            "--json", "-q"]  # fmt: skip
+            "--validator-dir", str(tmp_path / "shared"), "--json", "-q"]  # fmt: skip
     # Execute
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     # Assert
@@ -90,6 +92,9 @@ def test_holders_colluder_attacks_every_other_holder(tmp_path: Path) -> None:
     assert victims[0]["attack_mse"] != victims[1]["attack_mse"]
     # One decoder, trained on the colluder's part 1, serves every victim.
     assert len(list((tmp_path / "models" / "attackers").glob("*.ckpt"))) == 1
+    # The validator is kept where --validator-dir says, not with the run's models.
+    assert validator_path(tmp_path / "shared", "mnist5k", 0, 1).is_file()
+    assert not list((tmp_path / "models").rglob("*validator*"))
 
 
 def _sim(tmp_path: Path, *extra: str) -> dict[str, object]:
@@ -109,7 +114,7 @@ def test_a_hijacking_server_against_a_guarded_victim(tmp_path: Path) -> None:
     summary = _sim(
         tmp_path, "--threat", "fsha", "--max-steps", "12", "--hijack-pretrain-steps", "5",
         "--hijack-snapshot-every", "4", "--guard", "splitguard", "--guard-start-after", "2",
-        "--guard-fake-probability", "0.5",
+        "--guard-fake-probability", "0.5", "--validator-dir", str(tmp_path / "shared"),
     )  # fmt: skip
     # Assert
     assert summary["threat"] == "fsha"
@@ -117,6 +122,8 @@ def test_a_hijacking_server_against_a_guarded_victim(tmp_path: Path) -> None:
     assert isinstance(curve, list) and [row["step"] for row in curve] == [4, 8, 12]
     assert summary["attack_mse"] == curve[-1]["mse"]  # the final snapshot is the attack
     assert str(summary["attacker"]).endswith("decoder_step=12.ckpt")
+    # `splitnn-attack hijacked` keeps its validator where --validator-dir says.
+    assert validator_path(tmp_path / "shared", "mnist5k", 0).is_file()
     scores = summary["guard_scores"]
     assert isinstance(scores, list) and scores  # 10 steps at P_f = 0.5: a fake batch, surely
     alarm = summary["guard_detected_at_step"]

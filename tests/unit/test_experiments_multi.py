@@ -191,6 +191,7 @@ def test_the_command_line_of_one_simulation(tmp_path: Path) -> None:
         *("--attack-epochs", "7", "--decoder", "study"),
         *("--workdir", str(tmp_path / "runs" / "mnist5k" / "multi" / name)),
         *("--model-dir", str(tmp_path / "models" / "multi" / name)),
+        *("--validator-dir", str(tmp_path / "models")),
         *("--figure", str(tmp_path / "results" / "figures" / "multi" / f"{name}.png")),
         *("--json", "-q"),
     ]
@@ -235,7 +236,7 @@ class FakeSim:
 
 
 @pytest.fixture
-def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
+def fake_sim(monkeypatch: pytest.MonkeyPatch, fake_validators: list[list[str]]) -> FakeSim:
     fake = FakeSim()
     monkeypatch.setattr(runner, "run_json", fake)
     return fake
@@ -298,21 +299,29 @@ def test_a_record_of_another_format_is_not_done(tmp_path: Path, fake_sim: FakeSi
 
 @pytest.mark.parametrize("force", [False, True])
 def test_done_simulations_are_skipped_unless_forced(
-    tmp_path: Path, fake_sim: FakeSim, force: bool
+    tmp_path: Path, fake_sim: FakeSim, fake_validators: list[list[str]], force: bool
 ) -> None:
     cfg = _cfg(tmp_path)
     first = MULTI.run(cfg)
     assert [o.status for o in first] == ["ran"] * 30
+    # The seed's validator is prepared once, in the grid's model folder, which every run shares.
+    validator = ["-q", "validator", "--dataset", "mnist5k", "--seed", "0"]
+    validator += ["--model-dir", str(cfg.model_dir), "--data-dir", str(cfg.data_dir)]
+    assert fake_validators == [validator]
+    assert {args[args.index("--validator-dir") + 1] for args in fake_sim.calls} == {
+        str(cfg.model_dir)
+    }
 
     second = MULTI.run(_cfg(tmp_path, force=force))
 
     assert [o.status for o in second] == ["ran" if force else "skipped"] * 30
     assert len(fake_sim.calls) == (60 if force else 30)
+    assert len(fake_validators) == (2 if force else 1)  # nothing to run: nothing prepared
     assert len({args[args.index("--workdir") + 1] for args in fake_sim.calls}) == 30
 
 
 def test_a_failed_or_wrong_simulation_is_failed_and_not_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_validators: list[list[str]]
 ) -> None:
     def broken(name: str, args: list[str], **_: Any) -> dict[str, Any]:
         if "splitfed" in args:

@@ -186,6 +186,7 @@ def _expected(tmp_path: Path, name: str, *flags: str, max_steps: str | None = No
         *("--attack-epochs", "7", "--decoder", "study"),
         *("--workdir", str(tmp_path / "runs" / "mnist5k" / "threats" / name)),
         *("--model-dir", str(tmp_path / "models" / "threats" / name)),
+        *("--validator-dir", str(tmp_path / "models")),
         *("--figure", str(tmp_path / "results" / "figures" / "threats" / f"{name}.png")),
         *("--json", "-q"),
     ]
@@ -305,7 +306,7 @@ def _grid_png(path: Path, *, shade: float = 0.6, n: int = 3) -> Path:
 
 
 @pytest.fixture
-def fake_sim(monkeypatch: pytest.MonkeyPatch) -> FakeSim:
+def fake_sim(monkeypatch: pytest.MonkeyPatch, fake_validators: list[list[str]]) -> FakeSim:
     fake = FakeSim()
     monkeypatch.setattr(runner, "run_json", fake)
     return fake
@@ -550,7 +551,7 @@ def test_a_row_without_its_figure_is_left_out_of_the_figure(tmp_path: Path) -> N
 
 
 def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_validators: list[list[str]]
 ) -> None:
     fake = FakeSim(failing=("fsha",))
     monkeypatch.setattr(runner, "run_json", fake)
@@ -567,12 +568,14 @@ def test_a_failed_row_is_reported_and_run_again_while_done_rows_are_skipped(
     assert "FAILED mnist5k_threats_fsha_none: splitnn-sim exited with status 1; " in first.output
     assert Counter(r["threat"] for r in read_rows(csv_path)[1]) == {"colluding": 7, "passive": 7}
     assert len(fake.calls) == 21
+    assert [call[call.index("--seed") + 1] for call in fake_validators] == ["0"]
 
     fake.failing = ()
     second = CliRunner().invoke(main, args)
 
     assert second.exit_code == 0, second.output
     assert "runs: 7 ran, 14 skipped (done before), 0 failed" in second.output
+    assert len(fake_validators) == 2  # the failed runs' seed again
     assert [c[1] for c in fake.calls[21:]] == ["fsha"] * 7
     _, rows = read_rows(csv_path)
     assert [(r["threat"], r["defence"], r["parameter"]) for r in rows[7:14]] == [
