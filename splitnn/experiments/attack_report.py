@@ -66,6 +66,9 @@ PROTOCOL_COLUMNS = (
     *(f"{score}_{protocol}" for score in _SCORES for protocol in ("noisy", "clean")),
     "seeds",
     *(f"{score}_{protocol}_se" for score in _SCORES for protocol in ("noisy", "clean")),
+    # What `splitnn-experiments report` needs: the attacked images, the decoder's epochs, and
+    # the settings that rebuild the command (added to files written before them).
+    *("dataset", "images", "epochs", "classifier_epochs", "max_steps", "lr"),
 )
 
 Record = AttackRecord
@@ -195,6 +198,9 @@ def protocol_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
             "noise": clean.noise,
             "decoder": clean.report.decoder,
             "seeds": len(seeds),
+            "dataset": clean.report.dataset,
+            "images": clean.report.images,
+            "epochs": clean.settings["epochs"],
         }
         for score in _SCORES:
             for protocol, index in (("noisy", 0), ("clean", 1)):
@@ -372,7 +378,7 @@ def write_attack_tables(cfg: ExperimentConfig) -> list[str]:
         f"{attack_csv}: {len(rows)} attacks (means over seeds) "
         f"from {len(records)} attackers written",
     ]
-    protocols = protocol_rows(records)
+    protocols = [_with_run_settings(row, cfg) for row in protocol_rows(records)]
     if protocols:
         protocol_csv = cfg.results_dir / PROTOCOL_CSV
         upsert_rows(protocol_csv, protocols, key=("model", "decoder"), columns=PROTOCOL_COLUMNS)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitnn.common.models import DECODER_EPOCHS
-from splitnn.experiments.attack_report import ATTACK_CSV
+from splitnn.experiments.attack_report import ATTACK_CSV, PROTOCOL_CSV
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import EXTRA_TRAINING_GROUPS, TRAINING_GROUPS
 from splitnn.experiments.multi_holder_report import MULTI_CSV
@@ -229,6 +229,24 @@ TABLES: dict[str, Table] = {
             Column("MSE margin over class mean", "mse_margin_class", 4),
             Column("MSE margin over mean image", "mse_margin_mean", 4),
             Column("class-mean baseline's classes", "baseline_classes", optional=True),
+        ),
+        "images",
+        "attacked test images",
+        _attack_commands,
+    ),
+    "protocols": Table(
+        "The honest attack against the reference's noise-free shortcut",
+        PROTOCOL_CSV,
+        (
+            Column("model", "model"),
+            Column("b", "noise"),
+            Column("seeds", "seeds"),
+            Column("MSE honest", "mse_noisy", 4),
+            Column("MSE noise-free", "mse_clean", 4),
+            Column("SSIM honest", "ssim_noisy", 3),
+            Column("SSIM noise-free", "ssim_clean", 3),
+            Column("validator % honest", "validator_accuracy_noisy", _ACCURACY),
+            Column("validator % noise-free", "validator_accuracy_clean", _ACCURACY),
         ),
         "images",
         "attacked test images",

@@ -65,6 +65,18 @@ def test_margins_and_baselines_are_in_the_attack_tables() -> None:
     assert "| 0.0544 ± 0.0004 | 0.0352 ± 0.0006 |" in attacks
 
 
+def test_the_protocols_table_sets_the_honest_attack_beside_the_noise_free_shortcut() -> None:
+    text = render_table("protocols", FIXTURE / "attack_protocols.csv")
+
+    assert "attacked test images: 500" in text
+    assert (
+        "    splitnn-experiments noise attacks performance --dataset mnist5k --epochs 10 "
+        "--attack-epochs 30 --decoder deep --seeds 3\n" in text
+    )
+    assert "| model | b | seeds | MSE honest | MSE noise-free |" in text
+    assert "| mnist5k_20noise_00nopeek | 2.0 | 3 | 0.0484 ± 0.0005 | 0.0253 ± 0.0001 |" in text
+
+
 def test_one_seed_has_no_standard_error_and_other_settings_another_command(
     tmp_path: Path,
 ) -> None:
