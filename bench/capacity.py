@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -88,15 +89,20 @@ def head_steps_per_s(seconds: float) -> float:
     head = build_head(1)
     optimizer = make_optimizer(head, 1e-4)
     step = StepId("head", 1, 0)
-    for _ in range(50):
-        apply_step(head, optimizer, step, cut, labels)
-    # The best of several windows: other work on the machine only ever slows a window down.
-    best = 0.0
+    return best_rate(lambda _: apply_step(head, optimizer, step, cut, labels), seconds)
+
+
+def best_rate(one: Callable[[int], object], seconds: float) -> float:
+    """Calls of `one(k)` (k = 0, 1, ...) per second: 50 to warm up, then the best of five
+    windows over `seconds` (other work on the machine only ever slows a window down)."""
+    for k in range(50):
+        one(k)
+    best, k = 0.0, 50
     for _ in range(5):
         done, began = 0, time.perf_counter()
         while time.perf_counter() - began < seconds / 5:
-            apply_step(head, optimizer, step, cut, labels)
-            done += 1
+            one(k)
+            done, k = done + 1, k + 1
         best = max(best, done / (time.perf_counter() - began))
     return best
 
@@ -122,16 +128,7 @@ def head_as_served_steps_per_s(holders: int, seconds: float) -> float:
         cut = tensor_from_proto(message, dtype="float32", shape=(None, 500), finite=True)
         apply_step(heads[k % holders], optimizers[k % holders], step, cut, labels)
 
-    for k in range(50):
-        one(k)
-    best, k = 0.0, 0
-    for _ in range(5):
-        done, began = 0, time.perf_counter()
-        while time.perf_counter() - began < seconds / 5:
-            one(k)
-            done, k = done + 1, k + 1
-        best = max(best, done / (time.perf_counter() - began))
-    return best
+    return best_rate(one, seconds)
 
 
 def cpu_seconds(pid: int) -> float:
