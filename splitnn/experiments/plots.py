@@ -109,6 +109,7 @@ _BACKGROUND = 0.98
 _CELL_COLUMNS = 0.3  # share of a column's pixels in cells, at least, for a column of cells
 _CELL_ROWS = 0.6  # the same for a row of pixels across the cell columns
 _MIN_BAND = 3  # pixels: a thinner band is a line, not a row of images
+_BLANK_ROW = 0.02  # at most this share of a pixel row in ink: the blank between two rows of cells
 
 
 def grid_rows(image: NDArray[np.floating]) -> list[NDArray[np.floating]]:
@@ -127,10 +128,18 @@ def grid_rows(image: NDArray[np.floating]) -> list[NDArray[np.floating]]:
     if columns.size == 0:
         return []
     left, right = int(columns[0]), int(columns[-1]) + 1
-    filled = np.concatenate([[False], ink[:, left:right].mean(axis=1) > _CELL_ROWS, [False]])
+    share = ink[:, left:right].mean(axis=1)
+    # A band is a run of pixel rows between blank ones; it is a row of cells if enough of its
+    # fullest pixel row is in cells (the title's text is not). Cells that are mostly white (the
+    # reconstructions of a heavily noised tensor) thin a row of cells out but do not blank it.
+    filled = np.concatenate([[False], share > _BLANK_ROW, [False]])
     edges = np.flatnonzero(np.diff(filled.astype(np.int8)))
     bands = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-    return [image[a:b, left:right] for a, b in bands if b - a >= _MIN_BAND]
+    return [
+        image[a:b, left:right]
+        for a, b in bands
+        if b - a >= _MIN_BAND and share[a:b].max() > _CELL_ROWS
+    ]
 
 
 def stack_strips(
