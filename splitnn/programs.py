@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import click
 
 from splitnn.common import exits
+from splitnn.common.processes import CHILDREN
 
 # Which exit codes each program can end with (their meanings are `exits.MEANINGS`).
 EXIT_CODES: dict[str, tuple[int, ...]] = {
@@ -32,6 +33,10 @@ EXIT_CODES: dict[str, tuple[int, ...]] = {
     "splitnn-experiments": (exits.OK, exits.FAILED, exits.USAGE, exits.INTERRUPTED),
     "splitnn-certs": (exits.OK, exits.FAILED, exits.USAGE),
 }
+# The orchestrators stop the programs they started before they end.
+_STOPPED = (
+    "interrupted (Ctrl-C or SIGTERM) before the work finished; the programs it started are stopped"
+)
 _NOTES = {
     "splitnn-server": {exits.OK: "success, also after a graceful SIGTERM/SIGINT shutdown"},
     "splitnn-client": {
@@ -44,7 +49,9 @@ _NOTES = {
     "splitnn-sim": {
         exits.ALARM: "--guard splitguard --guard-action stop: the victim's guard flagged the "
         "server and the victim stopped",
+        exits.INTERRUPTED: _STOPPED,
     },
+    "splitnn-experiments": {exits.INTERRUPTED: _STOPPED},
 }
 
 
@@ -75,6 +82,9 @@ def _invoke_mapped(name: str, invoke: Callable[[], Any]) -> Any:
     try:
         return invoke()
     except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or an orchestrator's SIGTERM
+            # None of the programs it started outlives it (the orchestrators').
+            CHILDREN.stop_all(refuse_new=False)
         code = exits.exit_code(error)
         if code is None:
             raise

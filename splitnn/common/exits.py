@@ -66,7 +66,7 @@ def exit_code(error: BaseException) -> int | None:
 def describe(error: BaseException) -> str:
     """One line for the user: the message, or for a file error ``<file>: <reason>``."""
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted"
+        return str(error) or "interrupted"  # Ctrl-C's says nothing; SIGTERM's names itself
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.filename}: {error.strerror}"
     return str(error) or type(error).__name__

@@ -3,6 +3,10 @@
 Used by the orchestrators (`splitnn-sim`, `splitnn-experiments`), never by the parties
 themselves. Each child's stderr goes to a log file, or to ours when no log is given. Console
 scripts are taken from beside this interpreter (the same virtualenv).
+
+Every child started here is known to `CHILDREN`, so that an orchestrator that is interrupted
+(Ctrl-C, or SIGTERM once `raise_on_sigterm` is installed) stops all of them, the ones its worker
+threads wait on included, and starts no more: none is left running without its parent.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from splitnn.common import exits
@@ -35,6 +44,156 @@ class ProcessError(exits.Failed, RuntimeError):
 
 class ChildAlarm(ProcessError, exits.Alarm):
     """A program stopped at its defence's alarm (exit code 4): so does the one that ran it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached an orchestrator: it ends as if interrupted (exit 130), its children
+    stopped."""
+
+
+STOP_TIMEOUT_S = 60.0
+"""How long a child may take to end after SIGTERM before it is killed (a server finishes its
+in-flight steps and saves within its --grace + 5 s; a simulation stops its own children)."""
+
+
+class Children:
+    """The live child processes of this process, and whether it is stopping.
+
+    While `stop_all` stops them, and until `accept_new`, `start` refuses to start another
+    (raises `Terminated`): a worker thread that was between two programs of its run does not
+    start the next.
+    """
+
+    def __init__(self) -> None:
+        self._live: set[subprocess.Popen[Any]] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def live(self) -> list[subprocess.Popen[Any]]:
+        """The children started here that have not ended."""
+        with self._lock:
+            return [p for p in self._live if p.poll() is None]
+
+    def start(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+        """`subprocess.Popen(argv, **popen)`, known until `wait` or `stop_all` sees it end.
+
+        Raises:
+            Terminated: `stop_all` has run and `accept_new` has not.
+        """
+        with self._lock:
+            if self._stopping:
+                raise Terminated("stopping: no further program is started")
+            process = subprocess.Popen(list(argv), **popen)
+            self._live.add(process)
+        return process
+
+    def wait(
+        self, process: subprocess.Popen[Any], *, stdout: bool = False
+    ) -> tuple[int, str | None]:
+        """Waits for `process` to end: its exit status and (`stdout`) what it printed.
+
+        Interrupted (KeyboardInterrupt, `Terminated`) or failing while waiting, it stops the
+        child first (`stop`), then raises.
+        """
+        try:
+            out = process.communicate()[0] if stdout else None
+            return process.wait(), out
+        except BaseException:
+            stop(process)
+            raise
+        finally:
+            self.forget(process)
+
+    def forget(self, process: subprocess.Popen[Any]) -> None:
+        """`process` has ended or is another's to stop: no longer one of `live`."""
+        with self._lock:
+            self._live.discard(process)
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT_S, *, refuse_new: bool = True) -> None:
+        """Stops every live child: SIGTERM to all at once, then SIGKILL to those still running
+        `timeout` seconds later. With `refuse_new`, `start` refuses from now on, until
+        `accept_new`."""
+        with self._lock:
+            self._stopping = self._stopping or refuse_new
+            live = [p for p in self._live if p.poll() is None]
+        if live:
+            logger.warning("stopping %d child process(es)", len(live))
+        for process in live:
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in live:
+            stop(process, timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._live.difference_update(live)
+
+    def accept_new(self) -> None:
+        """`start` starts children again (the threads that were stopped have ended)."""
+        with self._lock:
+            self._stopping = False
+
+
+CHILDREN = Children()
+"""This process's children (every program started through this module)."""
+
+
+def _signal(process: subprocess.Popen[Any], signum: int) -> None:
+    with suppress(ProcessLookupError):  # ended in between
+        process.send_signal(signum)
+
+
+def stop(process: subprocess.Popen[Any], *, timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM to `process` (if it runs), wait up to `timeout` seconds, then SIGKILL; its exit
+    status."""
+    if process.poll() is None:
+        _signal(process, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %g s: killing it", _name(process), timeout)
+            process.kill()
+    return process.wait()
+
+
+def _name(process: subprocess.Popen[Any]) -> str:
+    args = process.args
+    first = args[0] if isinstance(args, (list, tuple)) and args else args
+    return Path(str(first)).name
+
+
+@contextmanager
+def worker_pool(
+    workers: int, *, stop_on: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+) -> Iterator[ThreadPoolExecutor]:
+    """A pool of `workers` threads whose work runs programs. Interrupted (an exception of
+    `stop_on`) in the thread that waits on it, it drops the work not yet started and stops every
+    child (`CHILDREN.stop_all`) before it waits for its threads, which would otherwise wait on
+    their children and go on to the queued work."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    except stop_on:
+        pool.shutdown(wait=False, cancel_futures=True)
+        CHILDREN.stop_all()
+        pool.shutdown(wait=True)
+        CHILDREN.accept_new()  # its threads have ended: none of them starts another
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises `Terminated` in the main thread (call it from there), so that
+    an orchestrator unwinds as on Ctrl-C and stops its children instead of leaving them
+    running."""
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def listening_address(line: str) -> str | None:
@@ -84,14 +243,18 @@ class ServerProcess:
         start_timeout: float = 120.0,
         port: int = 0,
     ) -> None:
-        self.process = subprocess.Popen(
+        self.process = CHILDREN.start(
             [program("splitnn-server"), "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             env=child_env(),
         )
-        self.address = self._wait_bound(start_timeout)
+        try:
+            self.address = self._wait_bound(start_timeout)
+        except BaseException:  # interrupted while it starts (an FSHA server pre-trains first)
+            self.stop()
+            raise
 
     def _wait_bound(self, timeout: float) -> str:
         found: list[str] = []
@@ -114,17 +277,12 @@ class ServerProcess:
             raise ProcessError(f"splitnn-server did not start ({why})")
         return found[0]
 
-    def stop(self, timeout: float = 60.0) -> int | None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM and wait for the graceful shutdown (SIGKILL if it hangs); the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("splitnn-server did not stop in %g s: killing it", timeout)
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        try:
+            return stop(self.process, timeout=timeout)
+        finally:
+            CHILDREN.forget(self.process)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -141,19 +299,19 @@ def run_json(
     Raises:
         ProcessError: non-zero exit, or no JSON line on stdout.
     """
-    completed = subprocess.run(
+    process = CHILDREN.start(
         [program(name), *args],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
         env=child_env(env),
-        check=False,
     )
-    if completed.returncode == exits.ALARM:
+    code, out = CHILDREN.wait(process, stdout=True)
+    if code == exits.ALARM:
         raise ChildAlarm(f"{name} stopped at its guard's alarm (exit status {exits.ALARM})")
-    if completed.returncode != 0:
-        raise ProcessError(f"{name} exited with status {completed.returncode}")
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if code != 0:
+        raise ProcessError(f"{name} exited with status {code}")
+    lines = [line for line in (out or "").splitlines() if line.startswith("{")]
     if not lines:
         raise ProcessError(f"{name} printed no JSON result")
     result: dict[str, Any] = json.loads(lines[-1])
@@ -168,6 +326,7 @@ def run_checked(
     Raises:
         ProcessError: non-zero exit.
     """
-    code = subprocess.call([program(name), *args], stdout=log, stderr=log, env=child_env(env))
+    process = CHILDREN.start([program(name), *args], stdout=log, stderr=log, env=child_env(env))
+    code, _ = CHILDREN.wait(process)
     if code != 0:
         raise ProcessError(f"{name} exited with status {code}")

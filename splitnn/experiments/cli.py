@@ -14,6 +14,7 @@ from splitnn.common import exits
 from splitnn.common.devices import export_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS, DECODER_NAMES
+from splitnn.common.processes import raise_on_sigterm
 from splitnn.experiments.app import Summary, run
 from splitnn.experiments.config import (
     SLURM_MIN_MINUTES,
@@ -178,6 +179,7 @@ def main(
     Example: splitnn-experiments all --dataset mnist5k --epochs 10
     """
     configure_logging(verbose=verbose, quiet=quiet)
+    raise_on_sigterm()  # SIGTERM unwinds as Ctrl-C does: the parties started are stopped
     # Every process of every run computes there (a cluster job inherits the environment and
     # resolves the device on its own node; a local run's `auto` is decided here, once).
     export_device(options.pop("device"), here=executor != "slurm")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -27,6 +27,7 @@ from splitnn.common.processes import (
     log_tail,
     run_checked,
     run_json,
+    worker_pool,
 )
 from splitnn.common.reports import RunReport
 from splitnn.common.wirelog import WireLogError
@@ -120,8 +121,9 @@ def _in_threads(
     items: Sequence[T], todo: Sequence[int], *, work: Callable[[T], R], jobs: int
 ) -> Iterator[tuple[int, Outcome[T, R]]]:
     """`work` on `items[i]` for every i in `todo`, `jobs` at once in threads; each index with its
-    outcome as it ends. ProcessError, WireLogError and OSError fail a run; the rest propagates."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    outcome as it ends. ProcessError, WireLogError and OSError fail a run; the rest propagates.
+    Interrupted, it starts no further run and stops the programs of the runs under way."""
+    with worker_pool(jobs, stop_on=(KeyboardInterrupt, GeneratorExit)) as pool:
         futures: dict[Future[R], int] = {pool.submit(work, items[i]): i for i in todo}
         for future in as_completed(futures):
             i = futures[future]

@@ -13,6 +13,7 @@ from splitnn.client.dp import NOPEEK_REFUSAL
 from splitnn.common.devices import export_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS
+from splitnn.common.processes import raise_on_sigterm
 from splitnn.common.reports import MultiSummary
 from splitnn.common.threats import THREATS
 from splitnn.common.topology import DEFAULT, NAMES, describe
@@ -169,6 +170,7 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
       splitnn-sim --dp-epsilon 3 --json
     """
     configure_logging(verbose=verbose, quiet=quiet or as_json)
+    raise_on_sigterm()  # SIGTERM unwinds as Ctrl-C does: the parties started are stopped
     export_device(options.pop("device"))  # every party it starts computes there
     multi_options = {k: options.pop(k) for k in _MULTI_ONLY}
     holders = options.pop("holders")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, 
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
-from splitnn.common.processes import ProcessError
+from splitnn.common.processes import ProcessError, worker_pool
 from splitnn.common.reports import (
     AttackReport,
     MemberSummary,
@@ -208,7 +207,7 @@ def _train_holders(
         member_command(cfg, h, server=server, credentials=credentials[h])
         for h in range(cfg.holders)
     ]
-    with ThreadPoolExecutor(max_workers=cfg.holders) as pool:
+    with worker_pool(cfg.holders) as pool:  # interrupted, it stops the holders
         futures = [pool.submit(run_client, command) for command in commands]
         errors = [f.exception() for f in futures]
         failed = [(h, e) for h, e in enumerate(errors) if e is not None]
