@@ -35,10 +35,13 @@ def test_an_interrupted_pool_stops_its_childrens_programs_and_starts_none_of_the
     started = tmp_path / "started"
     script = _script(tmp_path, f"echo run >> {started}\nexec sleep 60")
     monkeypatch.setattr(processes, "program", lambda name: str(script))
-    log = (tmp_path / "log").open("w")
     t0 = time.monotonic()
     # Execute
-    with pytest.raises(KeyboardInterrupt), worker_pool(2) as pool:
+    with (
+        (tmp_path / "log").open("w") as log,
+        pytest.raises(KeyboardInterrupt),
+        worker_pool(2) as pool,
+    ):
         futures = [pool.submit(run_checked, "splitnn-client", [], log=log) for _ in range(3)]
         _wait_for_lines(started, 2)
         raise KeyboardInterrupt
