@@ -39,6 +39,7 @@ from splitnn.options import (
 from splitnn.programs import program
 
 REPORT = "report"
+SIMULATION_KINDS = ("multi", "threats")
 EXECUTORS = ("local", "slurm")
 _SLURM_DEFAULTS = SlurmOptions()
 # The --slurm-* options by parameter name; each is None (or empty) unless given.
@@ -104,6 +105,13 @@ _REPORT_HELP = (
     help="Also attack the noise models with the reference's noise-free protocol.",
 )
 @click.option("--keep-wirelogs", is_flag=True, help="Keep training batches in the wire logs.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="PATTERN",
+    help="multi and threats: only the simulations whose run name matches this shell pattern "
+    "(repeatable), e.g. '*_k4_iid_00noise_*' or '*_fsha_*'; they alone run and are tabled.",
+)
 @click.option(
     "--executor",
     type=click.Choice(EXECUTORS),
@@ -188,6 +196,7 @@ def main(
         return
     if readme is not None:
         raise click.UsageError("--readme goes with the report group")
+    _check_only(options["only"], groups)
     slurm = _slurm_options(executor, options)
     if executor == "slurm":
         if click.get_current_context().get_parameter_source("jobs") not in _NOT_GIVEN:
@@ -212,6 +221,21 @@ def main(
 
 
 _NOT_GIVEN = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _check_only(patterns: tuple[str, ...], groups: tuple[str, ...]) -> None:
+    """--only selects simulations: it needs a simulation group and an empty pattern selects
+    nothing.
+
+    Raises:
+        click.UsageError: --only without ``multi`` or ``threats``, or an empty pattern.
+    """
+    if not patterns:
+        return
+    if not any(GROUPS[g].kind in SIMULATION_KINDS for g in groups if g in GROUPS):
+        raise click.UsageError("--only selects simulations: give it with multi or threats")
+    if any(not p.strip() for p in patterns):
+        raise click.UsageError("--only: an empty pattern matches no run name")
 
 
 def _slurm_options(executor: str, options: dict[str, Any]) -> SlurmOptions:

@@ -61,6 +61,9 @@ class ExperimentConfig:
         clean_comparison: also run the reference's noise-free attacker on the noise models.
         keep_wirelogs: keep the whole wire log of each run (training batches included) instead
             of only the deployment batches that the attacks use.
+        only: shell patterns (`fnmatch`) on the run names of the ``multi`` and ``threats``
+            groups: only the simulations whose name matches one of them run and are tabled;
+            empty: all of them.
         model_dir: checkpoints (classifiers/, attackers/, validators/).
         data_dir: torchvision data sets.
         runs_dir: run records, wire logs and process logs of this tool.
@@ -85,6 +88,7 @@ class ExperimentConfig:
     decoder: str = "deep"
     clean_comparison: bool = True
     keep_wirelogs: bool = False
+    only: tuple[str, ...] = ()
     model_dir: Path = Path("models")
     data_dir: Path = Path("data")
     runs_dir: Path = Path("runs/experiments")

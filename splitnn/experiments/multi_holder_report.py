@@ -32,6 +32,9 @@ _ATTACK = (
 _ACCURACIES = ("victim_test_accuracy", "colluder_test_accuracy", "mean_test_accuracy")
 # Averaged over seeds, each with a `_se` column.
 _AVERAGED = (*_ACCURACIES, *_ATTACK)
+# The same decoder on the victim's own training share as the server received it (empty where a
+# simulation could not score it); averaged over the seeds that have it, with `_se`.
+_OWN = ("own_attack_mse", "own_attack_psnr", "own_attack_ssim")
 MULTI_RUN_KEY = (
     *("dataset", "topology", "holders", "partition", "alpha", "seed", "epochs"),
     *("victim_noise", "victim_nopeek", "colluder", "victim"),
@@ -39,6 +42,8 @@ MULTI_RUN_KEY = (
 MULTI_RUN_COLUMNS = (
     *MULTI_RUN_KEY[1:],
     *_AVERAGED,
+    *_OWN,
+    "own_attack_images",
     *("dataset", "colluder_noise", "victim_samples", "max_steps", "attack_epochs", "decoder"),
     *("figure", "test_images"),
 )
@@ -46,7 +51,8 @@ MULTI_KEY = tuple(name for name in MULTI_RUN_KEY if name != "seed")
 MULTI_COLUMNS = (
     *MULTI_KEY[1:],
     "seeds",
-    *(name for field in _AVERAGED for name in (field, f"{field}_se")),
+    *(name for field in (*_AVERAGED, *_OWN) for name in (field, f"{field}_se")),
+    "own_attack_images",
     *("test_images", "dataset", "colluder_noise", "victim_samples", "max_steps"),
     *("attack_epochs", "decoder", "figure"),
 )
@@ -71,7 +77,8 @@ def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
             "victim_test_accuracy": victim.test_accuracy,
             "colluder_test_accuracy": report.member(report.colluder).test_accuracy,
             "mean_test_accuracy": mean_accuracy,
-            **{name: getattr(victim, name) for name in _ATTACK},
+            **{name: getattr(victim, name) for name in (*_ATTACK, *_OWN)},
+            "own_attack_images": victim.own_attack_images,
             "dataset": report.dataset,
             "colluder_noise": report.colluder_noise,
             "victim_samples": report.member(victim.holder).samples,
@@ -104,12 +111,24 @@ def multi_table_rows(
                 **{k: first[k] for k in MULTI_KEY},
                 "seeds": len(seeds),
                 **aggregate(seeds, _AVERAGED),
+                **_aggregate_own(seeds),
                 "test_images": test_images,
                 **{k: first[k] for k in ("colluder_noise", "victim_samples", "max_steps")},
                 **{k: first[k] for k in ("attack_epochs", "decoder", "figure")},
             }
         )
     return out
+
+
+def _aggregate_own(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The own-share scores' means and standard errors over the seeds that scored them, and the
+    lowest such seed's image count; empty (None) where none did."""
+    scored = [run for run in seeds if run.get("own_attack_mse") not in (None, "")]
+    if not scored:
+        return {name: None for field in _OWN for name in (field, f"{field}_se")} | {
+            "own_attack_images": None
+        }
+    return {**aggregate(scored, _OWN), "own_attack_images": scored[0].get("own_attack_images")}
 
 
 def _victims_mean(report: MultiSummary, score: str) -> float:

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitnn.common.models import DECODER_EPOCHS
+from splitnn.common.topology import NAMES as TOPOLOGIES
 from splitnn.experiments.attack_report import ATTACK_CSV, PROTOCOL_CSV
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import EXTRA_TRAINING_GROUPS, TRAINING_GROUPS
+from splitnn.experiments.grid import (
+    EXTRA_TRAINING_GROUPS,
+    TRAINING_GROUPS,
+    MultiSetting,
+    multi_settings,
+)
 from splitnn.experiments.multi_holder_report import MULTI_CSV
 from splitnn.experiments.performance import MODEL_CSV, POSTTRAIN_CSV
 from splitnn.experiments.tables import Row, read_rows
@@ -160,6 +166,44 @@ def _simulation_commands(group: str) -> Callable[[Sequence[Row]], list[str]]:
     return commands
 
 
+def _multi_commands(rows: Sequence[Row]) -> list[str]:
+    """As `_simulation_commands`, with the ``--only`` patterns that select just these settings
+    when they are not the whole ``multi`` grid."""
+    commands = _simulation_commands("multi")(rows)
+    patterns = _multi_patterns(rows)
+    if not patterns:
+        return commands
+    only = " ".join(f"--only '{p}'" for p in patterns)
+    return [f"{command} {only}" for command in commands]
+
+
+def _multi_patterns(rows: Sequence[Row]) -> list[str]:
+    """Shell patterns of the run names of the settings in `rows` (`--only`); none when the rows
+    hold every setting of the grid. A setting run on every topology is one pattern."""
+    tags: dict[str, set[str]] = {}
+    for row in rows:
+        alpha = row.get("alpha")
+        setting = MultiSetting(
+            int(row["holders"]),
+            row["topology"],
+            "dirichlet" if row["partition"] == "dirichlet" else "iid",
+            float(alpha) if alpha not in ("", None) else None,
+            float(row.get("victim_noise") or 0),
+            float(row.get("victim_nopeek") or 0),
+        )
+        rest = setting.tag.removeprefix(f"{setting.topology}_")
+        tags.setdefault(rest, set()).add(setting.topology)
+    if sum(map(len, tags.values())) >= len(multi_settings()):
+        return []
+    out = []
+    for rest, topologies in tags.items():
+        if topologies >= set(TOPOLOGIES):
+            out.append(f"*_{rest}*")
+        else:
+            out += [f"*_{topology}_{rest}*" for topology in sorted(topologies)]
+    return out
+
+
 def _parameter(row: Row) -> str:
     parameter = row.get("parameter", "")
     return f"{row['defence']} {float(parameter):g}" if parameter else row["defence"]
@@ -262,13 +306,15 @@ TABLES: dict[str, Table] = {
             Column("victim", "victim"),
             Column("seeds", "seeds"),
             Column("victim test accuracy %", "victim_test_accuracy", _ACCURACY),
-            Column("attack MSE", "attack_mse", 4),
-            Column("attack SSIM", "attack_ssim", 3),
-            Column("validator %", "attack_validator_accuracy", _ACCURACY),
+            Column("MSE, deployment tensors", "attack_mse", 4),
+            Column("SSIM, deployment tensors", "attack_ssim", 3),
+            Column("validator %, deployment tensors", "attack_validator_accuracy", _ACCURACY),
+            Column("MSE, own training share", "own_attack_mse", 4, optional=True),
+            Column("SSIM, own training share", "own_attack_ssim", 3, optional=True),
         ),
         "test_images",
         "test images",
-        _simulation_commands("multi"),
+        _multi_commands,
         label=lambda row: row["topology"],
         label_header="topology",
     ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -73,10 +74,14 @@ class SimulationGroup(Generic[T, R]):
     files: Callable[[R], list[str]]
 
     def specs(self, cfg: ExperimentConfig) -> list[T]:
-        """The group's runs with the epochs, seeds and steps of `cfg`."""
-        return self.grid(
+        """The group's runs with the epochs, seeds and steps of `cfg`; with `cfg.only`, those
+        whose name matches one of its patterns."""
+        specs = self.grid(
             dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
         )
+        if not cfg.only:
+            return specs
+        return [s for s in specs if any(fnmatchcase(s.name, p) for p in cfg.only)]
 
     def workdir(self, spec: T, cfg: ExperimentConfig) -> Path:
         return cfg.runs_dir / spec.dataset / self.folder / spec.name
@@ -167,6 +172,12 @@ class SimulationGroup(Generic[T, R]):
         """Runs every simulation of the group that is not done yet; see `runner.run_jobs`.
         The validators of their seeds are trained first (`runner.prepare_validators`)."""
         specs = self.specs(cfg)
+        if cfg.only and not specs:
+            example = self.grid(dataset=cfg.dataset, seeds=1, epochs=cfg.epochs, max_steps=None)
+            logger.warning(
+                "%s: --only %s matches none of its runs (their names are like %s)",
+                self.folder, " ".join(cfg.only), example[0].name,
+            )  # fmt: skip
         to_run = specs if cfg.force else [s for s in specs if self.record(cfg, s) is None]
         if to_run:
             prepare_validators(cfg, {s.seed for s in to_run})

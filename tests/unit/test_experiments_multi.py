@@ -389,6 +389,10 @@ def test_one_row_per_victim_from_the_programs_summary() -> None:
         "attack_epochs": 2,
         "decoder": "deep",
         "figure": "fig_holder2.png",
+        "own_attack_mse": None,
+        "own_attack_psnr": None,
+        "own_attack_ssim": None,
+        "own_attack_images": None,
     }
     assert rows[0]["victim"] == 1
     assert rows[0]["attack_ssim"] == 0.61
@@ -485,3 +489,97 @@ def test_the_figure_has_two_panels(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     height, width = imread(path).shape[:2]
     assert (height, width) == (round(120 * 4.2), round(120 * 2 * 6.4))
+
+
+def _with_own(data: dict[str, Any], mse: float) -> dict[str, Any]:
+    """`data` with every victim scored on its own training share too (200 tensors)."""
+    for victim in data["victims"]:
+        victim.update(own_attack_mse=mse, own_attack_psnr=20.0, own_attack_ssim=0.8)
+        victim["own_attack_images"] = 200
+    return data
+
+
+def test_own_share_scores_are_averaged_over_the_seeds_that_scored_them() -> None:
+    runs = [
+        *multi_rows(_record(_with_own(summary(holders=2, seed=0), 0.02))),
+        *multi_rows(_record(_with_own(summary(holders=2, seed=1), 0.04))),
+        *multi_rows(_record(summary(holders=2, seed=2))),  # no training tensors in its log
+        *multi_rows(_record(summary(holders=2, noise=1.0))),
+    ]
+
+    scored, unscored = multi_table_rows(runs)
+
+    assert scored["seeds"] == 3
+    assert scored["own_attack_mse"] == pytest.approx(0.03)
+    assert scored["own_attack_mse_se"] == pytest.approx(0.01)
+    assert scored["own_attack_ssim"] == pytest.approx(0.8)
+    assert scored["own_attack_images"] == 200
+    assert unscored["own_attack_mse"] is None and unscored["own_attack_mse_se"] is None
+    assert set(scored) == set(MULTI_COLUMNS) == set(unscored)
+
+
+# --only
+
+
+def test_only_keeps_the_runs_whose_name_matches(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, seeds=2, only=("*_k4_iid_00noise_*",))
+
+    names = [spec.name for spec in MULTI.specs(cfg)]
+
+    assert names == [
+        f"mnist5k_multi_{t}_k4_iid_00noise_00nopeek{suffix}"
+        for suffix in ("", "_seed1")
+        for t in ("shared-head", "round-robin", "splitfed")
+    ]
+    both = _cfg(tmp_path, only=("*_k2_iid_00noise_*", "*_splitfed_k8_dir05_*"))
+    assert [spec.name for spec in MULTI.specs(both)] == [
+        f"mnist5k_multi_{t}_k2_iid_00noise_00nopeek" for t in ("shared-head", "round-robin")
+    ] + [
+        "mnist5k_multi_splitfed_k2_iid_00noise_00nopeek",
+        "mnist5k_multi_splitfed_k8_dir05_00noise_00nopeek",
+    ]
+
+
+def test_only_runs_and_tables_just_the_selected_simulations(
+    tmp_path: Path, fake_sim: FakeSim
+) -> None:
+    cfg = _cfg(tmp_path, only=("*_round-robin_k4_iid_*",))
+
+    outcomes = MULTI.run(cfg)
+    write_multi_tables(cfg, test_images=500)
+
+    # K = 4 iid round-robin: the noise-free setting and the four noise levels.
+    assert [o.status for o in outcomes] == ["ran"] * 5
+    assert {args[args.index("--topology") + 1] for args in fake_sim.calls} == {"round-robin"}
+    _, rows = read_rows(cfg.results_dir / MULTI_CSV)
+    assert {(r["topology"], r["holders"], r["partition"]) for r in rows} == {
+        ("round-robin", "4", "iid")
+    }
+    assert sorted({float(r["victim_noise"]) for r in rows}) == [0.0, 0.5, 1.0, 2.0, 5.0]
+
+
+def test_only_that_matches_nothing_runs_nothing_and_says_so(
+    tmp_path: Path, fake_sim: FakeSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _cfg(tmp_path, only=("*_k3_*",))
+
+    assert MULTI.run(cfg) == []
+    assert fake_sim.calls == []
+    assert "--only *_k3_* matches none of its runs" in caplog.text
+    assert "mnist5k_multi_shared-head_k2_iid_00noise_00nopeek" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plain", "--only", "*_k4_*"], "give it with multi or threats"),
+        (["multi", "--only", " "], "an empty pattern matches no run name"),
+    ],
+)
+def test_only_without_simulations_or_with_an_empty_pattern_is_a_usage_error(
+    args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 2
+    assert message in result.output

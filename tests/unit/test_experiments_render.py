@@ -179,3 +179,76 @@ def test_dp_columns_are_rendered_where_the_results_have_them(tmp_path: Path) -> 
     # the columns, still renders.
     assert text.count("|  |  |  |") == 1
     assert "DP-SGD ε spent" in render_table("models", FIXTURE / "model_performances.csv")
+
+
+def _multi_rows(
+    settings: list[tuple[str, int, str, str]],
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of the fixture's multi table, one per (topology, K, partition, victims' b)."""
+    header, rows = read_rows(FIXTURE / "multi_holder_attacks.csv")
+    template = rows[0]
+    out = []
+    for topology, holders, partition, noise in settings:
+        alpha = "0.5" if partition == "dirichlet" else ""
+        out.append(
+            {**template, "topology": topology, "holders": str(holders), "partition": partition}
+            | {"alpha": alpha, "victim_noise": noise}
+        )
+    return header, out
+
+
+def test_the_multi_table_sets_each_victims_own_share_beside_its_deployment_tensors() -> None:
+    text = render_table("multi", FIXTURE / "multi_holder_attacks.csv")
+
+    assert (
+        "| MSE, deployment tensors | SSIM, deployment tensors | validator %, deployment tensors "
+        "| MSE, own training share | SSIM, own training share |" in text
+    )
+    assert "| 0.601 ± 0.010 | 90.8 ± 0.6 | 0.0250 ± 0.0012 | 0.560 ± 0.011 |" in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "only"),
+    [
+        (
+            [(t, 4, "iid", "0") for t in ("shared-head", "round-robin", "splitfed")],
+            " --only '*_k4_iid_00noise_00nopeek*'\n",
+        ),
+        (
+            [("round-robin", 4, "iid", "0"), ("splitfed", 8, "dirichlet", "0")],
+            " --only '*_round-robin_k4_iid_00noise_00nopeek*'"
+            " --only '*_splitfed_k8_dir05_00noise_00nopeek*'\n",
+        ),
+    ],
+    ids=["every-topology", "two-settings"],
+)
+def test_a_multi_table_of_some_settings_names_the_only_that_selects_them(
+    tmp_path: Path, settings: list[tuple[str, int, str, str]], only: str
+) -> None:
+    header, rows = _multi_rows(settings)
+    path = tmp_path / "multi_holder_attacks.csv"
+    upsert_rows(
+        path, rows, key=("topology", "holders", "partition", "victim_noise"), columns=header
+    )
+
+    text = render_table("multi", path)
+
+    assert "    splitnn-experiments multi --dataset mnist5k --epochs 10" in text
+    assert text.count("--only") == only.count("--only")
+    assert only in text
+
+
+def test_a_multi_table_of_the_whole_grid_needs_no_only(tmp_path: Path) -> None:
+    topologies = ("shared-head", "round-robin", "splitfed")
+    settings = [(t, k, p, "0") for k in (2, 4, 8) for t in topologies for p in ("iid", "dirichlet")]
+    settings += [(t, 4, "iid", b) for t in topologies for b in ("0.5", "1", "2", "5")]
+    header, rows = _multi_rows(settings)
+    path = tmp_path / "multi_holder_attacks.csv"
+    upsert_rows(
+        path, rows, key=("topology", "holders", "partition", "victim_noise"), columns=header
+    )
+
+    text = render_table("multi", path)
+
+    assert "--only" not in text
+    assert "--decoder deep --seeds 2\n" in text
