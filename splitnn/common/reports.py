@@ -190,13 +190,17 @@ class VictimSummary:
     last epoch (its part 1 then, not the colluder's; `own_attack_images` tensors, scored against
     the true training images). The own-data scores are None where the log held no training
     tensors with sample indices. No validator score on them: the validator was trained on the
-    same training images.
+    same training images. ``attack_baseline_mean_mse`` and ``attack_baseline_class_mse``: the
+    trivial baselines on the deployment tensors, measured by the same attack run (the mean
+    public image; the mean public image of the class the server's head predicts for each
+    tensor); None where the attack did not report them.
     """
 
     # The measurements (a mean and standard error each over several seeds).
     SCORES: ClassVar[tuple[str, ...]] = (
         "test_accuracy", "attack_mse", "attack_psnr", "attack_ssim", "attack_validator_accuracy",
         "validator_accuracy_originals", "own_attack_mse", "own_attack_psnr", "own_attack_ssim",
+        "attack_baseline_mean_mse", "attack_baseline_class_mse",
     )  # fmt: skip
 
     holder: int
@@ -213,6 +217,8 @@ class VictimSummary:
     own_attack_psnr: float | None = None
     own_attack_ssim: float | None = None
     own_attack_images: int | None = None
+    attack_baseline_mean_mse: float | None = None
+    attack_baseline_class_mse: float | None = None
 
 
 @dataclass(frozen=True)

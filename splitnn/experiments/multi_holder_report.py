@@ -35,6 +35,12 @@ _AVERAGED = (*_ACCURACIES, *_ATTACK)
 # The same decoder on the victim's own training share as the server received it (empty where a
 # simulation could not score it); averaged over the seeds that have it, with `_se`.
 _OWN = ("own_attack_mse", "own_attack_psnr", "own_attack_ssim")
+# The trivial baselines on the deployment tensors and the attack's margins over them (baseline
+# MSE - attack MSE of each seed: positive = better than the baseline); averaged over the seeds
+# whose simulation reported them, with `_se`.
+_BASELINES = ("attack_baseline_mean_mse", "attack_baseline_class_mse")
+_MARGINS = ("mse_margin_mean", "mse_margin_class")
+_OPTIONAL = (*_OWN, *_BASELINES, *_MARGINS)
 MULTI_RUN_KEY = (
     *("dataset", "topology", "holders", "partition", "alpha", "seed", "epochs"),
     *("victim_noise", "victim_nopeek", "colluder", "victim"),
@@ -42,7 +48,7 @@ MULTI_RUN_KEY = (
 MULTI_RUN_COLUMNS = (
     *MULTI_RUN_KEY[1:],
     *_AVERAGED,
-    *_OWN,
+    *_OPTIONAL,
     "own_attack_images",
     *("dataset", "colluder_noise", "victim_samples", "max_steps", "attack_epochs", "decoder"),
     *("figure", "test_images"),
@@ -51,7 +57,7 @@ MULTI_KEY = tuple(name for name in MULTI_RUN_KEY if name != "seed")
 MULTI_COLUMNS = (
     *MULTI_KEY[1:],
     "seeds",
-    *(name for field in (*_AVERAGED, *_OWN) for name in (field, f"{field}_se")),
+    *(name for field in (*_AVERAGED, *_OPTIONAL) for name in (field, f"{field}_se")),
     "own_attack_images",
     *("test_images", "dataset", "colluder_noise", "victim_samples", "max_steps"),
     *("attack_epochs", "decoder", "figure"),
@@ -77,7 +83,11 @@ def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
             "victim_test_accuracy": victim.test_accuracy,
             "colluder_test_accuracy": report.member(report.colluder).test_accuracy,
             "mean_test_accuracy": mean_accuracy,
-            **{name: getattr(victim, name) for name in (*_ATTACK, *_OWN)},
+            **{name: getattr(victim, name) for name in (*_ATTACK, *_OWN, *_BASELINES)},
+            **{
+                margin: _margin(getattr(victim, baseline), victim.attack_mse)
+                for margin, baseline in zip(_MARGINS, _BASELINES, strict=True)
+            },
             "own_attack_images": victim.own_attack_images,
             "dataset": report.dataset,
             "colluder_noise": report.colluder_noise,
@@ -111,7 +121,7 @@ def multi_table_rows(
                 **{k: first[k] for k in MULTI_KEY},
                 "seeds": len(seeds),
                 **aggregate(seeds, _AVERAGED),
-                **_aggregate_own(seeds),
+                **_aggregate_present(seeds),
                 "test_images": test_images,
                 **{k: first[k] for k in ("colluder_noise", "victim_samples", "max_steps")},
                 **{k: first[k] for k in ("attack_epochs", "decoder", "figure")},
@@ -120,15 +130,23 @@ def multi_table_rows(
     return out
 
 
-def _aggregate_own(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The own-share scores' means and standard errors over the seeds that scored them, and the
-    lowest such seed's image count; empty (None) where none did."""
+def _margin(baseline: float | None, attack: float) -> float | None:
+    return None if baseline is None else baseline - attack
+
+
+def _aggregate_present(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each optional score's mean and standard error over the seeds that have it (None where
+    none has), and the lowest own-scored seed's image count."""
+    out: dict[str, Any] = {}
+    for field in _OPTIONAL:
+        present = [run for run in seeds if run.get(field) not in (None, "")]
+        if present:
+            out.update(aggregate(present, (field,)))
+        else:
+            out[field] = out[f"{field}_se"] = None
     scored = [run for run in seeds if run.get("own_attack_mse") not in (None, "")]
-    if not scored:
-        return {name: None for field in _OWN for name in (field, f"{field}_se")} | {
-            "own_attack_images": None
-        }
-    return {**aggregate(scored, _OWN), "own_attack_images": scored[0].get("own_attack_images")}
+    out["own_attack_images"] = scored[0].get("own_attack_images") if scored else None
+    return out
 
 
 def _victims_mean(report: MultiSummary, score: str) -> float:

@@ -14,7 +14,7 @@ from splitnn.common.devices import export_device
 from splitnn.common.logs import configure_logging
 from splitnn.common.models import DECODER_EPOCHS
 from splitnn.common.processes import raise_on_sigterm
-from splitnn.common.reports import MultiSummary
+from splitnn.common.reports import MultiSummary, VictimSummary
 from splitnn.common.threats import THREATS
 from splitnn.common.topology import DEFAULT, NAMES, describe
 from splitnn.options import (
@@ -139,7 +139,8 @@ def main(*, as_json: bool, quiet: bool, verbose: int, **options: Any) -> None:
     where all end with one part 1, round-robin and splitfed, victims score alike), and
     own_attack_mse, own_attack_psnr, own_attack_ssim on its own training share as the server
     received it (each image's last tensor, from the victim's part 1 of then;
-    own_attack_images of them).
+    own_attack_images of them); beside them the trivial baselines on its deployment tensors
+    (attack_baseline_mean_mse, attack_baseline_class_mse).
 
     --dp-epsilon E (or --dp-noise-multiplier S) trains the victim's part 1 with DP-SGD (see
     splitnn-client --help; a lone victim, without --nopeek); --json adds `dp_epsilon` (spent,
@@ -269,9 +270,27 @@ def _print_multi(s: MultiSummary) -> None:
             click.echo(f"  holder {v.holder}: MSE {v.own_attack_mse:.4f}  PSNR "
                        f"{v.own_attack_psnr:.2f}  SSIM {v.own_attack_ssim:.3f}  "
                        f"({v.own_attack_images} images)")  # fmt: skip
+        based = [v for v in s.victims if v.attack_baseline_mean_mse is not None]
+        if based:
+            click.echo("trivial baselines on the deployment tensors (MSE; margin = baseline - "
+                       "attack, > 0: the attack does better):")  # fmt: skip
+        for v in based:
+            click.echo(f"  holder {v.holder}: {_baselines(v)}")
     if s.test_samples is not None:
         click.echo(f"test accuracies on {s.test_samples} test images")
     click.echo(f"wire log: {s.wire_log}; wall time {s.seconds:.0f} s")
+
+
+def _baselines(v: VictimSummary) -> str:
+    """A victim's trivial baselines and the attack's margins over them."""
+    parts = []
+    for name, mse in (
+        ("mean image", v.attack_baseline_mean_mse),
+        ("class-mean image", v.attack_baseline_class_mse),
+    ):
+        if mse is not None:
+            parts.append(f"{name} {mse:.4f} (margin {mse - v.attack_mse:+.4f})")
+    return ", ".join(parts)
 
 
 def _dp(s: SimSummary) -> str:

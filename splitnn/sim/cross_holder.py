@@ -245,4 +245,6 @@ def _victim(report: RunReport, attack: AttackReport, own: dict[str, float | int]
         own_attack_psnr=float(own["own_attack_psnr"]) if own else None,
         own_attack_ssim=float(own["own_attack_ssim"]) if own else None,
         own_attack_images=int(own["own_attack_images"]) if own else None,
+        attack_baseline_mean_mse=attack.baselines.get("mean_image", {}).get("mse"),
+        attack_baseline_class_mse=attack.baselines.get("class_mean_image", {}).get("mse"),
     )

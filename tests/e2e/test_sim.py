@@ -88,6 +88,9 @@ def test_holders_colluder_attacks_every_other_holder(tmp_path: Path) -> None:
         assert 0.0 <= victim["attack_ssim"] <= 1.0 and victim["attack_mse"] > 0.0
         assert 0.0 <= victim["attack_validator_accuracy"] <= 100.0
         assert Path(victim["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # The trivial baselines, measured by the same attack on the same tensors.
+        assert 0.0 < victim["attack_baseline_class_mse"] < 1.0
+        assert 0.0 < victim["attack_baseline_mean_mse"] < 1.0
     # Each victim has its own part 1 and noise: their tensors, so their scores, differ.
     assert victims[0]["attack_mse"] != victims[1]["attack_mse"]
     # One decoder, trained on the colluder's part 1, serves every victim.

@@ -393,6 +393,10 @@ def test_one_row_per_victim_from_the_programs_summary() -> None:
         "own_attack_psnr": None,
         "own_attack_ssim": None,
         "own_attack_images": None,
+        "attack_baseline_mean_mse": None,
+        "attack_baseline_class_mse": None,
+        "mse_margin_mean": None,
+        "mse_margin_class": None,
     }
     assert rows[0]["victim"] == 1
     assert rows[0]["attack_ssim"] == 0.61
@@ -583,3 +587,30 @@ def test_only_without_simulations_or_with_an_empty_pattern_is_a_usage_error(
 
     assert result.exit_code == 2
     assert message in result.output
+
+
+def _with_baselines(data: dict[str, Any], class_mse: float) -> dict[str, Any]:
+    """`data` with the trivial baselines of every victim (mean image 0.07)."""
+    for victim in data["victims"]:
+        victim.update(attack_baseline_mean_mse=0.07, attack_baseline_class_mse=class_mse)
+    return data
+
+
+def test_margins_over_the_baselines_are_per_seed_then_averaged() -> None:
+    # Victim 1's attack MSE is 0.01 in every seed (see `summary`).
+    runs = [
+        *multi_rows(_record(_with_baselines(summary(holders=2, seed=0), 0.05))),
+        *multi_rows(_record(_with_baselines(summary(holders=2, seed=1), 0.03))),
+        *multi_rows(_record(summary(holders=2, seed=2))),  # reported no baselines
+    ]
+    assert runs[0]["mse_margin_class"] == pytest.approx(0.04)
+    assert runs[0]["mse_margin_mean"] == pytest.approx(0.06)
+    assert runs[2]["mse_margin_class"] is None
+
+    (row,) = multi_table_rows(runs)
+
+    assert row["seeds"] == 3
+    assert row["attack_baseline_class_mse"] == pytest.approx(0.04)
+    assert row["mse_margin_class"] == pytest.approx(0.03)
+    assert row["mse_margin_class_se"] == pytest.approx(0.01)
+    assert row["mse_margin_mean"] == pytest.approx(0.06) and row["mse_margin_mean_se"] == 0.0

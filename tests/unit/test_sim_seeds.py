@@ -175,7 +175,9 @@ def test_multi_holder_seeds_aggregate_each_victim(monkeypatch: pytest.MonkeyPatc
                                attack_mse=0.02, attack_psnr=17.0, attack_ssim=0.3 + cfg.seed,
                                attack_validator_accuracy=80.0, validator_accuracy_originals=95.0,
                                figure="f", own_attack_mse=0.03, own_attack_psnr=15.0,
-                               own_attack_ssim=0.2, own_attack_images=1500)  # fmt: skip
+                               own_attack_ssim=0.2, own_attack_images=1500,
+                               attack_baseline_mean_mse=0.07,
+                               attack_baseline_class_mse=0.05 + 0.01 * cfg.seed)  # fmt: skip
         return MultiSummary(
             topology=cfg.topology, holders=2, partition="iid", alpha=None, colluder=0,
             dataset="mnist5k", epochs=1, seed=cfg.seed, noise=0.0, nopeek=0.0,
@@ -192,6 +194,14 @@ def test_multi_holder_seeds_aggregate_each_victim(monkeypatch: pytest.MonkeyPatc
     (victim,) = out["victims"]
     assert victim["attack_ssim"] == pytest.approx(0.8) and victim["attack_ssim_se"] > 0
     assert victim["own_attack_mse"] == 0.03 and victim["own_attack_mse_se"] == 0.0
+    assert victim["attack_baseline_class_mse"] == pytest.approx(0.055)
+    assert victim["attack_baseline_class_mse_se"] == pytest.approx(0.005)
+    text = CliRunner().invoke(sim_cli.main, ["--holders", "2"])
+    assert text.exit_code == 0, text.output
+    assert (
+        "holder 1: mean image 0.0700 (margin +0.0500), class-mean image 0.0500 (margin +0.0300)"
+        in text.output
+    )
     assert "seed" not in out and out["seeds"] == [0, 1] and len(out["runs"]) == 2
 
 
