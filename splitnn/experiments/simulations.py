@@ -13,6 +13,7 @@ its own flags and settings, how its report is checked, and which files a record 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -145,13 +146,19 @@ class SimulationGroup(Generic[T, R]):
         return self.load(cfg, spec, settings=self.settings(spec, cfg))
 
     def simulate(self, spec: T, cfg: ExperimentConfig) -> R:
-        """Runs one simulation to completion; writes and returns its record.
+        """Runs one simulation to completion, from scratch (its work and model folders emptied
+        first); writes and returns its record.
 
         Raises:
             ProcessError: splitnn-sim failed or reported something else (the message ends with
                 its log).
         """
         path = self.record_path(cfg.runs_dir, spec)
+        # A run that is not done starts over: what an interrupted attempt left in the run's own
+        # folders (the server's group saves, the holders' states) would make the new parties
+        # refuse to start afresh.
+        for folder in (self.workdir(spec, cfg), self.model_dir(spec, cfg)):
+            shutil.rmtree(folder, ignore_errors=True)
         report, seconds = simulate_json(
             self.sim_args(spec, cfg),
             log_path=path.with_suffix(".log"),

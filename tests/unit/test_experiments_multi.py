@@ -614,3 +614,24 @@ def test_margins_over_the_baselines_are_per_seed_then_averaged() -> None:
     assert row["mse_margin_class"] == pytest.approx(0.03)
     assert row["mse_margin_class_se"] == pytest.approx(0.01)
     assert row["mse_margin_mean"] == pytest.approx(0.06) and row["mse_margin_mean_se"] == 0.0
+
+
+def test_a_simulation_starts_over_from_empty_folders(tmp_path: Path, fake_sim: FakeSim) -> None:
+    # An interrupted attempt left the server's group save and a holder's state behind.
+    cfg, spec = _cfg(tmp_path), _spec()
+    stale = [
+        MULTI.model_dir(spec, cfg) / "groups" / "sim" / "27.group.ckpt",
+        MULTI.workdir(spec, cfg) / "wire.log",
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left over")
+    other = MULTI.model_dir(_spec(topology="splitfed"), cfg) / "kept"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"another run's")
+
+    MULTI.simulate(spec, cfg)
+
+    assert not any(path.exists() for path in stale)
+    assert other.read_bytes() == b"another run's"
+    assert MULTI.record(cfg, spec) is not None
