@@ -18,6 +18,7 @@ harness's holders send sample indices, so the true images are known).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -138,6 +139,9 @@ def run_multi(cfg: MultiConfig) -> MultiSummary:
     tls, credentials = certificates(cfg.workdir, names)
     # Each index is its own holder's: no other party can take it.
     group = ["--group", f"{GROUP}={cfg.topology}:{cfg.holders}@{','.join(names)}"]
+    # The holders start afresh (`--restart`); so does the simulation's group: the saves an
+    # interrupted simulation left would make its server refuse the fresh holders.
+    shutil.rmtree(cfg.model_dir / "groups" / GROUP, ignore_errors=True)
     with colluding_server(cfg, log=log, tls=tls, extra=group) as server:
         reports = _train_holders(cfg, server.address, credentials)
     colluder = reports[cfg.colluder]

@@ -104,3 +104,34 @@ def test_sigterm_to_the_grid_stops_every_run_under_way(tmp_path: Path) -> None:
     assert code == 130, err[-2000:]
     assert "splitnn-experiments: terminated (SIGTERM)" in err
     assert sum("splitnn-server" in line for line in children.values()) == 2
+
+
+def _last_save(folder: Path) -> int:
+    """The number of the group's newest save (``<n>.group.ckpt``); -1 without one."""
+    return max((int(p.name.split(".")[0]) for p in folder.glob("*.group.ckpt")), default=-1)
+
+
+@pytest.mark.slow
+def test_a_group_simulation_interrupted_after_a_save_runs_again_from_the_start(
+    tmp_path: Path,
+) -> None:
+    # Prepare: two holders in a round-robin group, stopped once the group has saved past both
+    # holders' second epoch (from then on its server keeps no replies from a holder's start).
+    args = [str(BIN / "splitnn-sim"), "--holders", "2", "--topology", "round-robin"]
+    args += ["--epochs", "5", "--max-steps", "10", "--attack-epochs", "1"]
+    args += ["--validator-epochs", "1", "--workdir", str(tmp_path / "run"), "--json", "-q"]
+    args += ["--model-dir", str(tmp_path / "models"), "--figure", str(tmp_path / "f.png")]
+    saves = tmp_path / "models" / "groups" / "sim"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _last_save(saves) < 7 and time.monotonic() < deadline:
+        assert process.poll() is None, "the simulation ended before its group saved"
+        time.sleep(0.2)
+    code, err = _terminate(process, _children_of(process.pid))
+    assert code == 130, err[-2000:]
+    assert _last_save(saves) >= 7  # what the interrupted run left
+    # Execute: the same simulation again, same folders.
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    # Assert: it starts over instead of the server refusing the fresh holders.
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume it (--resume)" not in done.stderr
