@@ -192,8 +192,8 @@ class VictimSummary:
     tensors with sample indices. No validator score on them: the validator was trained on the
     same training images. ``attack_baseline_mean_mse`` and ``attack_baseline_class_mse``: the
     trivial baselines on the deployment tensors, measured by the same attack run (the mean
-    public image; the mean public image of the class the server's head predicts for each
-    tensor); None where the attack did not report them.
+    public image; the mean public image of the class the attack assigns each tensor, see
+    `splitnn.attacker.app.assigned_classes`); None where the attack did not report them.
     """
 
     # The measurements (a mean and standard error each over several seeds).

@@ -16,7 +16,7 @@ from splitnn.experiments.attacks import attack_records
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.plots import line_plot, stack_images
 from splitnn.experiments.records import AttackRecord
-from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
+from splitnn.experiments.tables import aggregate, mean_se, optional_mean_se, upsert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +155,6 @@ def attack_row(record: Record) -> dict[str, Any]:
     }
 
 
-def _optional_mean(values: Sequence[Any]) -> tuple[float | None, float | None]:
-    present = [float(v) for v in values if v is not None]
-    return mean_se(present) if present else (None, None)
-
-
 def attack_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """One row of attack_performances.csv per attack (`attack_name`): the mean over its seeds of
     every score, baseline and margin, each with its standard error (`_se`, empty for one seed),
@@ -174,7 +169,7 @@ def attack_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
         row["seeds"] = len(runs)
         row.update(aggregate(runs, _AVERAGED))
         for field in BASELINE_FIELDS:
-            row[field], row[f"{field}_se"] = _optional_mean([run[field] for run in runs])
+            row[field], row[f"{field}_se"] = optional_mean_se([run[field] for run in runs])
         out.append(row)
     return out
 

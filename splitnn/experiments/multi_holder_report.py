@@ -17,7 +17,7 @@ from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSp
 from splitnn.experiments.multi_holder_runs import MULTI
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
-from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
+from splitnn.experiments.tables import aggregate, mean_se, mse_margin, optional_mean_se, upsert_rows
 
 MULTI_CSV = "multi_holder_attacks.csv"
 MULTI_RUNS_CSV = "multi_holder_runs.csv"
@@ -85,7 +85,7 @@ def multi_rows(record: MultiRecord) -> list[dict[str, Any]]:
             "mean_test_accuracy": mean_accuracy,
             **{name: getattr(victim, name) for name in (*_ATTACK, *_OWN, *_BASELINES)},
             **{
-                margin: _margin(getattr(victim, baseline), victim.attack_mse)
+                margin: mse_margin(getattr(victim, baseline), victim.attack_mse)
                 for margin, baseline in zip(_MARGINS, _BASELINES, strict=True)
             },
             "own_attack_images": victim.own_attack_images,
@@ -130,20 +130,12 @@ def multi_table_rows(
     return out
 
 
-def _margin(baseline: float | None, attack: float) -> float | None:
-    return None if baseline is None else baseline - attack
-
-
 def _aggregate_present(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Each optional score's mean and standard error over the seeds that have it (None where
     none has), and the lowest own-scored seed's image count."""
     out: dict[str, Any] = {}
     for field in _OPTIONAL:
-        present = [run for run in seeds if run.get(field) not in (None, "")]
-        if present:
-            out.update(aggregate(present, (field,)))
-        else:
-            out[field] = out[f"{field}_se"] = None
+        out[field], out[f"{field}_se"] = optional_mean_se(run.get(field) for run in seeds)
     scored = [run for run in seeds if run.get("own_attack_mse") not in (None, "")]
     out["own_attack_images"] = scored[0].get("own_attack_images") if scored else None
     return out

@@ -44,6 +44,19 @@ def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, statistics.stdev(values) / math.sqrt(len(values))
 
 
+def optional_mean_se(values: Iterable[Any]) -> tuple[float | None, float | None]:
+    """`mean_se` of the values that are there (not None, not an empty CSV cell); (None, None)
+    when none is."""
+    present = [float(v) for v in values if v not in (None, "")]
+    return mean_se(present) if present else (None, None)
+
+
+def mse_margin(baseline: float | None, attack: float) -> float | None:
+    """A baseline's MSE minus the attack's (one run): positive = the attack beat the baseline;
+    None without the baseline."""
+    return None if baseline is None else baseline - attack
+
+
 def aggregate(
     runs: Sequence[Mapping[str, float]], fields: Iterable[str]
 ) -> dict[str, float | None]:

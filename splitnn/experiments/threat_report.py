@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import ThreatSetting, ThreatSpec, threat_settings
 from splitnn.experiments.plots import grid_rows, stack_strips
-from splitnn.experiments.tables import aggregate, mean_se, upsert_rows
+from splitnn.experiments.tables import aggregate, mse_margin, optional_mean_se, upsert_rows
 from splitnn.experiments.threat_records import ThreatRecord
 from splitnn.experiments.threat_runs import THREATS
 
@@ -58,16 +58,6 @@ def by_setting(done: Sequence[tuple[ThreatSpec, ThreatRecord]]) -> list[Row]:
     return sorted(rows.items(), key=lambda item: order.get(item[0], len(order)))
 
 
-def _optional_mean(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    present = [v for v in values if v is not None]
-    return mean_se(present) if present else (None, None)
-
-
-def _margin(baseline: float | None, attack: float) -> float | None:
-    """Baseline MSE - attack MSE of one run: positive = the attack beat the baseline."""
-    return None if baseline is None else baseline - attack
-
-
 def threat_row(
     setting: ThreatSetting,
     runs: Sequence[tuple[ThreatSpec, ThreatRecord]],
@@ -98,23 +88,23 @@ def threat_row(
     }
     steps = [r.guard_detected_at_step for r in reports]
     detected = [float(s) for s in steps if s is not None]
-    mean, se = _optional_mean(detected)
+    mean, se = optional_mean_se(detected)
     out["guard_detected_at_step"], out["guard_detected_at_step_se"] = mean, se
     out["guard_detections"] = len(detected) if setting.defence.guard is not None else None
     at_alarm = [r.attack_at_alarm["train_mse"] for r in reports if r.attack_at_alarm]
-    mean, se = _optional_mean(at_alarm)
+    mean, se = optional_mean_se(at_alarm)
     out["attack_train_mse_at_alarm"], out["attack_train_mse_at_alarm_se"] = mean, se
     lowest = [r.guard_lowest_score for r in reports if r.guard_lowest_score is not None]
     out["guard_lowest_score"] = min(lowest) if lowest else None
     for field in _OPTIONAL:
-        out[field], out[f"{field}_se"] = _optional_mean([getattr(r, field) for r in reports])
+        out[field], out[f"{field}_se"] = optional_mean_se([getattr(r, field) for r in reports])
     for name, baseline in (
         ("mean", "attack_baseline_mean_mse"),
         ("class", "attack_baseline_class_mse"),
     ):
-        margins = [_margin(getattr(r, baseline), r.attack_mse) for r in reports]
-        out[f"mse_margin_{name}"], out[f"mse_margin_{name}_se"] = _optional_mean(margins)
-    dp_spent, dp_spent_se = _optional_mean([r.dp_epsilon for r in reports])
+        margins = [mse_margin(getattr(r, baseline), r.attack_mse) for r in reports]
+        out[f"mse_margin_{name}"], out[f"mse_margin_{name}_se"] = optional_mean_se(margins)
+    dp_spent, dp_spent_se = optional_mean_se([r.dp_epsilon for r in reports])
     settings = first.settings
     return {
         **out,
