@@ -18,12 +18,21 @@ import torch
 from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused, SessionSettings
 from splitnn.common import exits
 from splitnn.common.credentials import Credentials
+from splitnn.common.devices import cpu_threads
 from splitnn.common.models import CUT_SHAPE
 from splitnn.proto import splitnn_pb2 as pb
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from splitnn.sim import cli as sim_cli
 from splitnn.sim.app import SimConfig
+
+# The test workers share the machine's cores: each worker, and every program a test starts
+# (whose default is every core: `splitnn.common.devices.cpu_threads`), computes on its share.
+# Two workers that each spin every core's thread on a 2-core machine run the suite a fifth slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    torch.set_num_threads(cpu_threads())
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from splitnn.common.checkpoints import (
     setting_tag,
 )
 from splitnn.common.datasets import DatasetSplits, load_splits
-from splitnn.common.devices import use_device
+from splitnn.common.devices import cpu_threads, use_device
 from splitnn.common.models import build_body
 from splitnn.common.noise import LaplaceNoise
 from splitnn.common.reports import GroupReport, GuardScore, RunReport
@@ -64,7 +63,7 @@ def run(cfg: ClientConfig) -> RunReport:
         by the CLI as one line.
     """
     use_device(cfg.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or cpu_threads())
     trained: dict[str, torch.Tensor] | None = None
     trained_run = ""
     if cfg.from_checkpoint is not None:

@@ -54,7 +54,12 @@ from splitnn.programs import program
     default=None,
     help="Session name on the server. Default: from dataset, noise, nopeek, seed.",
 )
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Default: all cores.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Torch threads. Default: OMP_NUM_THREADS where set, else all cores.",
+)
 @option_table(
     ("--deploy", FLAG, None, "After training, run the attack-evaluation images through the model."),
 )

@@ -26,7 +26,7 @@ class ClientConfig:
         model_dir: client checkpoints go to ``model_dir/classifiers``.
         data_dir: where torchvision datasets are stored / downloaded.
         run: session name on the server; None derives it from the settings.
-        threads: torch threads; None: all cores.
+        threads: torch threads; None: OMP_NUM_THREADS where set, else all cores.
         deploy: after training, put the attack-evaluation slice through the model (the
             victim's deployment-time inference that a colluding server can intercept).
         progress: show progress bars.

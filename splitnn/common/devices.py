@@ -62,6 +62,16 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(f"cuda:{index}")
 
 
+def cpu_threads() -> int:
+    """The CPU threads a process may use when not told: ``OMP_NUM_THREADS`` where the
+    environment sets it to a positive integer (a scheduler's or the grid's share of the cores),
+    else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return os.cpu_count() or 1
+
+
 def use_device(device: torch.device | str) -> torch.device:
     """Makes `device` (a resolved device, or a name for `resolve_device`) the process's compute
     device and returns it."""

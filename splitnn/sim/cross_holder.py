@@ -17,7 +17,6 @@ harness's holders send sample indices, so the true images are known).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from splitnn.common.commands import AttackCommand, ClientCommand, run_attacker, 
 from splitnn.common.credentials import Credentials
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
+from splitnn.common.devices import cpu_threads
 from splitnn.common.processes import ProcessError, worker_pool
 from splitnn.common.reports import (
     AttackReport,
@@ -97,7 +97,7 @@ def member_command(
     )
     # Holders that take turns leave the cores to whoever trains; parallel ones share them.
     parallel = topology(cfg.topology).schedule is None
-    threads = max(1, (os.cpu_count() or 1) // cfg.holders) if parallel else None
+    threads = max(1, cpu_threads() // cfg.holders) if parallel else None
     return replace(
         command,
         threads=threads,

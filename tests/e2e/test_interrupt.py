@@ -118,7 +118,7 @@ def test_a_group_simulation_interrupted_after_a_save_runs_again_from_the_start(
     # Prepare: two holders in a round-robin group, stopped once the group has saved past both
     # holders' second epoch (from then on its server keeps no replies from a holder's start).
     args = [str(BIN / "splitnn-sim"), "--holders", "2", "--topology", "round-robin"]
-    args += ["--epochs", "5", "--max-steps", "10", "--attack-epochs", "1"]
+    args += ["--epochs", "5", "--max-steps", "3", "--attack-epochs", "1"]
     args += ["--validator-epochs", "1", "--workdir", str(tmp_path / "run"), "--json", "-q"]
     args += ["--model-dir", str(tmp_path / "models"), "--figure", str(tmp_path / "f.png")]
     saves = tmp_path / "models" / "groups" / "sim"

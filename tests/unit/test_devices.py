@@ -56,6 +56,22 @@ def test_cuda_without_cuda_says_so() -> None:
         resolve_device("cuda")
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3), (" 1 ", 1), ("0", None), ("-2", None), ("two", None), (None, None)],
+)
+def test_cpu_threads_take_the_share_the_environment_sets(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: int | None
+) -> None:
+    # A scheduler's or the grid's OMP_NUM_THREADS is the process's share; otherwise every core.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert devices.cpu_threads() == (16 if expected is None else expected)
+
+
 def test_models_are_built_on_the_compute_device_with_the_same_weights() -> None:
     on_cpu = build_body(3).state_dict()
     chosen = devices.use_device("auto")
