@@ -179,12 +179,16 @@ class SimulationGroup(Generic[T, R]):
         """Runs every simulation of the group that is not done yet; see `runner.run_jobs`.
         The validators of their seeds are trained first (`runner.prepare_validators`)."""
         specs = self.specs(cfg)
-        if cfg.only and not specs:
-            example = self.grid(dataset=cfg.dataset, seeds=1, epochs=cfg.epochs, max_steps=None)
-            logger.warning(
-                "%s: --only %s matches none of its runs (their names are like %s)",
-                self.folder, " ".join(cfg.only), example[0].name,
-            )  # fmt: skip
+        if cfg.only:  # each pattern that selects nothing, even beside others that do
+            every = self.grid(
+                dataset=cfg.dataset, seeds=cfg.seeds, epochs=cfg.epochs, max_steps=cfg.max_steps
+            )
+            for pattern in cfg.only:
+                if not any(fnmatchcase(spec.name, pattern) for spec in every):
+                    logger.warning(
+                        "%s: --only %s matches none of its runs (their names are like %s)",
+                        self.folder, pattern, every[0].name,
+                    )  # fmt: skip
         to_run = specs if cfg.force else [s for s in specs if self.record(cfg, s) is None]
         if to_run:
             prepare_validators(cfg, {s.seed for s in to_run})

@@ -573,6 +573,21 @@ def test_only_that_matches_nothing_runs_nothing_and_says_so(
     assert "mnist5k_multi_shared-head_k2_iid_00noise_00nopeek" in caplog.text
 
 
+def test_only_names_each_pattern_that_matches_nothing_beside_one_that_matches(
+    tmp_path: Path, fake_sim: FakeSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistyped pattern beside a good one must not pass unnoticed: its runs would be missing.
+    only = ("*_k2_iid_00noise_*", "*_k2_dirichlet*", "*_splitfed_k8_dir05_*_seed1")
+    cfg = _cfg(tmp_path, seeds=2, only=only)
+
+    MULTI.run(cfg)
+
+    assert len(fake_sim.calls) == 3 * 2 + 1  # three topologies x two seeds, and seed 1 of one
+    assert "--only *_k2_dirichlet* matches none of its runs" in caplog.text
+    assert "--only *_k2_iid_00noise_* matches none" not in caplog.text
+    assert "_seed1 matches none" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
