@@ -65,6 +65,7 @@ class HijackedConfig:
     data_dir: Path = Path("data")
     model_dir: Path = Path("models")
     seed: int = 0
+    validator_epochs: int = 5
     curve: Path | None = None
     figure: Path | None = None
     shown: int = 4  # snapshots drawn in the figure, spread over the curve
@@ -184,7 +185,11 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     splits = load_splits(cfg.dataset, root=cfg.data_dir)
     originals, labels = ground_truth(splits.attack, intercepted.indices)
     validator = load_or_train_validator(
-        splits=splits, model_dir=cfg.model_dir, seed=cfg.seed, progress=False
+        splits=splits,
+        model_dir=cfg.model_dir,
+        seed=cfg.seed,
+        epochs=cfg.validator_epochs,
+        progress=False,
     )
     batches = training_tensors(cfg.from_log, run=intercepted.run)
     curve: list[dict[str, float]] = []

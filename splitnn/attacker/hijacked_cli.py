@@ -41,6 +41,13 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @dir_option("--model-dir", "models", help="Where the validator is kept (trained if missing).")
 @seed_option(help="Seeds the validator.")
 @click.option(
+    "--validator-epochs",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Epochs of the validation classifier if it must be trained first.",
+)
+@click.option(
     "--curve",
     type=_FILE,
     default=None,

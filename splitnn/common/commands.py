@@ -199,6 +199,7 @@ class HijackedCommand:
     data_dir: Path | None = None
     model_dir: Path | None = None
     seed: int | None = None
+    validator_epochs: int | None = None
     curve: Path | None = None
     figure: Path | None = None
     quiet: bool = False
@@ -214,6 +215,7 @@ class HijackedCommand:
                 ("--data-dir", self.data_dir),
                 ("--model-dir", self.model_dir),
                 ("--seed", self.seed),
+                ("--validator-epochs", self.validator_epochs),
                 ("--curve", self.curve),
                 ("--figure", self.figure),
             ]

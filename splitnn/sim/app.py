@@ -348,6 +348,7 @@ def run(cfg: SimConfig) -> SimSummary:
                 # `splitnn-attack hijacked` keeps only its validator in its model folder.
                 model_dir=cfg.model_dir if cfg.validator_dir is None else cfg.validator_dir,
                 seed=cfg.seed,
+                validator_epochs=cfg.validator_epochs,
                 curve=cfg.workdir / "curve.csv",
                 figure=cfg.figure,
                 quiet=cfg.quiet,

@@ -125,8 +125,8 @@ def test_a_hijacking_server_against_a_guarded_victim(tmp_path: Path) -> None:
     assert isinstance(curve, list) and [row["step"] for row in curve] == [4, 8, 12]
     assert summary["attack_mse"] == curve[-1]["mse"]  # the final snapshot is the attack
     assert str(summary["attacker"]).endswith("decoder_step=12.ckpt")
-    # `splitnn-attack hijacked` keeps its validator where --validator-dir says.
-    assert validator_path(tmp_path / "shared", "mnist5k", 0).is_file()
+    # `splitnn-attack hijacked` keeps its validator where --validator-dir says, of the epochs asked.
+    assert validator_path(tmp_path / "shared", "mnist5k", 0, 1).is_file()
     scores = summary["guard_scores"]
     assert isinstance(scores, list) and scores  # 10 steps at P_f = 0.5: a fake batch, surely
     alarm = summary["guard_detected_at_step"]

@@ -78,6 +78,7 @@ HIJACKED = HijackedCommand(
     data_dir=Path("d"),
     model_dir=Path("m"),
     seed=3,
+    validator_epochs=2,
     curve=Path("c.csv"),
     figure=Path("f.png"),
     quiet=True,
