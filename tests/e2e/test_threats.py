@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
+from splitnn.attacker.validator import build_validator, validator_path
+from splitnn.common.checkpoints import save_checkpoint
 from splitnn.common.processes import child_env, program
+from splitnn.common.seeds import SEEDING
 from splitnn.experiments.config import ExperimentConfig
 from splitnn.experiments.grid import Defence, ThreatSetting, ThreatSpec
 from splitnn.experiments.plots import grid_rows
@@ -43,6 +46,13 @@ def test_the_colluding_row_through_the_real_simulation(tmp_path: Path) -> None:
         data_fingerprint="e2e",
     )
     spec = ThreatSpec("mnist5k", ThreatSetting("colluding", Defence()), 0, 1, max_steps=3)
+    # A stand-in validator where the grid keeps it: this test checks the row's plumbing, not how
+    # well reconstructions classify (training one would take half of the test's time).
+    save_checkpoint(
+        validator_path(cfg.model_dir, "mnist5k", 0),
+        build_validator(0, 10).state_dict(),
+        {"part": "validator", "seeding": SEEDING},
+    )
 
     record = THREATS.simulate(spec, cfg)
     lines = write_threat_tables(cfg, test_images=500)
