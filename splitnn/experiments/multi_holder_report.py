@@ -13,7 +13,12 @@ from typing import Any
 from splitnn.common.reports import MultiSummary
 from splitnn.common.topology import NAMES as TOPOLOGIES
 from splitnn.experiments.config import ExperimentConfig
-from splitnn.experiments.grid import MULTI_HOLDERS, MULTI_NOISE_HOLDERS, MultiSpec
+from splitnn.experiments.grid import (
+    DIRICHLET_ALPHA,
+    MULTI_HOLDERS,
+    MULTI_NOISE_HOLDERS,
+    MultiSpec,
+)
 from splitnn.experiments.multi_holder_runs import MULTI
 from splitnn.experiments.plots import Panel, Series, panels_plot
 from splitnn.experiments.records import MultiRecord
@@ -163,21 +168,31 @@ def topology_series(
     return out
 
 
-def write_multi_figure(reports: Sequence[MultiSummary], path: Path) -> Path:
-    """Left: attack SSIM on the victims (iid, noise-free victims) against K, per topology.
-    Right: the validator's accuracy on reconstructions against the victims' noise b at K = 4
-    (iid), per topology, with a dashed 50 % line. Missing settings are not plotted."""
-    iid = [r for r in reports if r.partition == "iid" and r.nopeek == 0 and r.colluder_noise == 0]
-    plain = [r for r in iid if r.noise == 0]
+def multi_panels(reports: Sequence[MultiSummary]) -> list[Panel]:
+    """The figure's panels, from noise-free colluders without NoPeek. Left: attack SSIM on the
+    victims against K per topology, iid shares, noise-free victims. Middle: the same with
+    Dirichlet (alpha `DIRICHLET_ALPHA`) shares. Right: the validator's accuracy on
+    reconstructions against the victims' noise b at K = 4 (iid), with a dashed 50 % line."""
+    plain = [r for r in reports if r.nopeek == 0 and r.colluder_noise == 0]
+    iid = [r for r in plain if r.partition == "iid"]
+    skewed = [r for r in plain if r.partition == "dirichlet" and r.alpha == DIRICHLET_ALPHA]
     at_k = [r for r in iid if r.holders == MULTI_NOISE_HOLDERS]
-    panels = [
-        Panel(
-            topology_series(plain, lambda r: float(r.holders), "attack_ssim"),
+
+    def against_k(shares: Sequence[MultiSummary], title: str) -> Panel:
+        return Panel(
+            topology_series(
+                [r for r in shares if r.noise == 0], lambda r: float(r.holders), "attack_ssim"
+            ),
             xlabel="data holders K (holder 0 colludes with the server)",
             ylabel="attack SSIM (mean over victims)",
-            title="Attack on non-colluding victims, iid, b = 0",
+            title=title,
             xticks=MULTI_HOLDERS,
-        ),
+            ylim=(0.0, 1.0),  # both panels on one scale: SSIM is at most 1
+        )
+
+    return [
+        against_k(iid, "Attack on non-colluding victims, iid, b = 0"),
+        against_k(skewed, f"Dirichlet (alpha {DIRICHLET_ALPHA:g}) shares, b = 0"),
         Panel(
             topology_series(at_k, lambda r: r.noise, "attack_validator_accuracy"),
             xlabel="victims' Laplace noise b",
@@ -186,7 +201,13 @@ def write_multi_figure(reports: Sequence[MultiSummary], path: Path) -> Path:
             reference=(50.0, "50 %"),
         ),
     ]
-    return panels_plot(path, panels, title="Model inversion with several data holders")
+
+
+def write_multi_figure(reports: Sequence[MultiSummary], path: Path) -> Path:
+    """Writes `multi_panels(reports)` side by side; missing settings are not plotted."""
+    return panels_plot(
+        path, multi_panels(reports), title="Model inversion with several data holders"
+    )
 
 
 def summary_line(spec: MultiSpec, record: MultiRecord) -> str:

@@ -34,6 +34,7 @@ class Panel:
     Attributes:
         xticks: the x positions to label (None: matplotlib's choice).
         reference: a dashed horizontal line: (y, its legend label).
+        ylim: the y axis's (bottom, top) (None: matplotlib's choice).
     """
 
     series: Mapping[str, Series]
@@ -42,6 +43,7 @@ class Panel:
     title: str
     xticks: Sequence[float] | None = None
     reference: tuple[float, str] | None = None
+    ylim: tuple[float, float] | None = None
 
 
 def line_plot(
@@ -73,6 +75,8 @@ def _draw(ax: Axes, panel: Panel) -> None:
         ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
     if panel.xticks is not None:
         ax.set_xticks(list(panel.xticks))
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.set_title(panel.title)

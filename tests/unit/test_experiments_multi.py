@@ -23,6 +23,7 @@ from splitnn.experiments.multi_holder_report import (
     MULTI_COLUMNS,
     MULTI_CSV,
     MULTI_RUNS_CSV,
+    multi_panels,
     multi_rows,
     multi_table_rows,
     topology_series,
@@ -475,7 +476,7 @@ def test_series_are_means_over_victims_then_seeds_per_topology() -> None:
     assert list(ys) == pytest.approx([0.1])
 
 
-def test_the_figure_has_two_panels(tmp_path: Path) -> None:
+def test_the_figure_has_three_panels(tmp_path: Path) -> None:
     reports = [
         MultiSummary.from_json(summary(topology=t, holders=k))
         for t in ("round-robin", "splitfed")
@@ -492,7 +493,42 @@ def test_the_figure_has_two_panels(tmp_path: Path) -> None:
 
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     height, width = imread(path).shape[:2]
-    assert (height, width) == (round(120 * 4.2), round(120 * 2 * 6.4))
+    assert (height, width) == (round(120 * 4.2), round(120 * 3 * 6.4))
+
+
+def test_dirichlet_shares_have_their_own_panel_and_stay_out_of_the_iid_ones() -> None:
+    iid = [
+        MultiSummary.from_json(summary(topology="shared-head", holders=k, ssim=(0.5,) * (k - 1)))
+        for k in (2, 4)
+    ]
+    skewed = [
+        MultiSummary.from_json(
+            summary(
+                topology="shared-head",
+                holders=k,
+                partition="dirichlet",
+                alpha=0.5,
+                ssim=(0.1,) * (k - 1),
+                validator=(30.0,) * (k - 1),
+            )
+        )
+        for k in (2, 4)
+    ]
+    other_alpha = MultiSummary.from_json(
+        summary(topology="splitfed", holders=2, partition="dirichlet", alpha=5.0)
+    )
+
+    by_k_iid, by_k_skewed, by_noise = multi_panels([*iid, *skewed, other_alpha])
+
+    assert list(by_k_iid.series) == ["shared-head"]
+    assert list(by_k_iid.series["shared-head"][1]) == pytest.approx([0.5, 0.5])
+    assert list(by_k_skewed.series) == ["shared-head"]  # alpha 5 is not this panel's alpha
+    assert list(by_k_skewed.series["shared-head"][0]) == [2.0, 4.0]
+    assert list(by_k_skewed.series["shared-head"][1]) == pytest.approx([0.1, 0.1])
+    assert "Dirichlet (alpha 0.5)" in by_k_skewed.title
+    assert by_k_iid.ylim == by_k_skewed.ylim == (0.0, 1.0)  # one scale to compare them on
+    assert list(by_noise.series["shared-head"][2]) == [None]  # K = 4, iid only: one seed
+    assert list(by_noise.series["shared-head"][1]) == pytest.approx([88.0])
 
 
 def _with_own(data: dict[str, Any], mse: float) -> dict[str, Any]:
