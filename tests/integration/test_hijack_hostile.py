@@ -16,6 +16,7 @@ import torch
 
 import tests.integration.test_security as security_tests
 from splitnn.proto import splitnn_pb2 as pb
+from splitnn.server import hijack
 from splitnn.server.app import RunningServer, build_server
 from splitnn.server.config import ServerConfig
 from splitnn.server.hijack import HijackHead
@@ -38,7 +39,7 @@ from tests.integration.test_security import (  # noqa: F401
     test_holder_b_cannot_touch_holder_as_run,
 )
 
-# Each server pre-trains its pilot first: a second a test, so these run in `make test` only.
+# Each test's session takes a hijacked step first, so these run in `make test` only.
 pytestmark = pytest.mark.slow
 
 HIJACK: dict[str, Any] = {"hijack": "fsha", "hijack_pretrain_steps": 2}
@@ -61,6 +62,15 @@ def _hijacking_servers(monkeypatch: pytest.MonkeyPatch) -> None:
         return start_server(tmp_path / "models", **HIJACK, **changes)
 
     monkeypatch.setattr(security_tests, "_serve", serve)
+
+
+@pytest.fixture(autouse=True)
+def _cheap_hijacked_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One critic update and a decoder step on 8 public images per hijacked step (instead of
+    10 and 64: about 0.6 s a step): what is tested here is what a refused request leaves,
+    not how well the hijacking learns (tests/unit/test_hijack.py)."""
+    monkeypatch.setattr(hijack, "CRITIC_STEPS", 1)
+    monkeypatch.setattr(hijack, "PUBLIC_BATCH", 8)
 
 
 def _hijack_state(head: HijackHead) -> list[torch.Tensor]:
