@@ -15,11 +15,6 @@ import grpc
 import pytest
 import torch
 
-# dcor, the tests' reference for distance correlation, compiles its functions with numba on its
-# first import (about 30 s, and 8 s in every later process to load them): on the tests' small
-# inputs the same functions interpreted are quicker. Set before anything imports numba.
-os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
-
 from splitnn.client.transport import GroupSettings, ServerLink, ServerRefused, SessionSettings
 from splitnn.common import exits
 from splitnn.common.credentials import Credentials
