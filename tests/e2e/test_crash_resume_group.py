@@ -48,7 +48,11 @@ def _saved_step(model_dir: Path, holder: int) -> tuple[int, int] | None:
     return int(step[0]), int(step[1])
 
 
-@pytest.mark.parametrize("topology", ["splitfed", "round-robin"])
+# Splitfed only, as processes: of the topologies it leaves the most with the server (every
+# holder's part 1 of the round and their average). Every topology's saves are taken up after a
+# crash at five points in tests/unit/test_group_saves.py, and a killed holder of each resumes
+# in test_multi_holder.py; a round-robin run here took another 100 s of CI.
+@pytest.mark.parametrize("topology", ["splitfed"])
 def test_a_group_survives_a_kill_of_the_server_and_ends_thesame(
     tmp_path: Path, topology: str
 ) -> None:
