@@ -29,8 +29,7 @@ from splitnn.common import exits
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
-from splitnn.common.devices import use_device
-from splitnn.common.models import forward_in_chunks
+from splitnn.common.devices import to_compute, use_device
 from splitnn.common.reports import AttackReport
 from splitnn.common.wirelog import read_wirelog
 
@@ -168,7 +167,8 @@ def _at_step(
         return {"train_mse": math.nan, "train_ssim": math.nan}
     cut = torch.cat([c for c, _ in chosen])
     originals, _ = ground_truth(train, torch.cat([i for _, i in chosen]))
-    scores = score(originals, forward_in_chunks(decoder, cut).cpu().clamp(0.0, 1.0))
+    with torch.no_grad():
+        scores = score(originals, decoder(to_compute(cut)).cpu().clamp(0.0, 1.0))
     return {"train_mse": scores["mse"], "train_ssim": scores["ssim"]}
 
 
@@ -197,7 +197,8 @@ def score_hijacked(cfg: HijackedConfig) -> tuple[AttackReport, list[dict[str, fl
     chosen = _spread(len(snapshots), cfg.shown)
     for n, snapshot in enumerate(snapshots):
         decoder = load_decoder(snapshot)
-        recon = forward_in_chunks(decoder, intercepted.activations).cpu().clamp(0.0, 1.0)
+        with torch.no_grad():
+            recon = decoder(to_compute(intercepted.activations)).cpu().clamp(0.0, 1.0)
         scores = score(originals, recon)
         row = {"step": float(snapshot.step), **{k: scores[k] for k in ("mse", "psnr", "ssim")}}
         row["validator_accuracy"] = accuracy(validator, recon, labels)

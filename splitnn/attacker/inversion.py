@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from splitnn.attacker.oracle import CutOracle
 from splitnn.common.devices import to_compute
-from splitnn.common.models import forward_in_chunks
 
 
 def train_decoder(
@@ -63,8 +62,7 @@ def reconstruct(decoder: nn.Module, cuts: torch.Tensor, *, batch_size: int = 500
     """cuts: float32 [N,500] -> images float32 [N,1,28,28], clamped to the pixel range [0,1]."""
     decoder.eval()
     outputs = [
-        forward_in_chunks(decoder, cuts[s : s + batch_size]).cpu()
-        for s in range(0, len(cuts), batch_size)
+        decoder(to_compute(cuts[s : s + batch_size])).cpu() for s in range(0, len(cuts), batch_size)
     ]
     if not outputs:
         return torch.empty(0, 1, 28, 28)

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import torch
 
 from splitnn.common.checkpoints import CheckpointError, load_checkpoint, manifest_path
-from splitnn.common.devices import on_device
-from splitnn.common.models import Body, forward_in_chunks
+from splitnn.common.devices import on_device, to_compute
+from splitnn.common.models import Body
 from splitnn.common.noise import LaplaceNoise
 
 
@@ -46,7 +46,7 @@ def cut_tensors(
     a time -> float32 [N,500]."""
     outputs = []
     for start in range(0, len(images), batch_size):
-        cut = forward_in_chunks(body, images[start : start + batch_size]).cpu()
+        cut = body(to_compute(images[start : start + batch_size])).cpu()
         outputs.append(noise(cut) if noise is not None else cut)
     return torch.cat(outputs) if outputs else torch.empty(0, 500)
 

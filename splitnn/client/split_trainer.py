@@ -17,7 +17,7 @@ from splitnn.common.codec import StepId
 from splitnn.common.datasets import Subset, epoch_permutation
 from splitnn.common.devices import to_compute
 from splitnn.common.distcorr import distance_correlation
-from splitnn.common.models import Body, forward_in_chunks, make_optimizer
+from splitnn.common.models import Body, make_optimizer
 from splitnn.common.noise import LaplaceNoise
 
 # Validation, test and deployment batches; the session admits batches up to
@@ -254,7 +254,7 @@ class SplitTrainer:
             images = data.images[start : start + batch_size]
             labels = data.labels[start : start + batch_size]
             indices = data.indices[start : start + batch_size] if self.send_indices else None
-            sent = noise(forward_in_chunks(self.body, images))
+            sent = noise(self.body(to_compute(images)))
             reply = self.link.evaluate(
                 StepId(self.run, tag, batch), sent, split=split, labels=labels, indices=indices
             )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from splitnn.common.devices import on_device, to_compute
+from splitnn.common.devices import on_device
 
 CUT_SHAPE = (500,)
 IMAGE_SHAPE = (1, 28, 28)
@@ -23,11 +21,6 @@ DECODER_NAMES = ("deep", "study")
 # Epochs of every inversion decoder by default, in every program (splitnn-attack, splitnn-sim,
 # splitnn-experiments), so that a table measured by one is reproduced by the others.
 DECODER_EPOCHS = 30
-# Rows a model computes at once, at most, where no gradient is needed (evaluation, deployment,
-# scoring). On one core the study's part 1 takes about twice as long on 500 images at once as on
-# 128 at a time (measured 0.72 s against 0.37 s: the first layers' activations of 500 images,
-# 43 MB, outgrow the cache).
-FORWARD_CHUNK = 128
 
 
 class Body(nn.Module):
@@ -70,26 +63,6 @@ class Head(nn.Module):
     def forward(self, cut: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.layers(cut)
         return out
-
-
-@torch.no_grad()
-def forward_in_chunks(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """`model` on `inputs` [N, ...] without autograd, on the compute device: [N, ...] outputs,
-    there too (`model`'s mode is left as it is).
-
-    The rows go in chunks of equal size, at most `FORWARD_CHUNK` (N = 129: 65 and 64, not 128
-    and 1): a chunk of one or two rows takes another matrix-product kernel whose rows differ from
-    the whole batch's in the last bits; chunks of 64 or more gave the whole batch's rows bit for
-    bit on this project's models (tests/unit/test_forward_in_chunks.py).
-    """
-    chunks = max(1, math.ceil(len(inputs) / FORWARD_CHUNK))
-    size = max(1, math.ceil(len(inputs) / chunks))
-    if chunks == 1:
-        out: torch.Tensor = model(to_compute(inputs))
-        return out
-    return torch.cat(
-        [model(to_compute(inputs[start : start + size])) for start in range(0, len(inputs), size)]
-    )
 
 
 def build_body(seed: int) -> Body:

@@ -35,7 +35,7 @@ from splitnn.common.codec import StepId
 from splitnn.common.critics import critic_mlp, gradient_penalty
 from splitnn.common.datasets import Subset, load_splits
 from splitnn.common.decoders import build_decoder
-from splitnn.common.models import CUT_SHAPE, build_body, forward_in_chunks
+from splitnn.common.models import CUT_SHAPE, build_body
 from splitnn.common.seeds import seed_for
 from splitnn.server.head import (
     ANONYMOUS_OWNER,
@@ -186,7 +186,7 @@ def _pretrained(settings: HijackSettings) -> Prepared:
     )
     pilot.eval()
     with torch.no_grad():
-        features = forward_in_chunks(pilot, public.images)  # the pilot is frozen from here on
+        features = pilot(public.images)  # the pilot is frozen from here on
     labels = public.labels
     every = torch.arange(len(public))
     by_class = [every[labels == c] for c in range(int(labels.max()) + 1)]
@@ -354,7 +354,7 @@ class HijackHead(LoneHead):
             self.buffer_cut = saved["buffer_cut"].clone()
             self.buffer_labels = saved["buffer_labels"].clone()
             with torch.no_grad():
-                self.features = forward_in_chunks(self.pilot, self.kit.public.images)
+                self.features = self.pilot(self.kit.public.images)
 
     def close(self, *, finished: bool) -> None:
         """A finished run leaves its final decoder snapshot (if not written at this step)."""
